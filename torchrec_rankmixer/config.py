@@ -1,0 +1,181 @@
+"""RankMixer configuration: one validated dataclass for the dense core.
+
+Shape legend used across the package: B batch, T tokens, D width (``d_model``),
+H heads, k FFN multiple (``ffn_mult``), E experts, L layers.
+"""
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Tuple
+
+LN_STYLES: Tuple[str, ...] = ("post", "pre")
+POOLINGS: Tuple[str, ...] = ("mean", "flatten")
+FFN_TYPES: Tuple[str, ...] = ("per_token", "shared")
+TOKEN_MIXERS: Tuple[str, ...] = ("multihead", "none", "self_attention")
+FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} ({value!r}) must be a positive int")
+
+
+def _check_choice(name: str, value: object, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} ({value!r}) must be one of {list(choices)}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} ({value!r}) must be a bool")
+
+
+@dataclass(frozen=True)
+class RankMixerConfig:
+    """Settings of the RankMixer dense core (tokens in, pooled vector out).
+
+    Args:
+        d_model: token width D.
+        num_tokens: number of tokens T entering the first block.
+        num_layers: number of RankMixer blocks L.
+        num_heads: token-mixing heads H; ``None`` means H = T (the paper's setting).
+        ffn_mult: FFN hidden multiple k; each token's FFN is D -> kD -> D.
+        ln_style: ``"post"`` (paper: ``LN(f(x) + x)``) or ``"pre"`` (``x + f(LN(x))``).
+        dropout: dropout probability on the FFN output, in [0, 1).
+        final_norm: apply a LayerNorm after the last block (useful with ``"pre"``).
+        pooling: ``"mean"`` over tokens -> [B, D] (paper) or ``"flatten"`` -> [B, T*D].
+        strict_heads: the paper's strict mode; requires num_heads == num_tokens.
+        ffn_type: ``"per_token"`` (paper) or ``"shared"`` (one FFN for all tokens, ablation).
+        token_mixer: ``"multihead"`` (paper), ``"none"`` (ablation) or
+            ``"self_attention"`` (ablation; H attention heads, with parameters).
+        residual: keep the skip connections (ablation switch).
+        layer_norm: keep the LayerNorms (ablation switch).
+        ffn_kernel: per-token FFN execution path: ``"auto"`` (measured choice, see
+            docs/benchmarks.md), ``"loop"`` (reference), ``"bmm"`` or ``"grouped_mm"``.
+
+    Example::
+
+        >>> cfg = RankMixerConfig(d_model=64, num_tokens=8, num_layers=2)
+        >>> cfg.heads
+        8
+        >>> cfg.param_count() == 2 * 4 * 2 * 8 * 64 ** 2
+        True
+    """
+
+    d_model: int
+    num_tokens: int
+    num_layers: int
+    num_heads: Optional[int] = None
+    ffn_mult: int = 4
+    ln_style: str = "post"
+    dropout: float = 0.0
+    final_norm: bool = False
+    pooling: str = "mean"
+    strict_heads: bool = True
+    ffn_type: str = "per_token"
+    token_mixer: str = "multihead"
+    residual: bool = True
+    layer_norm: bool = True
+    ffn_kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
+            _check_positive_int(name, getattr(self, name))
+        if self.num_heads is not None:
+            _check_positive_int("num_heads", self.num_heads)
+        for name in ("final_norm", "strict_heads", "residual", "layer_norm"):
+            _check_bool(name, getattr(self, name))
+        _check_choice("ln_style", self.ln_style, LN_STYLES)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("ffn_type", self.ffn_type, FFN_TYPES)
+        _check_choice("token_mixer", self.token_mixer, TOKEN_MIXERS)
+        _check_choice("ffn_kernel", self.ffn_kernel, FFN_KERNELS)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"dropout ({self.dropout!r}) must be a float in [0, 1)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout ({self.dropout!r}) must be in [0, 1)")
+        heads = self.heads
+        if self.d_model % heads != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({heads})"
+            )
+        if self.strict_heads and self.token_mixer == "multihead" and heads != self.num_tokens:
+            raise ValueError(
+                f"num_heads ({heads}) must equal num_tokens ({self.num_tokens}) in the "
+                "paper's strict mode; pass strict_heads=False for general H"
+            )
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def heads(self) -> int:
+        """H: ``num_heads`` or, when unset, ``num_tokens``."""
+        return self.num_tokens if self.num_heads is None else self.num_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """kD: hidden width of each token's FFN."""
+        return self.ffn_mult * self.d_model
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the pooled encoder output: D for mean pooling, T*D for flatten."""
+        return self.d_model if self.pooling == "mean" else self.num_tokens * self.d_model
+
+    def with_updates(self, **changes: object) -> "RankMixerConfig":
+        """A validated copy with some fields changed (unknown names raise ValueError)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown RankMixerConfig field(s) {unknown}")
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ sizes
+    def param_count(self, exact: bool = False) -> int:
+        """Encoder parameters.
+
+        ``exact=False`` gives the paper's approximation ``2kLTD²`` (FFN weights only).
+        ``exact=True`` counts every parameter of :class:`RankMixerEncoder` built from
+        this config: FFN weights and biases, LayerNorms, attention (if used).
+        """
+        L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
+        if not exact:
+            return 2 * kD * L * T * D
+        ffn_copies = T if self.ffn_type == "per_token" else 1
+        ffn = ffn_copies * (D * kD + kD + kD * D + D)
+        norms = 2 * (2 * D) if self.layer_norm else 0
+        attn = (4 * D * D + 4 * D) if self.token_mixer == "self_attention" else 0
+        final = 2 * D if self.final_norm else 0
+        return L * (ffn + norms + attn) + final
+
+    def flops_per_sample(self, exact: bool = False) -> int:
+        """Forward FLOPs of the encoder for one sample.
+
+        ``exact=False`` gives the paper's ``4kLTD²``. ``exact=True`` counts every matrix
+        multiply (2 FLOPs per multiply-add), as ``torch.utils.flop_counter`` does; it
+        equals the approximation for the paper's architecture and adds the attention
+        products for ``token_mixer="self_attention"``. Element-wise work (bias, GELU,
+        LayerNorm, mixing permutation) is not counted.
+        """
+        L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
+        if not exact:
+            return 4 * kD * L * T * D
+        ffn = 2 * 2 * T * D * kD
+        attn = 0
+        if self.token_mixer == "self_attention":
+            attn = 2 * 4 * T * D * D + 2 * 2 * T * T * D  # projections + QK^T and AV
+        return L * (ffn + attn)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> "RankMixerConfig":
+        """The paper's sizes: ``"100M"`` (D=768, T=16, L=2) and ``"1B"`` (D=1536, T=32, L=2).
+
+        Both use k=4, which gives 2kLTD² = 151M and 1.21B FFN parameters.
+        """
+        presets = {
+            "100M": dict(d_model=768, num_tokens=16, num_layers=2, ffn_mult=4),
+            "1B": dict(d_model=1536, num_tokens=32, num_layers=2, ffn_mult=4),
+        }
+        if name not in presets:
+            raise ValueError(f"preset ({name!r}) must be one of {sorted(presets)}")
+        base = cls(**presets[name])  # type: ignore[arg-type]
+        return base.with_updates(**overrides) if overrides else base

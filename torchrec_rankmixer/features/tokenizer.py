@@ -1,0 +1,185 @@
+"""SemanticTokenizer: EmbeddingBagCollection output + dense features -> tokens [B, T, D]."""
+
+import math
+from typing import List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedTensor
+
+from torchrec_rankmixer.features.grouping import TokenPlan, plan_tokens
+
+PROJECTION_KERNELS = ("batched", "loop")
+
+
+@torch.fx.wrap
+def _ordered_values(sparse: KeyedTensor, expected_keys: List[str]) -> torch.Tensor:
+    """KeyedTensor values with columns in ``expected_keys`` order (reordered if needed)."""
+    keys = sparse.keys()
+    if keys == expected_keys:
+        return sparse.values()
+    missing = [k for k in expected_keys if k not in keys]
+    if missing:
+        raise ValueError(f"embedding output lacks features {missing}; it has {keys}")
+    as_dict = sparse.to_dict()
+    return torch.cat([as_dict[k] for k in expected_keys], dim=1)
+
+
+class SemanticTokenizer(nn.Module):
+    """Turns embedded features into T tokens of width D.
+
+    Sparse tokens come from a :class:`TokenPlan` (explicit semantic groups, automatic
+    contiguous grouping, or the paper's Eq. 2 split); each token's concatenated
+    embedding columns get their own Linear projection to D. All projections run as one
+    gather + batched matmul (``kernel="batched"``, groups of unequal width zero-padded to
+    the widest) or as a reference loop (``kernel="loop"``). Dense features (after the
+    dense arch) become ``num_dense_tokens`` extra tokens appended after the sparse ones.
+
+    Args:
+        feature_dims: ordered feature name -> embedding dim, in KeyedTensor order.
+        d_model: D.
+        num_sparse_tokens: T_s (see :func:`plan_tokens`).
+        groups: group name -> feature names, for ``mode="groups"``/``"split"``.
+        mode: ``"groups"``, ``"auto"`` or ``"split"`` (default: groups if given, else auto).
+        dense_in_features: width of the dense vector; 0 means no dense tokens.
+        num_dense_tokens: tokens made from the dense vector (0 allowed).
+        kernel: ``"batched"`` (fast) or ``"loop"`` (reference).
+        device: parameter device (``"meta"`` works).
+
+    Shapes:
+        sparse: KeyedTensor with values [B, sum(dims)]; dense: [B, dense_in_features]
+        -> tokens [B, T, D], T = T_s + num_dense_tokens.
+
+    Example::
+
+        >>> from torchrec.sparse.jagged_tensor import KeyedTensor
+        >>> tok = SemanticTokenizer({"u": 4, "i": 4, "c": 8}, d_model=16,
+        ...                         groups={"user": ["u"], "item": ["i", "c"]},
+        ...                         dense_in_features=3)
+        >>> kt = KeyedTensor(keys=["u", "i", "c"], length_per_key=[4, 4, 8],
+        ...                  values=torch.randn(2, 16))
+        >>> tok(kt, torch.randn(2, 3)).shape
+        torch.Size([2, 3, 16])
+    """
+
+    def __init__(
+        self,
+        feature_dims: Mapping[str, int],
+        d_model: int,
+        num_sparse_tokens: Optional[int] = None,
+        groups: Optional[Mapping[str, Sequence[str]]] = None,
+        mode: Optional[str] = None,
+        dense_in_features: int = 0,
+        num_dense_tokens: int = 1,
+        kernel: str = "batched",
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model ({d_model!r}) must be a positive int")
+        if kernel not in PROJECTION_KERNELS:
+            raise ValueError(f"kernel ({kernel!r}) must be one of {list(PROJECTION_KERNELS)}")
+        if not isinstance(dense_in_features, int) or dense_in_features < 0:
+            raise ValueError(f"dense_in_features ({dense_in_features!r}) must be an int >= 0")
+        if not isinstance(num_dense_tokens, int) or num_dense_tokens < 0:
+            raise ValueError(f"num_dense_tokens ({num_dense_tokens!r}) must be an int >= 0")
+        if dense_in_features > 0 and num_dense_tokens == 0:
+            raise ValueError(
+                f"dense_in_features ({dense_in_features}) > 0 needs num_dense_tokens >= 1"
+            )
+        self.plan: TokenPlan = plan_tokens(dict(feature_dims), num_sparse_tokens, groups, mode)
+        self.feature_names: List[str] = list(feature_dims)
+        self.d_model = d_model
+        self.kernel = kernel
+        self.num_sparse_tokens = len(self.plan.columns)
+        self.num_dense_tokens = num_dense_tokens if dense_in_features > 0 else 0
+        self.total_width = sum(feature_dims.values())
+        widths = self.plan.widths
+        self.max_width = max(widths)
+        G, W, D = self.num_sparse_tokens, self.max_width, d_model
+
+        pad = self.total_width  # index of an all-zero column appended at run time
+        index = [c for cols in self.plan.columns for c in list(cols) + [pad] * (W - len(cols))]
+        self._identity = index == list(range(self.total_width))
+        self.register_buffer("gather_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
+        self.weight = nn.Parameter(torch.empty(G, W, D, device=device))  # (G, W_max, D)
+        self.bias = nn.Parameter(torch.empty(G, D, device=device))  # (G, D)
+        self.dense_proj: Optional[nn.Linear] = (
+            nn.Linear(dense_in_features, self.num_dense_tokens * D, device=device)
+            if self.num_dense_tokens > 0
+            else None
+        )
+        self.reset_parameters()
+
+    @property
+    def num_tokens(self) -> int:
+        """T = sparse tokens + dense tokens."""
+        return self.num_sparse_tokens + self.num_dense_tokens
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        with torch.no_grad():
+            self.weight.zero_()
+            for g, width in enumerate(self.plan.widths):
+                bound = 1.0 / math.sqrt(width)
+                self.weight[g, :width].uniform_(-bound, bound)  # pad rows stay 0 (and get 0 grad)
+                self.bias[g].uniform_(-bound, bound)
+
+    def effective_param_count(self) -> int:
+        """Parameters excluding the zero padding rows of narrower groups."""
+        sparse = sum(self.plan.widths) * self.d_model + self.bias.numel()
+        dense = sum(p.numel() for p in self.dense_proj.parameters()) if self.dense_proj else 0
+        return sparse + dense
+
+    @classmethod
+    def from_embedding_bag_collection(
+        cls, ebc: EmbeddingBagCollection, d_model: int, **kwargs: object
+    ) -> "SemanticTokenizer":
+        """Read ``feature_dims`` from the EBC's table configs (in KeyedTensor order)."""
+        return cls(feature_dims_of(ebc), d_model, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ forward
+    def project_sparse(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, sum(dims)] -> [B, T_s, D]."""
+        if self.kernel == "loop":
+            return self._project_loop(values)
+        batch = values.shape[0]
+        if self._identity:
+            grouped = values.reshape(batch, self.num_sparse_tokens, self.max_width)  # (B, G, W)
+        else:
+            padded = nn.functional.pad(values, (0, 1))  # (B, sum(dims)+1), last column = 0
+            grouped = padded.index_select(1, self.gather_index).reshape(
+                batch, self.num_sparse_tokens, self.max_width
+            )  # (B, G, W)
+        out = torch.baddbmm(self.bias.unsqueeze(1), grouped.transpose(0, 1), self.weight)  # (G, B, D)
+        return out.transpose(0, 1)  # (B, G, D)
+
+    def _project_loop(self, values: torch.Tensor) -> torch.Tensor:
+        tokens = []
+        for g, cols in enumerate(self.plan.columns):
+            x = values[:, list(cols)]  # (B, w_g)
+            tokens.append(x @ self.weight[g, : len(cols)] + self.bias[g])  # (B, D)
+        return torch.stack(tokens, dim=1)
+
+    def forward(
+        self, sparse: KeyedTensor, dense_features: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        values = _ordered_values(sparse, self.feature_names)  # (B, sum(dims))
+        tokens = self.project_sparse(values)  # (B, T_s, D)
+        if self.dense_proj is None:
+            return tokens
+        if dense_features is None:
+            raise ValueError("this tokenizer has dense tokens; pass dense_features")
+        dense = self.dense_proj(dense_features).reshape(-1, self.num_dense_tokens, self.d_model)
+        return torch.cat([tokens, dense], dim=1)  # (B, T, D)
+
+
+def feature_dims_of(ebc: EmbeddingBagCollection) -> dict:
+    """Ordered feature name -> embedding dim, in the order the EBC's KeyedTensor uses."""
+    dims = {}
+    for cfg in ebc.embedding_bag_configs():
+        for name in cfg.feature_names:
+            dims[name] = cfg.embedding_dim
+    return dims

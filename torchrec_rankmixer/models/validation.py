@@ -1,0 +1,74 @@
+"""Eager input checks for model forwards: clear ValueErrors instead of silent corruption.
+
+Wrapped with ``torch.fx.wrap`` so FX tracing records one opaque call instead of
+tracing the data-dependent branches.
+"""
+
+from typing import List, Optional
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+
+@torch.fx.wrap
+def check_model_inputs(
+    dense_features: Optional[torch.Tensor],
+    sparse_features: KeyedJaggedTensor,
+    feature_names: List[str],
+    num_embeddings: List[int],
+    dense_in_features: int,
+) -> None:
+    """Raise ValueError on unknown/missing feature keys, ids out of range, non-finite or
+    mis-shaped dense features, and batch-size mismatches.
+
+    Args:
+        dense_features: [B, dense_in_features] (or None / [B, 0] when the model has none).
+        sparse_features: KJT with stride B and one key per embedded feature.
+        feature_names: the model's features, aligned with ``num_embeddings``.
+        num_embeddings: table rows for each feature; ids must be in [0, rows).
+        dense_in_features: expected dense width.
+    """
+    keys = sparse_features.keys()
+    unknown = [k for k in keys if k not in feature_names]
+    if unknown:
+        raise ValueError(f"unknown sparse feature keys {unknown}; the model embeds {feature_names}")
+    missing = [k for k in feature_names if k not in keys]
+    if missing:
+        raise ValueError(f"missing sparse feature keys {missing}; got {keys}")
+    batch = sparse_features.stride()
+    if dense_in_features > 0:
+        if dense_features is None:
+            raise ValueError(f"dense_features is None but the model takes {dense_in_features}")
+        if dense_features.dim() != 2 or dense_features.shape[1] != dense_in_features:
+            raise ValueError(
+                f"dense_features shape {tuple(dense_features.shape)} must be "
+                f"[B, {dense_in_features}]"
+            )
+        if dense_features.shape[0] != batch:
+            raise ValueError(
+                f"batch size mismatch: dense_features has {dense_features.shape[0]} rows, "
+                f"sparse_features has stride {batch}"
+            )
+        if dense_features.is_floating_point() and not bool(torch.isfinite(dense_features).all()):
+            bad = (~torch.isfinite(dense_features)).nonzero()[0].tolist()
+            raise ValueError(
+                f"dense_features has a non-finite value (NaN/inf) at row {bad[0]}, column {bad[1]}"
+            )
+    values = sparse_features.values()
+    if values.numel() == 0:
+        return
+    if values.is_floating_point():
+        raise ValueError(f"sparse feature ids must be integers, got dtype {values.dtype}")
+    limit_of = dict(zip(feature_names, num_embeddings))
+    lengths = torch.tensor(sparse_features.length_per_key(), device=values.device)
+    limits = torch.tensor([limit_of[k] for k in keys], device=values.device)
+    per_value_limit = torch.repeat_interleave(limits, lengths)
+    bad = (values < 0) | (values >= per_value_limit)
+    if bool(bad.any()):
+        pos = int(bad.nonzero()[0, 0])
+        key_idx = int(torch.searchsorted(torch.cumsum(lengths, 0), pos, right=True))
+        key = keys[key_idx]
+        raise ValueError(
+            f"feature {key!r} has id {int(values[pos])} outside its table's range "
+            f"[0, {limit_of[key]})"
+        )

@@ -1,0 +1,101 @@
+"""RankMixerBlock (Eq. 1) and RankMixerEncoder (L blocks + pooling)."""
+
+import torch
+from torch import nn
+
+from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.modules.ffn_factory import build_ffn, build_token_mixer
+
+
+def _norm(config: RankMixerConfig, device: torch.device | str | None) -> nn.Module:
+    return nn.LayerNorm(config.d_model, device=device) if config.layer_norm else nn.Identity()
+
+
+class RankMixerBlock(nn.Module):
+    """One RankMixer layer.
+
+    Post-LN (paper): ``S = LN(TokenMixing(X) + X)``; ``X' = LN(PFFN(S) + S)``.
+    Pre-LN: ``S = X + TokenMixing(LN(X))``; ``X' = S + PFFN(LN(S))``.
+    ``residual=False`` / ``layer_norm=False`` in the config drop the skips / norms
+    (ablations). Dropout applies to the FFN output.
+
+    Args:
+        config: the :class:`RankMixerConfig`.
+        device: where to allocate parameters.
+
+    Shapes:
+        x: [B, T, D] -> [B, T, D].
+
+    Example::
+
+        >>> cfg = RankMixerConfig(d_model=16, num_tokens=4, num_layers=1)
+        >>> RankMixerBlock(cfg)(torch.randn(2, 4, 16)).shape
+        torch.Size([2, 4, 16])
+    """
+
+    def __init__(self, config: RankMixerConfig, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.pre_ln = config.ln_style == "pre"
+        self.residual = config.residual
+        self.mixer = build_token_mixer(config, device)
+        self.ffn = build_ffn(config, device)
+        self.norm1 = _norm(config, device)
+        self.norm2 = _norm(config, device)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _skip(self, update: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return update + x if self.residual else update
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape  # (B, T, D)
+        if self.pre_ln:
+            s = self._skip(self.mixer(self.norm1(x)).reshape(shape), x)
+            return self._skip(self.dropout(self.ffn(self.norm2(s))), s)
+        s = self.norm1(self._skip(self.mixer(x).reshape(shape), x))  # (B, T, D)
+        return self.norm2(self._skip(self.dropout(self.ffn(s)), s))  # (B, T, D)
+
+
+class RankMixerEncoder(nn.Module):
+    """L RankMixer blocks, an optional final LayerNorm, then pooling.
+
+    Args:
+        config: the :class:`RankMixerConfig`.
+        device: where to allocate parameters (``"meta"`` works).
+
+    Shapes:
+        x: [B, T, D] -> [B, D] (``pooling="mean"``) or [B, T*D] (``"flatten"``).
+
+    Example::
+
+        >>> cfg = RankMixerConfig(d_model=16, num_tokens=4, num_layers=2)
+        >>> enc = RankMixerEncoder(cfg)
+        >>> enc(torch.randn(3, 4, 16)).shape
+        torch.Size([3, 16])
+        >>> sum(p.numel() for p in enc.parameters()) == cfg.param_count(exact=True)
+        True
+    """
+
+    def __init__(self, config: RankMixerConfig, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(RankMixerBlock(config, device) for _ in range(config.num_layers))
+        self.final_norm = (
+            nn.LayerNorm(config.d_model, device=device) if config.final_norm else nn.Identity()
+        )
+        self.mean_pool = config.pooling == "mean"
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.output_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after all blocks (and the final norm), before pooling: [B, T, D]."""
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.encode(x)  # (B, T, D)
+        if self.mean_pool:
+            return x.mean(dim=1)  # (B, D)
+        return x.flatten(1)  # (B, T*D)

@@ -1,0 +1,35 @@
+"""Builds the token-wise FFN and token mixer a RankMixerBlock uses, from its config.
+
+One place decides which module implements "PFFN" and "TokenMixing", so variants (shared
+FFN, Sparse-MoE, ablation mixers) plug in without touching the block.
+"""
+
+import torch
+from torch import nn
+
+from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN, SharedFFN
+from torchrec_rankmixer.modules.token_mixing import (
+    MultiHeadTokenMixing,
+    NoTokenMixing,
+    SelfAttentionMixing,
+)
+
+
+def build_ffn(config: RankMixerConfig, device: torch.device | str | None = None) -> nn.Module:
+    """The FFN of one block: [B, T, D] -> [B, T, D]."""
+    if config.ffn_type == "shared":
+        return SharedFFN(config.d_model, config.ffn_mult, device=device)
+    return PerTokenFFN(
+        config.num_tokens, config.d_model, config.ffn_mult, kernel=config.ffn_kernel, device=device
+    )
+
+
+def build_token_mixer(config: RankMixerConfig, device: torch.device | str | None = None) -> nn.Module:
+    """The token mixer of one block: [B, T, D] -> [B, H, T*D/H] (reshaped by the block)."""
+    if config.token_mixer == "none":
+        return NoTokenMixing()
+    if config.token_mixer == "self_attention":
+        mixer = SelfAttentionMixing(config.d_model, config.heads)
+        return mixer.to(device) if device is not None else mixer
+    return MultiHeadTokenMixing(config.num_tokens, config.d_model, config.heads)

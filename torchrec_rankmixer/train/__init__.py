@@ -1,0 +1,1 @@
+"""Training: a small single-process loop (demo, examples, tests)."""

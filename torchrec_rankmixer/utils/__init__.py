@@ -1,0 +1,1 @@
+"""Small helpers: metrics, FLOP counting."""
