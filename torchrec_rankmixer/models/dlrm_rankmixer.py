@@ -15,6 +15,10 @@ from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dim
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
 
+# fx.wrap patches the calling module's globals: register the imported name here too, so
+# TorchRec's tracer (TrainPipelineSparseDist, torchrec.fx) records one opaque call.
+torch.fx.wrap("check_model_inputs")
+
 DEFAULT_MIN_D_MODEL = 64
 DEFAULT_MAX_SPARSE_TOKENS = 7
 

@@ -1,20 +1,6 @@
-"""Reference and fast kernels behind one dispatcher each (pure torch)."""
+"""Reference and fast kernels behind one dispatcher each (pure torch).
 
-from torchrec_rankmixer.ops.per_token_ffn import (
-    choose_kernel,
-    per_token_ffn,
-    per_token_ffn_bmm,
-    per_token_ffn_grouped_mm,
-    per_token_ffn_loop,
-)
-from torchrec_rankmixer.ops.token_mixing import token_mixing_fast, token_mixing_reference
-
-__all__ = [
-    "choose_kernel",
-    "per_token_ffn",
-    "per_token_ffn_bmm",
-    "per_token_ffn_grouped_mm",
-    "per_token_ffn_loop",
-    "token_mixing_fast",
-    "token_mixing_reference",
-]
+- :mod:`torchrec_rankmixer.ops.per_token_ffn`: ``per_token_ffn(..., kernel=)`` with the
+  ``"loop"`` reference and the fused kernels.
+- :mod:`torchrec_rankmixer.ops.token_mixing`: reference and fast multi-head mixing.
+"""

@@ -1,0 +1,116 @@
+import pytest
+import torch
+import torchrec.fx
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+from torchrec.models.dlrm import DLRM_DCN, DLRMTrain
+
+from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig
+from torchrec_rankmixer.data.synthetic import SyntheticClickData
+
+DATA = SyntheticClickData(num_sparse_features=5, num_embeddings=50, dense_in_features=4)
+
+
+def _ebc(device: str = "cpu", dim: int = 8) -> EmbeddingBagCollection:
+    return EmbeddingBagCollection(tables=DATA.table_configs(dim), device=torch.device(device))
+
+
+DCN_KWARGS = dict(
+    dense_in_features=4,
+    dense_arch_layer_sizes=[16, 8],
+    over_arch_layer_sizes=[16, 1],
+    dcn_num_layers=2,
+    dcn_low_rank_dim=4,
+)
+
+
+def test_one_line_swap_from_dlrm_dcn() -> None:
+    batch = DATA.batch(6, 0)
+    dcn = DLRM_DCN(embedding_bag_collection=_ebc(), **DCN_KWARGS)
+    with pytest.warns(UserWarning, match="ignores dcn_num_layers"):
+        rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
+    out_dcn = dcn(batch.dense_features, batch.sparse_features)
+    out_rm = rm(batch.dense_features, batch.sparse_features)
+    assert out_rm.shape == out_dcn.shape == (6, 1)
+
+
+def test_default_config_and_tokens() -> None:
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
+    # 5 features -> 5 sparse tokens + 1 dense token; D = smallest multiple of 6 >= 64
+    assert model.config.num_tokens == 6 and model.config.d_model == 66
+    assert model.tokenizer.num_tokens == model.config.num_tokens
+
+
+def test_groups_multi_logit_and_custom_config() -> None:
+    cfg = RankMixerConfig(d_model=18, num_tokens=3, num_layers=1)
+    model = DLRM_RankMixer(
+        _ebc(), 4, [16, 8], [16, 2],
+        rankmixer_config=cfg,
+        feature_groups={"a": ["f0", "f1"], "b": ["f2", "f3", "f4"]},
+    )
+    b = DATA.batch(4, 1)
+    assert model(b.dense_features, b.sparse_features).shape == (4, 2)
+
+
+def test_no_dense_features() -> None:
+    model = DLRM_RankMixer(_ebc(), 0, [], [16, 1])
+    b = DATA.batch(4, 1)
+    assert model(torch.empty(4, 0), b.sparse_features).shape == (4, 1)
+    assert model.dense_arch is None and model.config.num_tokens == 5
+
+
+def test_meta_ebc_builds() -> None:
+    model = DLRM_RankMixer(_ebc("meta"), 4, [16, 8], [16, 1])
+    assert model.sparse_arch.embedding_bag_collection.embedding_bags["t_f0"].weight.is_meta
+    assert not any(p.is_meta for p in model.dense_parameters())
+
+
+def test_dlrm_train_wrapper_trains() -> None:
+    torch.manual_seed(0)
+    train = DLRMTrain(DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1]))
+    opt = torch.optim.Adam(train.parameters(), lr=3e-3)
+    losses = []
+    for i in range(40):
+        loss, (_, logits, labels) = train(DATA.batch(128, i % 4))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert logits.shape == labels.shape == (128,)
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rankmixer_config=RankMixerConfig(d_model=16, num_tokens=4, num_layers=1), feature_groups={"a": ["f0", "f1"], "b": ["f2", "f3", "f4"]}),
+         r"num_tokens \(3\) must equal the number of groups \(2\)"),
+        (dict(rankmixer_config=RankMixerConfig(d_model=16, num_tokens=1, num_layers=1)), r"must exceed the number of dense tokens \(1\)"),
+        (dict(feature_groups={"a": ["f0", "nope"]}), r"unknown feature 'nope'"),
+    ],
+)
+def test_construction_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], **kwargs)
+
+
+def test_construction_errors_for_arch_sizes() -> None:
+    with pytest.raises(ValueError, match=r"over_arch_layer_sizes \(\[1\]\)"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [1])
+    with pytest.raises(ValueError, match=r"dense_in_features \(-2\)"):
+        DLRM_RankMixer(_ebc(), -2, [16, 8], [16, 1])
+
+
+def test_torchrec_fx_symbolic_trace_round_trip() -> None:
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
+    model.eval()
+    gm = torchrec.fx.symbolic_trace(model)
+    b = DATA.batch(5, 2)
+    torch.testing.assert_close(gm(b.dense_features, b.sparse_features), model(b.dense_features, b.sparse_features))
+    # the input check is kept as one opaque call in the graph
+    assert any("check_model_inputs" in str(n.target) for n in gm.graph.nodes)
+    with pytest.raises(ValueError, match="unknown sparse feature keys"):
+        bad = DATA.batch(5, 2).sparse_features
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        renamed = KeyedJaggedTensor(keys=["zz"] + bad.keys()[1:], values=bad.values(), lengths=bad.lengths())
+        gm(b.dense_features, renamed)
