@@ -28,12 +28,14 @@ from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_infe
 from torchrec_rankmixer.train.simple import EVAL_OFFSET, evaluate, train_simple
 
 
-def build(data: SyntheticClickData, router: str, target: float, experts: int, hidden: int, emb: int) -> DLRM_RankMixer:
+def build(data: SyntheticClickData, router: str, target: float, args: argparse.Namespace) -> DLRM_RankMixer:
     base = default_config(min(data.num_sparse_features, 7) + 1)
     cfg = base if router == "dense" else base.with_updates(
-        use_moe=True, moe_router=router, moe_num_experts=experts,
-        moe_expert_hidden=hidden, moe_target_active_ratio=target,
+        use_moe=True, moe_router=router, moe_num_experts=args.experts,
+        moe_expert_hidden=args.hidden, moe_target_active_ratio=target,
+        moe_l1_kp=args.l1_kp, moe_l1_ki=args.l1_ki, moe_dense_path_prob=args.dense_path_prob,
     )
+    emb = args.embedding_dim
     ebc = EmbeddingBagCollection(tables=data.table_configs(emb))
     return DLRM_RankMixer(
         embedding_bag_collection=ebc, dense_in_features=data.dense_in_features,
@@ -67,9 +69,16 @@ def _perturbation(model: torch.nn.Module, batches: List, which: str) -> float:
 def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, object]:
     torch.manual_seed(args.seed)
     data = SyntheticClickData(seed=args.seed)
-    model = build(data, router, target, args.experts, args.hidden, args.embedding_dim)
+    model = build(data, router, target, args)
     start = time.perf_counter()
-    res = train_simple(model, data.batches(args.batch_size, args.steps), log_every=args.log_every, lr=args.lr)
+    def show(step: int, stats: Dict[str, float]) -> None:
+        if args.verbose:
+            keys = ("active_ratio", "l1_coef", "train_router_active_ratio", "dead_experts")
+            means = {k: sum(v for n, v in stats.items() if n.endswith("." + k)) / args.layers for k in keys}
+            print(f"  step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in means.items()), flush=True)
+
+    res = train_simple(model, data.batches(args.batch_size, args.steps), log_every=args.log_every,
+                       lr=args.lr, on_stats=show)
     train_s = time.perf_counter() - start
     evals = list(data.batches(1024, args.eval_batches, start=EVAL_OFFSET))
     row: Dict[str, object] = {"router": router, "target": target, "train_s": round(train_s, 1)}
@@ -112,7 +121,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--embedding-dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append rows to this JSON-lines file")
+    p.add_argument("--verbose", action="store_true", help="print routing statistics while training")
+    p.add_argument("--l1-kp", type=float, default=2.0)
+    p.add_argument("--l1-ki", type=float, default=0.1)
+    p.add_argument("--dense-path-prob", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared box)")
     args = p.parse_args(argv)
+    args.layers = 2  # default_config's L
+    torch.set_num_threads(args.threads)
     for router in args.routers:
         for target in args.targets if router != "dense" else [1.0]:
             row = run(router, target, args)

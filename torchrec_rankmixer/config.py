@@ -74,8 +74,8 @@ class RankMixerConfig:
             ``round(kD / (E * target))`` so the active FLOPs match the dense FFN's.
         moe_target_active_ratio: target mean fraction of active experts, in (0, 1];
             top-k uses ``k = round(target * E)``.
-        moe_l1_init: initial L1 coefficient (ReLU routers), > 0.
-        moe_l1_step: the controller's multiplicative step alpha > 1 (docs/moe.md).
+        moe_l1_kp: proportional gain of the L1 controller (ReLU routers), >= 0.
+        moe_l1_ki: integral gain of the L1 controller, > 0 (docs/moe.md).
         moe_balance_coef: load-balancing loss weight (top-k), >= 0.
         moe_dense_path_prob: DTSI: probability that a (sample, token) in training uses
             h_train's gates instead of h_infer's, in [0, 1).
@@ -109,8 +109,8 @@ class RankMixerConfig:
     moe_num_experts: int = 8
     moe_expert_hidden: Optional[int] = None
     moe_target_active_ratio: float = 0.25
-    moe_l1_init: float = 1e-3
-    moe_l1_step: float = 1.2
+    moe_l1_kp: float = 2.0
+    moe_l1_ki: float = 0.1
     moe_balance_coef: float = 0.01
     moe_dense_path_prob: float = 0.5
 
@@ -149,8 +149,8 @@ class RankMixerConfig:
         if self.moe_expert_hidden is not None:
             _check_positive_int("moe_expert_hidden", self.moe_expert_hidden)
         _check_float("moe_target_active_ratio", self.moe_target_active_ratio, 0.0, 1.0, "(]")
-        _check_float("moe_l1_init", self.moe_l1_init, 0.0, float("inf"), "()")
-        _check_float("moe_l1_step", self.moe_l1_step, 1.0, float("inf"), "()")
+        _check_float("moe_l1_kp", self.moe_l1_kp, 0.0, float("inf"), "[)")
+        _check_float("moe_l1_ki", self.moe_l1_ki, 0.0, float("inf"), "()")
         _check_float("moe_balance_coef", self.moe_balance_coef, 0.0, float("inf"), "[)")
         _check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
         if self.use_moe and self.ffn_type != "per_token":

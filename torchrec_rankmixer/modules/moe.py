@@ -49,8 +49,8 @@ class PerTokenSparseMoE(nn.Module):
         expert_hidden: h, hidden width of each expert.
         router: ``"dtsi"``, ``"relu"`` or ``"topk"``.
         target_active_ratio: target mean fraction of active experts (top-k: k/E).
-        l1_init: initial L1 coefficient (ReLU routers).
-        l1_step: controller's multiplicative step (> 1).
+        l1_kp: proportional gain of the L1 controller (ReLU routers).
+        l1_ki: integral gain of the L1 controller.
         balance_coef: load-balancing loss weight (top-k).
         dense_path_prob: DTSI probability of routing a (sample, token) by h_train in training.
         device: where to allocate (``"meta"`` works).
@@ -82,8 +82,8 @@ class PerTokenSparseMoE(nn.Module):
         expert_hidden: int = 64,
         router: str = "dtsi",
         target_active_ratio: float = 0.25,
-        l1_init: float = 1e-3,
-        l1_step: float = 1.2,
+        l1_kp: float = 2.0,
+        l1_ki: float = 0.1,
         balance_coef: float = 0.01,
         dense_path_prob: float = 0.5,
         device: torch.device | str | None = None,
@@ -94,8 +94,8 @@ class PerTokenSparseMoE(nn.Module):
             _check_positive_int(name, value)
         _check_choice("router", router, MOE_ROUTERS)
         _check_float("target_active_ratio", target_active_ratio, 0.0, 1.0, "(]")
-        _check_float("l1_init", l1_init, 0.0, float("inf"), "()")
-        _check_float("l1_step", l1_step, 1.0, float("inf"), "()")
+        _check_float("l1_kp", l1_kp, 0.0, float("inf"), "[)")
+        _check_float("l1_ki", l1_ki, 0.0, float("inf"), "()")
         _check_float("balance_coef", balance_coef, 0.0, float("inf"), "[)")
         _check_float("dense_path_prob", dense_path_prob, 0.0, 1.0, "[)")
         self.top_k = round(target_active_ratio * num_experts)
@@ -114,7 +114,7 @@ class PerTokenSparseMoE(nn.Module):
         self.b2 = nn.Parameter(torch.empty(T, E, D, device=device))
         self.router_infer = TokenRouter(T, D, E, device=device)
         self.router_train: Optional[TokenRouter] = TokenRouter(T, D, E, device=device) if router == "dtsi" else None
-        self.l1: Optional[AdaptiveL1] = AdaptiveL1(target_active_ratio, l1_init, l1_step) if router != "topk" else None
+        self.l1: Optional[AdaptiveL1] = AdaptiveL1(target_active_ratio, l1_kp, l1_ki) if router != "topk" else None
         self.execution, self.eval_router, self.sparse_kernel = "sparse", "infer", "auto"
         self.reset_parameters()
         self.reset_statistics()
@@ -125,7 +125,7 @@ class PerTokenSparseMoE(nn.Module):
         return cls(
             config.num_tokens, config.d_model, config.moe_num_experts, config.moe_hidden,
             router=config.moe_router, target_active_ratio=config.moe_target_active_ratio,
-            l1_init=config.moe_l1_init, l1_step=config.moe_l1_step,
+            l1_kp=config.moe_l1_kp, l1_ki=config.moe_l1_ki,
             balance_coef=config.moe_balance_coef, dense_path_prob=config.moe_dense_path_prob,
             device=device,
         )
@@ -192,7 +192,7 @@ class PerTokenSparseMoE(nn.Module):
         self._last_ratio: Optional[torch.Tensor] = None  # (T,)
         self._train_ratio: Optional[torch.Tensor] = None
         self._balance: Optional[torch.Tensor] = None
-        self._penalty: Optional[torch.Tensor] = None
+        self._gate_l1: Optional[torch.Tensor] = None
 
     @torch.no_grad()
     def _record(self, gates: torch.Tensor) -> None:
@@ -201,8 +201,7 @@ class PerTokenSparseMoE(nn.Module):
         self._usage = counts if self._usage is None else self._usage + counts
         self._rows += gates.shape[0]
         self._last_ratio = active.mean(dim=(0, 2))  # (T,)
-        if self.l1 is not None:
-            self._penalty = self.l1.penalty(gates)
+        self._gate_l1 = gates.detach().sum(-1).mean()  # mean L1 norm of a token's gates
 
     def expert_utilisation(self) -> torch.Tensor:
         """[T, E]: fraction of rows in the window that activated each expert (h_infer)."""
@@ -216,7 +215,8 @@ class PerTokenSparseMoE(nn.Module):
         ``active_ratio`` / ``active_ratio_t{t}``: h_infer's active fraction in the last
         forward (all tokens / token t). ``expert_util_min`` / ``expert_util_max`` and
         ``dead_experts`` (experts never active): over the window since
-        :meth:`reset_statistics`. ``l1_coef`` / ``l1_penalty`` (ReLU routers),
+        :meth:`reset_statistics`. ``gate_l1``: mean sum of a token's gates (last
+        forward). ``l1_coef`` / ``l1_integral`` (ReLU routers' controller state),
         ``train_router_active_ratio`` (DTSI, last training forward), ``balance_loss``
         (top-k, last forward).
         """
@@ -230,7 +230,9 @@ class PerTokenSparseMoE(nn.Module):
                      dead_experts=float((util == 0).sum()))
         if self.l1 is not None:
             stats["l1_coef"] = float(self.l1.coef)
-            stats["l1_penalty"] = float(self._penalty) if self._penalty is not None else 0.0
+            stats["l1_integral"] = float(self.l1.integral)
+        if self._gate_l1 is not None:
+            stats["gate_l1"] = float(self._gate_l1)
         if self._train_ratio is not None:
             stats["train_router_active_ratio"] = float(self._train_ratio)
         if self._balance is not None:

@@ -16,8 +16,7 @@ from torch import nn
 
 from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
 
-L1_COEF_MIN = 1e-6
-L1_COEF_MAX = 1e4
+INTEGRAL_MAX = 50.0
 
 
 class _InjectGrad(torch.autograd.Function):
@@ -88,71 +87,78 @@ class TokenRouter(nn.Module):
         return logits.transpose(0, 1)  # (B, T, E)
 
 
+class _ScaledL1(torch.autograd.Function):
+    """y = logits; backward adds ``coef * s`` to the gradient of every active logit
+    (``coef > 0``) or of every logit (``coef < 0``), s = RMS of the incoming (task)
+    gradient over the entries where it is non-zero."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, coef)
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        logits, coef = ctx.saved_tensors  # type: ignore[attr-defined]
+        live = (grad != 0).sum().clamp(min=1)
+        scale = (grad.pow(2).sum() / live).sqrt()  # RMS of the task gradient
+        where = (logits > 0) | (coef < 0)
+        return grad + (coef * scale) * where, None
+
+
 class AdaptiveL1(nn.Module):
-    """ReLU gates with the adaptive L1 penalty and its controller (docs/moe.md).
+    """ReLU gates with the adaptive L1 penalty and its PI controller (docs/moe.md).
 
-    ``forward(logits)`` returns ``g = ReLU(logits)``. In training it injects the
-    gradient of the penalty ``P = coef * sum_{t,e} mean_b g[b, t, e]`` (``coef / B``
-    per active gate, the scale of a per-sample mean loss). The coefficient is signed:
-    ``coef > 0`` is the L1 shrinkage of the paper; ``coef < 0`` (only reached when the
-    task alone makes the gates sparser than the target) is an activation bonus applied
-    straight-through to *every* logit, so experts whose logits went negative can come
-    back (ReLU passes no gradient there).
+    ``forward(logits)`` returns ``g = ReLU(logits)``. In training, the backward adds to
+    every active gate the gradient ``coef * s``, s the RMS of the task gradient reaching
+    the gates: the subgradient of the L1 penalty ``coef * s * sum(g)``. Expressing the
+    coefficient in units of the task gradient makes it scale-free: the same ``coef``
+    means the same balance whatever the loss scale, batch size, gradient accumulation or
+    AMP loss scaling. ``coef < 0`` (reached only when the task alone makes the gates
+    sparser than the target) is an activation bonus applied straight-through to every
+    logit, so experts whose logits went negative can come back.
 
-    Controller, after each training forward, with r the fraction of non-zero gates in
-    the batch and d = +1 if r > target else -1: ``|coef|`` is multiplied by ``step``
-    when ``sign(coef) == d`` and divided by ``step`` otherwise; when ``|coef|`` falls
-    below 1e-6 the sign flips to d at magnitude 1e-6; ``|coef| <= 1e4``. This is ReMoE's
-    multiplicative sign controller extended through zero. ``coef`` is a buffer: it is
-    checkpointed with the model and broadcast by DDP.
+    Controller (PI), after each training forward, with r the fraction of non-zero
+    gates in the batch and ``e = clamp((r - target) / target, -1, 1)``:
+    ``I <- clamp(I + ki * e, -50, 50)``; ``coef <- kp * e + I``. ``coef`` and ``I`` are
+    buffers: checkpointed with the model and broadcast by DDP.
 
     Args:
         target: target fraction of active gates, in (0, 1].
-        init: initial coefficient, > 0.
-        step: multiplicative step, > 1.
+        kp: proportional gain, >= 0.
+        ki: integral gain, > 0.
 
     Shapes:
         logits [B, T, E] -> gates [B, T, E].
 
     Example::
 
-        >>> l1 = AdaptiveL1(target=0.25, init=1.0, step=2.0)
+        >>> l1 = AdaptiveL1(target=0.25, kp=2.0, ki=0.1)
         >>> h = torch.ones(4, 2, 3, requires_grad=True)  # all active: ratio 1 > 0.25
-        >>> l1(h).sum().backward()
-        >>> h.grad[0, 0, 0].item(), l1.coef.item()  # 1 + coef/B with the old coef; coef doubled
-        (1.25, 2.0)
+        >>> g = l1(h)
+        >>> round(l1.coef.item(), 3)  # e = 1: coef = kp * 1 + ki * 1
+        2.1
     """
 
-    def __init__(self, target: float, init: float, step: float) -> None:
+    def __init__(self, target: float, kp: float, ki: float) -> None:
         super().__init__()
-        self.target, self.step = float(target), float(step)
-        self.register_buffer("coef", torch.tensor(float(init)))
-
-    def penalty(self, gates: torch.Tensor) -> torch.Tensor:
-        """The penalty value for gates [B, T, E] (for logging)."""
-        return self.coef * gates.detach().sum() / gates.shape[0]
+        self.target, self.kp, self.ki = float(target), float(kp), float(ki)
+        self.register_buffer("coef", torch.zeros(()))
+        self.register_buffer("integral", torch.zeros(()))
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled() and logits.requires_grad):
             return F.relu(logits)
-        coef = self.coef.to(logits.dtype)
-        per_gate = coef / logits.shape[0]
-        # L1 (coef > 0): gradient on active gates only; bonus (coef < 0): on every logit.
-        extra = torch.where((logits > 0) | (coef < 0), per_gate, torch.zeros_like(per_gate))
-        gates = F.relu(inject_gradient(logits, extra))  # extra lands after ReLU's mask
+        gates = F.relu(_ScaledL1.apply(logits, self.coef.to(logits.dtype).clone()))
         self._update(gates)
         return gates
 
     @torch.no_grad()
     def _update(self, gates: torch.Tensor) -> None:
         ratio = (gates > 0).float().mean()
-        direction = torch.where(ratio > self.target, 1.0, -1.0)
-        sign = torch.where(self.coef >= 0, 1.0, -1.0)
-        mag = self.coef.abs() * torch.where(sign == direction, self.step, 1.0 / self.step)
-        flip = mag < L1_COEF_MIN
-        sign = torch.where(flip, direction, sign)
-        mag = torch.where(flip, torch.full_like(mag, L1_COEF_MIN), mag).clamp(max=L1_COEF_MAX)
-        self.coef.copy_(sign * mag)
+        err = ((ratio - self.target) / self.target).clamp(-1.0, 1.0)
+        self.integral.add_(self.ki * err).clamp_(-INTEGRAL_MAX, INTEGRAL_MAX)
+        self.coef.copy_(self.kp * err + self.integral)
 
 
 def topk_softmax_gates(logits: torch.Tensor, k: int, balance_coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
