@@ -20,6 +20,7 @@ from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.modules import (
     MultiHeadTokenMixing,
     PerTokenFFN,
+    PerTokenSparseMoE,
     RankMixerBlock,
     RankMixerEncoder,
     SharedFFN,
@@ -43,6 +44,7 @@ __all__ = [
     "DLRM_RankMixer",
     "MultiHeadTokenMixing",
     "PerTokenFFN",
+    "PerTokenSparseMoE",
     "RankMixerBlock",
     "RankMixerConfig",
     "RankMixerEncoder",

@@ -12,6 +12,7 @@ POOLINGS: Tuple[str, ...] = ("mean", "flatten")
 FFN_TYPES: Tuple[str, ...] = ("per_token", "shared")
 TOKEN_MIXERS: Tuple[str, ...] = ("multihead", "none", "self_attention")
 FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
+MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -27,6 +28,18 @@ def _check_choice(name: str, value: object, choices: Tuple[str, ...]) -> None:
 def _check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} ({value!r}) must be a bool")
+
+
+def _check_float(name: str, value: object, low: float, high: float, closed: str) -> None:
+    """value must be a real number in the interval given by ``closed``: "()", "(]" or "[)"."""
+    interval = f"{closed[0]}{low}, {high}{closed[1]}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} ({value!r}) must be a float in {interval}")
+    v = float(value)
+    above = v >= low if closed[0] == "[" else v > low
+    below = v <= high if closed[1] == "]" else v < high
+    if not (above and below):
+        raise ValueError(f"{name} ({value!r}) must be in {interval}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,21 @@ class RankMixerConfig:
         layer_norm: keep the LayerNorms (ablation switch).
         ffn_kernel: per-token FFN execution path: ``"auto"`` (measured choice, see
             docs/benchmarks.md), ``"loop"`` (reference), ``"bmm"`` or ``"grouped_mm"``.
+        use_moe: replace each token's FFN by a Sparse-MoE of E experts
+            (:class:`~torchrec_rankmixer.modules.moe.PerTokenSparseMoE`, docs/moe.md).
+        moe_router: ``"dtsi"`` (paper: ReLU routing, dense-training / sparse-inference
+            with routers h_train and h_infer), ``"relu"`` (one ReLU router, ablation) or
+            ``"topk"`` (vanilla top-k softmax + load-balancing loss, baseline).
+        moe_num_experts: E experts per token.
+        moe_expert_hidden: hidden width of each expert; ``None`` picks
+            ``round(kD / (E * target))`` so the active FLOPs match the dense FFN's.
+        moe_target_active_ratio: target mean fraction of active experts, in (0, 1];
+            top-k uses ``k = round(target * E)``.
+        moe_l1_kp: proportional gain of the L1 controller (ReLU routers), >= 0.
+        moe_l1_ki: integral gain of the L1 controller, > 0 (docs/moe.md).
+        moe_balance_coef: load-balancing loss weight (top-k), >= 0.
+        moe_dense_path_prob: DTSI: probability that a (sample, token) in training uses
+            h_train's gates instead of h_infer's, in [0, 1).
 
     Example::
 
@@ -76,6 +104,15 @@ class RankMixerConfig:
     residual: bool = True
     layer_norm: bool = True
     ffn_kernel: str = "auto"
+    use_moe: bool = False
+    moe_router: str = "dtsi"
+    moe_num_experts: int = 8
+    moe_expert_hidden: Optional[int] = None
+    moe_target_active_ratio: float = 0.25
+    moe_l1_kp: float = 2.0
+    moe_l1_ki: float = 0.1
+    moe_balance_coef: float = 0.01
+    moe_dense_path_prob: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
@@ -103,6 +140,26 @@ class RankMixerConfig:
                 f"num_heads ({heads}) must equal num_tokens ({self.num_tokens}) in the "
                 "paper's strict mode; pass strict_heads=False for general H"
             )
+        self._check_moe()
+
+    def _check_moe(self) -> None:
+        _check_bool("use_moe", self.use_moe)
+        _check_choice("moe_router", self.moe_router, MOE_ROUTERS)
+        _check_positive_int("moe_num_experts", self.moe_num_experts)
+        if self.moe_expert_hidden is not None:
+            _check_positive_int("moe_expert_hidden", self.moe_expert_hidden)
+        _check_float("moe_target_active_ratio", self.moe_target_active_ratio, 0.0, 1.0, "(]")
+        _check_float("moe_l1_kp", self.moe_l1_kp, 0.0, float("inf"), "[)")
+        _check_float("moe_l1_ki", self.moe_l1_ki, 0.0, float("inf"), "()")
+        _check_float("moe_balance_coef", self.moe_balance_coef, 0.0, float("inf"), "[)")
+        _check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
+        if self.use_moe and self.ffn_type != "per_token":
+            raise ValueError(f"use_moe=True needs ffn_type='per_token' (got {self.ffn_type!r})")
+        if self.use_moe and self.moe_router == "topk" and self.moe_top_k < 1:
+            raise ValueError(
+                f"moe_target_active_ratio ({self.moe_target_active_ratio}) * moe_num_experts "
+                f"({self.moe_num_experts}) rounds to 0 experts for top-k routing"
+            )
 
     # ------------------------------------------------------------------ derived
     @property
@@ -114,6 +171,18 @@ class RankMixerConfig:
     def hidden_dim(self) -> int:
         """kD: hidden width of each token's FFN."""
         return self.ffn_mult * self.d_model
+
+    @property
+    def moe_hidden(self) -> int:
+        """Hidden width of each MoE expert (``moe_expert_hidden`` or the FLOP-matched default)."""
+        if self.moe_expert_hidden is not None:
+            return self.moe_expert_hidden
+        return max(1, round(self.hidden_dim / (self.moe_num_experts * self.moe_target_active_ratio)))
+
+    @property
+    def moe_top_k(self) -> int:
+        """k of the top-k baseline: ``round(target * E)``."""
+        return round(self.moe_target_active_ratio * self.moe_num_experts)
 
     @property
     def output_dim(self) -> int:
@@ -129,24 +198,42 @@ class RankMixerConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ sizes
-    def param_count(self, exact: bool = False) -> int:
+    def _moe_active_experts(self, active: bool) -> float:
+        """Experts per token counted: E (total) or target * E (active at inference)."""
+        E = self.moe_num_experts
+        return self.moe_target_active_ratio * E if active else float(E)
+
+    def param_count(self, exact: bool = False, active: bool = False) -> int:
         """Encoder parameters.
 
         ``exact=False`` gives the paper's approximation ``2kLTD²`` (FFN weights only).
         ``exact=True`` counts every parameter of :class:`RankMixerEncoder` built from
         this config: FFN weights and biases, LayerNorms, attention (if used).
+
+        With ``use_moe`` the FFN term counts experts and routers (docs/moe.md):
+        ``active=False`` gives the total (``2·E·h·LTD`` approximately, h the expert
+        width), ``active=True`` the parameters one inference touches at the target
+        ratio (``target·E`` experts and only the h_infer router), rounded down.
+        ``active`` is ignored without ``use_moe``.
         """
         L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
-        if not exact:
+        if self.use_moe:
+            E, h, n = self.moe_num_experts, self.moe_hidden, self._moe_active_experts(active)
+            routers = 1 if active or self.moe_router != "dtsi" else 2
+            if not exact:
+                return int(2 * n * h * L * T * D)
+            ffn = T * (n * (D * h + h + h * D + D) + routers * (D * E + E))
+        elif not exact:
             return 2 * kD * L * T * D
-        ffn_copies = T if self.ffn_type == "per_token" else 1
-        ffn = ffn_copies * (D * kD + kD + kD * D + D)
+        else:
+            ffn_copies = T if self.ffn_type == "per_token" else 1
+            ffn = ffn_copies * (D * kD + kD + kD * D + D)
         norms = 2 * (2 * D) if self.layer_norm else 0
         attn = (4 * D * D + 4 * D) if self.token_mixer == "self_attention" else 0
         final = 2 * D if self.final_norm else 0
-        return L * (ffn + norms + attn) + final
+        return int(L * (ffn + norms + attn) + final)
 
-    def flops_per_sample(self, exact: bool = False) -> int:
+    def flops_per_sample(self, exact: bool = False, training: bool = False) -> int:
         """Forward FLOPs of the encoder for one sample.
 
         ``exact=False`` gives the paper's ``4kLTD²``. ``exact=True`` counts every matrix
@@ -154,15 +241,28 @@ class RankMixerConfig:
         equals the approximation for the paper's architecture and adds the attention
         products for ``token_mixer="self_attention"``. Element-wise work (bias, GELU,
         LayerNorm, mixing permutation) is not counted.
+
+        With ``use_moe``: by default the sparse-inference cost at exactly the target
+        ratio (``target·E`` experts per token; ``exact=True`` adds the h_infer router
+        matmul). ``training=True`` gives the dense-training cost: all E experts, every
+        router and the gate-weighted bias matmul. The measured ratio varies per batch; see docs/moe.md.
         """
         L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
-        if not exact:
+        if self.use_moe:
+            E, h, n = self.moe_num_experts, self.moe_hidden, self._moe_active_experts(not training)
+            if not exact:
+                return int(4 * n * h * L * T * D)
+            routers = 2 if training and self.moe_router == "dtsi" else 1
+            gated_bias = 2 * T * E * D if training else 0  # the dense path's g @ b2 bmm
+            ffn = 2 * 2 * T * D * n * h + routers * 2 * T * D * E + gated_bias
+        elif not exact:
             return 4 * kD * L * T * D
-        ffn = 2 * 2 * T * D * kD
+        else:
+            ffn = 2 * 2 * T * D * kD
         attn = 0
         if self.token_mixer == "self_attention":
             attn = 2 * 4 * T * D * D + 2 * 2 * T * T * D  # projections + QK^T and AV
-        return L * (ffn + attn)
+        return int(L * (ffn + attn))
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN, SharedFFN
 from torchrec_rankmixer.modules.token_mixing import (
     MultiHeadTokenMixing,
@@ -18,6 +19,8 @@ from torchrec_rankmixer.modules.token_mixing import (
 
 def build_ffn(config: RankMixerConfig, device: torch.device | str | None = None) -> nn.Module:
     """The FFN of one block: [B, T, D] -> [B, T, D]."""
+    if config.use_moe:
+        return PerTokenSparseMoE.from_config(config, device=device)
     if config.ffn_type == "shared":
         return SharedFFN(config.d_model, config.ffn_mult, device=device)
     return PerTokenFFN(

@@ -5,12 +5,13 @@ pipeline lives in the training CLI.
 """
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
 
+from torchrec_rankmixer.modules.aux import collect_statistics
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss
 
 EVAL_OFFSET = 1_000_000  # synthetic eval batches start here, disjoint from training
@@ -22,6 +23,7 @@ class TrainResult:
 
     steps: List[int] = field(default_factory=list)
     losses: List[float] = field(default_factory=list)
+    stats: List[Dict[str, float]] = field(default_factory=list)  # collect_statistics per log
     eval_auc: float = float("nan")
     eval_logloss: float = float("nan")
 
@@ -47,6 +49,7 @@ def train_simple(
     lr: float = 1e-3,
     log_every: int = 50,
     on_log: Optional[Callable[[int, float], None]] = None,
+    on_stats: Optional[Callable[[int, Dict[str, float]], None]] = None,
 ) -> TrainResult:
     """Adam on every parameter, BCE on logit 0.
 
@@ -57,6 +60,8 @@ def train_simple(
         lr: Adam learning rate.
         log_every: record the mean loss every this many steps.
         on_log: callback ``(step, mean_loss)``.
+        on_stats: callback ``(step, collect_statistics(model))`` at each log step (module
+            statistics such as the Sparse-MoE's active ratio; also kept in ``stats``).
     """
     if lr <= 0:
         raise ValueError(f"lr ({lr}) must be > 0")
@@ -77,6 +82,11 @@ def train_simple(
             result.losses.append(running / count)
             if on_log is not None:
                 on_log(step, running / count)
+            stats = collect_statistics(model)
+            if stats:
+                result.stats.append(stats)
+                if on_stats is not None:
+                    on_stats(step, stats)
             running, count = 0.0, 0
     if eval_batches is not None:
         result.eval_auc, result.eval_logloss = evaluate(model, eval_batches())

@@ -1,0 +1,138 @@
+"""Routers, gradient injection and the adaptive-L1 controller (modules/moe_router.py)."""
+
+from typing import Iterator
+
+import pytest
+import torch
+
+from torchrec_rankmixer.modules.moe_router import (
+    INTEGRAL_MAX,
+    AdaptiveL1,
+    TokenRouter,
+    inject_gradient,
+    topk_softmax_gates,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny ops on a shared 2-core box run far faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_inject_gradient_equals_adding_the_penalty_to_the_loss() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 4)
+    target = torch.randn(5, 3)
+
+    def task(g: torch.Tensor) -> torch.Tensor:
+        return ((g - target) ** 2).mean()
+
+    g = torch.relu(x @ w)
+    (task(g) + 0.3 * g.sum() / 5).backward()
+    expected = w.grad.clone()
+    w.grad = None
+    g = torch.relu(inject_gradient(x @ w, 0.3 / 5 * ((x @ w) > 0).float()))
+    task(g).backward()
+    torch.testing.assert_close(w.grad, expected)
+
+
+def test_l1_gradient_is_coef_times_task_rms_on_active_gates() -> None:
+    l1 = AdaptiveL1(target=0.5, kp=2.0, ki=0.1)
+    l1.coef.fill_(0.5)
+    logits = torch.tensor([[[1.0, -1.0, 2.0, 3.0]]], requires_grad=True)  # ratio 0.75
+    gates = l1(logits)
+    assert torch.equal(gates, torch.relu(logits.detach()))
+    (gates * torch.tensor([3.0, 7.0, -3.0, 3.0])).sum().backward()
+    # task grad on active gates: [3, 0, -3, 3], RMS 3; L1 adds 0.5 * 3 to active ones only
+    torch.testing.assert_close(logits.grad, torch.tensor([[[4.5, 0.0, -1.5, 4.5]]]))
+    # PI: e = (0.75 - 0.5) / 0.5 = 0.5; I = 0.05; coef = 2 * 0.5 + 0.05
+    assert abs(l1.coef.item() - 1.05) < 1e-6 and abs(l1.integral.item() - 0.05) < 1e-6
+
+
+def test_l1_matches_a_real_penalty_in_the_loss() -> None:
+    """coef * s * sum(g) added to the loss gives the same gradient as the injection."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, requires_grad=True)
+    x = torch.randn(7, 1, 6)
+    l1 = AdaptiveL1(target=0.5, kp=2.0, ki=0.1)
+    l1.coef.fill_(0.7)
+    g = l1(x @ w)
+    (g ** 2).sum().backward()
+    injected = w.grad.clone()
+    w.grad = None
+    h = x @ w
+    task_grad = 2 * torch.relu(h.detach())
+    s = (task_grad.pow(2).sum() / (task_grad != 0).sum()).sqrt()
+    gates = torch.relu(h)
+    ((gates ** 2).sum() + 0.7 * s * gates.sum()).backward()
+    torch.testing.assert_close(injected, w.grad)
+
+
+def test_negative_coef_revives_dead_logits() -> None:
+    l1 = AdaptiveL1(target=0.5, kp=2.0, ki=0.1)
+    dead = torch.full((2, 1, 4), -1.0, requires_grad=True)  # ratio 0 < target
+    l1(dead)
+    assert l1.coef.item() < 0
+    l1.coef.fill_(-1.0)
+    x = dead.detach().clone().requires_grad_(True)
+    live = torch.cat([x, torch.ones(2, 1, 4)], 1)  # something carries a task gradient
+    (l1(live) * 2.0).sum().backward()
+    assert (x.grad < 0).all()  # bonus on every logit: descent raises the dead ones
+
+
+def test_integral_is_clamped() -> None:
+    l1 = AdaptiveL1(target=0.1, kp=0.0, ki=1000.0)
+    l1(torch.ones(2, 1, 4, requires_grad=True))
+    assert l1.integral.item() == INTEGRAL_MAX == l1.coef.item()
+
+
+def test_controller_holds_ratio_near_target_on_a_toy_router() -> None:
+    """A router trained by a regression that wants some gate mass, plus the adaptive L1."""
+    for target in (0.5, 0.125):
+        torch.manual_seed(0)
+        router = TokenRouter(num_tokens=2, d_model=8, num_experts=8)
+        l1 = AdaptiveL1(target=target, kp=2.0, ki=0.1)
+        opt = torch.optim.Adam(router.parameters(), lr=0.02)
+        tw = torch.randn(8)
+        ratios = []
+        for _ in range(200):
+            x = torch.randn(64, 2, 8)
+            gates = l1(router(x))
+            loss = ((gates.sum(-1) - (x @ tw).abs()) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ratios.append((gates > 0).float().mean().item())
+        tail = sum(ratios[-50:]) / 50
+        assert abs(tail - target) <= 0.1 * target, (target, tail)
+
+
+def test_l1_is_inert_in_eval_and_without_grad() -> None:
+    l1 = AdaptiveL1(target=0.5, kp=2.0, ki=0.1)
+    with torch.no_grad():
+        l1(torch.ones(2, 1, 2, requires_grad=True))
+    l1.eval()
+    l1(torch.ones(2, 1, 2, requires_grad=True))
+    assert l1.coef.item() == 0.0 and l1.integral.item() == 0.0
+
+
+def test_topk_gates_and_load_balance_gradient() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(16, 3, 8, requires_grad=True)
+    gates, balance = topk_softmax_gates(logits, k=2, balance_coef=0.5)
+    assert ((gates > 0).sum(-1) == 2).all()
+    torch.testing.assert_close(gates.sum(-1), torch.ones(16, 3))
+    assert balance.item() >= 1.0 - 1e-6  # E * sum f P >= 1, equality iff balanced
+    gates.sum().backward()  # gates sum to 1, so the task gradient is 0: only LB remains
+    lb_only = logits.grad.clone()
+    probs = torch.softmax(logits.detach(), -1).requires_grad_(True)
+    top = probs.topk(2, -1).indices
+    frac = torch.zeros_like(probs).scatter_(-1, top, 1.0).mean(0) / 2
+    (0.5 * 8 * (frac * probs.mean(0)).sum(-1).mean()).backward()
+    expected = torch.autograd.grad(torch.softmax(logits, -1), logits, probs.grad)[0]
+    torch.testing.assert_close(lb_only, expected, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,200 @@
+"""Routers of the per-token Sparse-MoE and the gradient-injection mechanism.
+
+The router penalties (ReLU routing's adaptive L1, top-k's load-balancing loss) reach
+training through :func:`inject_gradient`: an identity in the forward whose backward adds
+the penalty's gradient to the gates' gradient. Any loop that calls ``backward()`` on a
+loss computed from the model's output (ours, TorchRec's ``DLRMTrain``, a
+``TrainPipelineSparseDist``) therefore trains the penalty, with no auxiliary loss to
+remember. Why this and not an auxiliary loss: docs/moe.md.
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
+
+INTEGRAL_MAX = 50.0
+
+
+class _InjectGrad(torch.autograd.Function):
+    """y = x; dL/dx = dL/dy + extra."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(extra)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        (extra,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad + extra, None
+
+
+def inject_gradient(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """Identity on ``x`` whose backward adds ``extra`` (broadcast to x) to x's gradient.
+
+    Adding ``extra = dP/dx`` trains a penalty P as if ``P`` had been added to the loss.
+
+    Args:
+        x: any tensor that requires grad.
+        extra: gradient to add, broadcastable to ``x`` (detached).
+
+    Example::
+
+        >>> x = torch.ones(3, requires_grad=True)
+        >>> (2 * inject_gradient(x, torch.tensor(0.5))).sum().backward()
+        >>> x.grad.tolist()
+        [2.5, 2.5, 2.5]
+    """
+    return _InjectGrad.apply(x, extra.detach().to(x.dtype))
+
+
+class TokenRouter(nn.Module):
+    """One linear router per token: logits[b, t] = x[b, t] @ W[t] + c[t].
+
+    Args:
+        num_tokens: T.
+        d_model: D.
+        num_experts: E.
+        device: where to allocate.
+
+    Shapes:
+        x: [B, T, D] -> logits [B, T, E]. weight [T, D, E], bias [T, E].
+
+    Example::
+
+        >>> TokenRouter(3, 8, 4)(torch.randn(2, 3, 8)).shape
+        torch.Size([2, 3, 4])
+    """
+
+    def __init__(self, num_tokens: int, d_model: int, num_experts: int, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_tokens, d_model, num_experts, device=device))
+        self.bias = nn.Parameter(torch.empty(num_tokens, num_experts, device=device))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight.is_meta:
+            return
+        _init_linear_stack(self.weight, self.bias, self.weight.shape[1])
+        nn.init.zeros_(self.bias)  # start with about half the experts active
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight)  # (T, B, E)
+        return logits.transpose(0, 1)  # (B, T, E)
+
+
+class _ScaledL1(torch.autograd.Function):
+    """y = logits; backward adds ``coef * s`` to the gradient of every active logit
+    (``coef > 0``) or of every logit (``coef < 0``), s = RMS of the incoming (task)
+    gradient over the entries where it is non-zero."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(logits, coef)
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        logits, coef = ctx.saved_tensors  # type: ignore[attr-defined]
+        live = (grad != 0).sum().clamp(min=1)
+        scale = (grad.pow(2).sum() / live).sqrt()  # RMS of the task gradient
+        where = (logits > 0) | (coef < 0)
+        return grad + (coef * scale) * where, None
+
+
+class AdaptiveL1(nn.Module):
+    """ReLU gates with the adaptive L1 penalty and its PI controller (docs/moe.md).
+
+    ``forward(logits)`` returns ``g = ReLU(logits)``. In training, the backward adds to
+    every active gate the gradient ``coef * s``, s the RMS of the task gradient reaching
+    the gates: the subgradient of the L1 penalty ``coef * s * sum(g)``. Expressing the
+    coefficient in units of the task gradient makes it scale-free: the same ``coef``
+    means the same balance whatever the loss scale, batch size, gradient accumulation or
+    AMP loss scaling. ``coef < 0`` (reached only when the task alone makes the gates
+    sparser than the target) is an activation bonus applied straight-through to every
+    logit, so experts whose logits went negative can come back.
+
+    Controller (PI), after each training forward, with r the fraction of non-zero
+    gates in the batch and ``e = clamp((r - target) / target, -1, 1)``:
+    ``I <- clamp(I + ki * e, -50, 50)``; ``coef <- kp * e + I``. ``coef`` and ``I`` are
+    buffers: checkpointed with the model and broadcast by DDP.
+
+    Args:
+        target: target fraction of active gates, in (0, 1].
+        kp: proportional gain, >= 0.
+        ki: integral gain, > 0.
+
+    Shapes:
+        logits [B, T, E] -> gates [B, T, E].
+
+    Example::
+
+        >>> l1 = AdaptiveL1(target=0.25, kp=2.0, ki=0.1)
+        >>> h = torch.ones(4, 2, 3, requires_grad=True)  # all active: ratio 1 > 0.25
+        >>> g = l1(h)
+        >>> round(l1.coef.item(), 3)  # e = 1: coef = kp * 1 + ki * 1
+        2.1
+    """
+
+    def __init__(self, target: float, kp: float, ki: float) -> None:
+        super().__init__()
+        self.target, self.kp, self.ki = float(target), float(kp), float(ki)
+        self.register_buffer("coef", torch.zeros(()))
+        self.register_buffer("integral", torch.zeros(()))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled() and logits.requires_grad):
+            return F.relu(logits)
+        gates = F.relu(_ScaledL1.apply(logits, self.coef.to(logits.dtype).clone()))
+        self._update(gates)
+        return gates
+
+    @torch.no_grad()
+    def _update(self, gates: torch.Tensor) -> None:
+        ratio = (gates > 0).float().mean()
+        err = ((ratio - self.target) / self.target).clamp(-1.0, 1.0)
+        self.integral.add_(self.ki * err).clamp_(-INTEGRAL_MAX, INTEGRAL_MAX)
+        self.coef.copy_(self.kp * err + self.integral)
+
+
+def topk_softmax_gates(logits: torch.Tensor, k: int, balance_coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Vanilla top-k softmax routing with the Switch/GShard load-balancing loss.
+
+    ``p = softmax(logits)``; each (sample, token) keeps its k largest ``p`` renormalised
+    to sum 1, the other gates are 0. Load balance (per token t, then averaged over T):
+    ``LB = E * sum_e f[t, e] * P[t, e]`` with f the fraction of routing slots sent to e
+    and P the mean probability; ``balance_coef * LB`` is trained by gradient injection
+    on ``p`` when ``p`` requires grad.
+
+    Args:
+        logits: [B, T, E].
+        k: experts per (sample, token), 1 <= k <= E.
+        balance_coef: weight of the load-balancing loss (0 disables it).
+
+    Returns:
+        gates [B, T, E] (k non-zero per row), and the load-balancing loss value (detached).
+
+    Example::
+
+        >>> gates, lb = topk_softmax_gates(torch.randn(4, 3, 8), k=2, balance_coef=0.01)
+        >>> (gates > 0).sum(-1).unique().tolist(), torch.allclose(gates.sum(-1), torch.ones(4, 3))
+        ([2], True)
+    """
+    B, T, E = logits.shape
+    probs = torch.softmax(logits, dim=-1)  # (B, T, E)
+    top_p, top_i = probs.topk(k, dim=-1)  # (B, T, k)
+    with torch.no_grad():
+        routed = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)  # (B, T, E) one-hots
+        frac = routed.mean(0) / k  # (T, E): f
+        balance = E * (frac * probs.mean(0)).sum(-1).mean()
+    if probs.requires_grad and balance_coef > 0:
+        probs = inject_gradient(probs, balance_coef * E * frac / (B * T))  # dLB/dp
+        top_p = probs.gather(-1, top_i)
+    gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
+    return gates, balance
+
+

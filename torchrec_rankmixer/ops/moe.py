@@ -1,0 +1,258 @@
+"""Per-token mixture-of-experts kernels: gated sums of E small GELU FFNs per token.
+
+Every token t has its own E experts; expert (t, e) is ``f_te(x) = GELU(x W1 + b1) W2 + b2``
+with w1 [T, E, D, h], b1 [T, E, h], w2 [T, E, h, D], b2 [T, E, D] (h the expert width).
+Given gates g [B, T, E] (zero = inactive), every kernel returns
+
+    y[b, t] = sum_e g[b, t, e] * f_te(x[b, t])          # (B, T, D)
+
+- :func:`moe_experts_reference`: the readable definition, a loop over (t, e).
+- :func:`moe_experts_dense`: computes every expert for every row in two batched
+  matmuls over T (the dense-training path; the gate is folded into the hidden layer:
+  ``y_t = [g ⊙ H_t] W2cat_t + g b2_t``).
+- :func:`moe_experts_sparse`: runs only the active (sample, token, expert) triples.
+  It groups them by expert (t, e), gathers their rows and runs one grouped matmul
+  per layer (``"padded_bmm"``: a [G, C, D] bmm over the T*E experts, C the largest
+  group, the CPU default; ``"grouped_mm"``: ``torch._grouped_mm`` with offsets, the CUDA
+  default; ``"loop"``: one addmm per non-empty group), then scatter-adds the gated
+  outputs. Inactive experts cost nothing but bookkeeping.
+
+All three are equal up to float rounding (tested forward and backward).
+"""
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+SPARSE_KERNELS: Tuple[str, ...] = ("auto", "padded_bmm", "grouped_mm", "loop")
+
+
+def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
+    if x.dim() != 3 or gates.dim() != 3:
+        raise ValueError(f"x {tuple(x.shape)} and gates {tuple(gates.shape)} must be 3-D [B, T, D] / [B, T, E]")
+    B, T, D = x.shape
+    if gates.shape[:2] != (B, T) or tuple(w1.shape[:3]) != (T, gates.shape[2], D):
+        raise ValueError(
+            f"shapes disagree: x {tuple(x.shape)}, gates {tuple(gates.shape)}, "
+            f"w1 {tuple(w1.shape)} (want [T, E, D, h])"
+        )
+    if tuple(w2.shape) != (T, gates.shape[2], w1.shape[3], D):
+        raise ValueError(f"w2 {tuple(w2.shape)} must be [T, E, h, D] = {(T, gates.shape[2], w1.shape[3], D)}")
+
+
+def moe_experts_reference(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+) -> torch.Tensor:
+    """The definition, one expert at a time (slow; for tests and reading).
+
+    Args:
+        x: tokens [B, T, D].
+        gates: [B, T, E], >= 0 for ReLU routing; zero means inactive.
+        w1: [T, E, D, h]; b1: [T, E, h]; w2: [T, E, h, D]; b2: [T, E, D].
+
+    Returns:
+        [B, T, D].
+
+    Example::
+
+        >>> B, T, E, D, h = 2, 3, 4, 5, 6
+        >>> x, g = torch.randn(B, T, D), torch.rand(B, T, E)
+        >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
+        ...       torch.randn(T, E, D))
+        >>> moe_experts_reference(x, g, *ws).shape
+        torch.Size([2, 3, 5])
+    """
+    _check_shapes(x, gates, w1, w2)
+    T, E = w1.shape[0], w1.shape[1]
+    tokens = []
+    for t in range(T):
+        y_t = torch.zeros_like(x[:, t])  # (B, D)
+        for e in range(E):
+            f = F.gelu(x[:, t] @ w1[t, e] + b1[t, e]) @ w2[t, e] + b2[t, e]  # (B, D)
+            y_t = y_t + gates[:, t, e : e + 1] * f
+        tokens.append(y_t)
+    return torch.stack(tokens, dim=1)  # (B, T, D)
+
+
+def moe_experts_dense(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+) -> torch.Tensor:
+    """Every expert for every row, in two batched matmuls over T (dense training).
+
+    Args and returns as :func:`moe_experts_reference`.
+
+    Example::
+
+        >>> B, T, E, D, h = 2, 3, 4, 5, 6
+        >>> x, g = torch.randn(B, T, D), torch.rand(B, T, E)
+        >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
+        ...       torch.randn(T, E, D))
+        >>> torch.allclose(moe_experts_dense(x, g, *ws), moe_experts_reference(x, g, *ws),
+        ...                atol=1e-4)
+        True
+    """
+    _check_shapes(x, gates, w1, w2)
+    T, E, D, h = w1.shape
+    B = x.shape[0]
+    xt = x.transpose(0, 1)  # (T, B, D)
+    w1cat = w1.permute(0, 2, 1, 3).reshape(T, D, E * h)  # (T, D, E*h)
+    hidden = F.gelu(torch.baddbmm(b1.reshape(T, 1, E * h), xt, w1cat))  # (T, B, E*h)
+    gt = gates.transpose(0, 1)  # (T, B, E)
+    gated = (hidden.view(T, B, E, h) * gt.unsqueeze(-1)).view(T, B, E * h)  # (T, B, E*h)
+    y = torch.baddbmm(torch.bmm(gt, b2), gated, w2.reshape(T, E * h, D))  # (T, B, D)
+    return y.transpose(0, 1)  # (B, T, D)
+
+
+def group_active(gates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The active (sample, token, expert) triples, sorted by expert group g = t*E + e.
+
+    Args:
+        gates: [B, T, E]; an entry is active where it is non-zero.
+
+    Returns:
+        ``(group, row, gate, counts)``: for the N active triples sorted by group,
+        ``group`` [N] (t*E + e), ``row`` [N] (b*T + t, a row of x viewed [B*T, D]),
+        ``gate`` [N] (the gate values); ``counts`` [T*E] active rows per group.
+
+    Example::
+
+        >>> g = torch.tensor([[[0.0, 2.0], [1.0, 0.0]], [[3.0, 4.0], [0.0, 0.0]]])
+        >>> group, row, gate, counts = group_active(g)
+        >>> group.tolist(), row.tolist(), gate.tolist(), counts.tolist()
+        ([0, 1, 1, 2], [2, 0, 2, 1], [3.0, 2.0, 4.0, 1.0], [1, 2, 1, 0])
+    """
+    B, T, E = gates.shape
+    flat = gates.reshape(-1)
+    idx = flat.nonzero().squeeze(1)  # (N,) in (b, t, e) row-major order
+    group = idx % (T * E)
+    group, order = torch.sort(group, stable=True)
+    idx = idx[order]
+    counts = torch.bincount(group, minlength=T * E)
+    return group, idx // E, flat[idx], counts
+
+
+def _sparse_padded_bmm(
+    xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> torch.Tensor:
+    """Rows xs [N, D] sorted by group -> expert outputs [N, D] via [G, C, .] bmm."""
+    G, D, h = w1.shape
+    capacity = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts  # (G,)
+    pos = torch.arange(xs.shape[0], device=xs.device) - starts[group]  # slot in its group
+    padded = xs.new_zeros(G, capacity, D)
+    padded[group, pos] = xs  # (G, C, D)
+    hidden = F.gelu(torch.baddbmm(b1.unsqueeze(1), padded, w1))  # (G, C, h)
+    out = torch.baddbmm(b2.unsqueeze(1), hidden, w2)  # (G, C, D)
+    return out[group, pos]  # (N, D)
+
+
+def _sparse_grouped_mm(
+    xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> torch.Tensor:
+    """Rows xs [N, D] sorted by group -> [N, D] with ``torch._grouped_mm`` (offsets)."""
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    hidden = F.gelu(torch._grouped_mm(xs, w1, offs=offs) + b1[group])  # (N, h)
+    return torch._grouped_mm(hidden, w2, offs=offs) + b2[group]  # (N, D)
+
+
+def _sparse_loop(
+    xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> torch.Tensor:
+    """Rows xs [N, D] sorted by group -> [N, D], one addmm per non-empty group."""
+    outs = []
+    start = 0
+    for g, n in enumerate(counts.tolist()):
+        if n:
+            rows = xs[start : start + n]
+            outs.append(torch.addmm(b2[g], F.gelu(torch.addmm(b1[g], rows, w1[g])), w2[g]))
+            start += n
+    return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[-1])
+
+
+def _grouped_mm_ok(x: torch.Tensor) -> bool:
+    return hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
+
+
+def _grouped_mm_runs(x: torch.Tensor, d_model: int, hidden: int) -> bool:
+    """torch._grouped_mm needs fp32/bf16/fp16 and 16-byte aligned row strides."""
+    if not hasattr(torch, "_grouped_mm") or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    return (d_model * x.element_size()) % 16 == 0 and (hidden * x.element_size()) % 16 == 0
+
+
+def choose_sparse_kernel(x: torch.Tensor, requested: str) -> str:
+    """Resolve ``"auto"``: ``"grouped_mm"`` for CUDA bf16, else ``"padded_bmm"``
+    (on the 2-core CPU box ``torch._grouped_mm`` is ~60x slower than the padded bmm,
+    see docs/moe.md)."""
+    if requested not in SPARSE_KERNELS:
+        raise ValueError(f"kernel ({requested!r}) must be one of {list(SPARSE_KERNELS)}")
+    if requested != "auto":
+        return requested
+    return "grouped_mm" if _grouped_mm_ok(x) else "padded_bmm"
+
+
+_SPARSE_IMPLS = {"padded_bmm": _sparse_padded_bmm, "grouped_mm": _sparse_grouped_mm, "loop": _sparse_loop}
+
+
+def moe_experts_sparse(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """Only the active (sample, token, expert) triples are computed.
+
+    Args:
+        x, gates, w1, b1, w2, b2: as :func:`moe_experts_reference`.
+        kernel: ``"auto"``, ``"padded_bmm"``, ``"grouped_mm"`` or ``"loop"``.
+            ``"grouped_mm"`` falls back to ``"padded_bmm"`` where ``torch._grouped_mm``
+            rejects the dtype or the widths (rows must be 16-byte aligned).
+
+    Returns:
+        [B, T, D]; rows with no active expert are zero.
+
+    Example::
+
+        >>> B, T, E, D, h = 4, 3, 4, 5, 6
+        >>> x = torch.randn(B, T, D)
+        >>> g = torch.relu(torch.randn(B, T, E))  # about half the experts active
+        >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
+        ...       torch.randn(T, E, D))
+        >>> torch.allclose(moe_experts_sparse(x, g, *ws), moe_experts_dense(x, g, *ws),
+        ...                atol=1e-4)
+        True
+    """
+    _check_shapes(x, gates, w1, w2)
+    chosen = choose_sparse_kernel(x, kernel)
+    B, T, D = x.shape
+    E, h = w1.shape[1], w1.shape[3]
+    if chosen == "grouped_mm" and not _grouped_mm_runs(x, D, h):
+        chosen = "padded_bmm"  # same result; the op rejects this dtype / alignment
+    group, row, gate, counts = group_active(gates)
+    out = x.new_zeros(B * T, D)
+    if group.numel() == 0:
+        return out.view(B, T, D)
+    xs = x.reshape(B * T, D)[row]  # (N, D)
+    ys = _SPARSE_IMPLS[chosen](
+        xs, group, counts,
+        w1.reshape(T * E, D, h), b1.reshape(T * E, h), w2.reshape(T * E, h, D), b2.reshape(T * E, D),
+    )  # (N, D)
+    out = out.index_add(0, row, ys * gate.unsqueeze(1))
+    return out.view(B, T, D)
