@@ -15,6 +15,9 @@ JSON layout (``ModelSpec.to_dict()``)::
      "over_arch_layer_sizes": [32, 1],
      "rankmixer_config": {"d_model": 64, "num_tokens": 8, ...},
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1}
+
+``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
+token order, and JSON writers may sort object keys) or null.
 """
 
 import json
@@ -129,7 +132,12 @@ class ModelSpec:
         object.__setattr__(self, "dense_arch_layer_sizes", tuple(self.dense_arch_layer_sizes))
         object.__setattr__(self, "over_arch_layer_sizes", tuple(self.over_arch_layer_sizes))
         if self.feature_groups is not None:
-            groups = {str(k): tuple(v) for k, v in self.feature_groups.items()}
+            pairs = (
+                self.feature_groups.items()
+                if isinstance(self.feature_groups, Mapping)
+                else self.feature_groups  # [[name, features], ...] as in to_dict()
+            )
+            groups = {str(k): tuple(v) for k, v in pairs}
             object.__setattr__(self, "feature_groups", groups)
         object.__setattr__(self, "rankmixer_config", dict(self.rankmixer_config))
         # validate (ValueError names the bad field) and store every field explicitly
@@ -197,7 +205,9 @@ class ModelSpec:
         out["dense_arch_layer_sizes"] = list(self.dense_arch_layer_sizes)
         out["over_arch_layer_sizes"] = list(self.over_arch_layer_sizes)
         if self.feature_groups is not None:
-            out["feature_groups"] = {k: list(v) for k, v in self.feature_groups.items()}
+            # [name, features] pairs: group order defines token order, and JSON writers
+            # may sort object keys
+            out["feature_groups"] = [[k, list(v)] for k, v in self.feature_groups.items()]
         return {"spec_version": SPEC_VERSION, **out}
 
     @classmethod
