@@ -137,6 +137,8 @@ def _is_int(t: torch.Tensor) -> bool:
 
 def _ids_to_bags(name: str, ids: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """(values int64 [n_ids], lengths int32 [B]) of one feature's ids."""
+    if isinstance(ids, (list, tuple)) and len(ids) == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int32)
     if isinstance(ids, (list, tuple)) and any(isinstance(x, (list, tuple)) for x in ids):
         values: List[int] = []
         lengths: List[int] = []
