@@ -135,3 +135,15 @@ def test_export_errors(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     with pytest.raises(ValueError, match="must end in .pt2"):
         load_artifact(tmp_path / "model.onnx")
+
+
+def test_drop_table_views_keeps_outputs():
+    from torchrec_rankmixer.inference.export import drop_table_views
+    from torchrec_rankmixer.inference.quantize import build_inference_model, table_bytes
+
+    module = build_inference_model(small_model(seed=9))
+    args = artifact_inputs(6, 1)
+    before, tables = module(*args), table_bytes(module)
+    assert drop_table_views(module) == 3  # one weight view per table
+    assert not any(".embedding_bags." in k for k in module.state_dict())
+    assert torch.equal(module(*args), before) and table_bytes(module) == tables

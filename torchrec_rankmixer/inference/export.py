@@ -64,6 +64,25 @@ def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
     return dense, values, lengths
 
 
+def drop_table_views(module: nn.Module) -> int:
+    """Remove the quantized EBC's per-table ``weight`` buffers (returns how many).
+
+    They are views of fbgemm's packed table buffer, kept for state_dict loading; the
+    forward reads only the packed buffer. Serialisers store views and the buffer
+    separately, so keeping them roughly doubles (int4: more) the tables on disk.
+    """
+    dropped = 0
+    for m in module.modules():
+        bags = getattr(m, "embedding_bags", None)
+        if getattr(m, "_emb_modules", None) is None or not isinstance(bags, nn.ModuleDict):
+            continue
+        for table in bags.values():
+            for name in list(table._buffers):
+                del table._buffers[name]
+                dropped += 1
+    return dropped
+
+
 def _torch_export(module: nn.Module, spec: ModelSpec, path: str, extra: Dict[str, str]) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     num_ids = torch.export.Dim("num_ids", min=1, max=1 << 30)
@@ -188,6 +207,7 @@ def export_model(
     if dist.is_initialized() and dist.get_rank() != 0:
         return ExportResult(path="", metadata={}, module=build_inference_model(float_model, options))
     module = build_inference_model(float_model, options)
+    drop_table_views(module)
     os.makedirs(output_dir, exist_ok=True)
     fallback_reason: Optional[str] = None
     kind = "torchscript" if artifact == "torchscript" else "torch.export"

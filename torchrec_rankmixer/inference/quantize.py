@@ -175,7 +175,12 @@ def build_inference_model(
         ...       torch.ones(2, 4, dtype=torch.int32)).shape
         torch.Size([4, 1])
     """
-    source = unwrap_model(model)
+    # TorchRec's int4 tensor subclass cannot be moved under inference_mode
+    with torch.inference_mode(False), torch.no_grad():
+        return _build(unwrap_model(model), options)
+
+
+def _build(source: nn.Module, options: QuantizationOptions) -> RankMixerInferenceModule:
     ebc = getattr(getattr(source, "sparse_arch", None), "embedding_bag_collection", None)
     if not isinstance(ebc, EmbeddingBagCollection):
         raise ValueError(
@@ -227,10 +232,16 @@ def table_bytes(module: nn.Module) -> int:
 
 
 def module_bytes(module: nn.Module) -> int:
-    """Bytes of the whole model's state_dict (tables + dense weights + buffers),
-    counting packed dynamic-int8 Linear weights too."""
-    total = 0
-    for value in module.state_dict().values():
+    """Bytes of the whole model: :func:`table_bytes` plus every other state_dict
+    entry (dense weights, buffers; packed dynamic-int8 Linear weights included)."""
+    tables = [
+        name + "." for name, m in module.named_modules()
+        if isinstance(m, EmbeddingBagCollection) or getattr(m, "_emb_modules", None) is not None
+    ]
+    total = table_bytes(module)
+    for key, value in module.state_dict().items():
+        if any(key.startswith(prefix) for prefix in tables):
+            continue
         if isinstance(value, torch.Tensor):
             total += value.numel() * value.element_size()
         elif isinstance(value, tuple):  # packed params: (weight, bias)
