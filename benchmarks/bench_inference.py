@@ -42,16 +42,19 @@ from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer  # noqa: E40
 from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple  # noqa: E402
 from torchrec_rankmixer.utils.metrics import binary_auc  # noqa: E402
 
-VARIANTS: Dict[str, QuantizationOptions] = {
-    "float": QuantizationOptions(table_dtype="fp32"),
-    "int8": QuantizationOptions(table_dtype="int8"),
-    "int4": QuantizationOptions(table_dtype="int4"),
-    "fp16": QuantizationOptions(table_dtype="fp16"),
-    "int8+fp16": QuantizationOptions(table_dtype="int8", dense_dtype="fp16"),
-    "int8+bf16": QuantizationOptions(table_dtype="int8", dense_dtype="bf16"),
-    "int8+dyn-int8": QuantizationOptions(table_dtype="int8", dynamic_int8_linear=True),
+Q = QuantizationOptions
+VARIANTS: Dict[str, Tuple[QuantizationOptions, str]] = {  # name -> (options, artifact)
+    "float": (Q(table_dtype="fp32"), "export"),
+    "int8": (Q(table_dtype="int8"), "export"),
+    "int4": (Q(table_dtype="int4"), "export"),
+    "fp16": (Q(table_dtype="fp16"), "export"),
+    "int8+fp16": (Q(table_dtype="int8", dense_dtype="fp16"), "export"),
+    "int8+bf16": (Q(table_dtype="int8", dense_dtype="bf16"), "export"),
+    "int8 (ts)": (Q(table_dtype="int8"), "torchscript"),
+    "int8+dyn-int8 (ts)": (Q(table_dtype="int8", dynamic_int8_linear=True), "auto"),
 }
-LATENCY_VARIANTS = ("float", "float-eager", "int8", "int4", "int8+bf16", "int8+dyn-int8")
+LATENCY_VARIANTS = ("float", "float-eager", "int8", "int4", "int8+bf16", "int8 (ts)",
+                    "int8+dyn-int8 (ts)")
 
 
 def artifact_args(batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,9 +106,9 @@ def main() -> None:
     modules = {}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         ref = torch.cat([model(b.dense_features, b.sparse_features)[:, 0] for b in eval_batches])
-        for name, options in VARIANTS.items():
-            out_dir = os.path.join(tmp, name)
-            exp = export_model(model, out_dir, options)
+        for i, (name, (options, artifact)) in enumerate(VARIANTS.items()):
+            out_dir = os.path.join(tmp, str(i))
+            exp = export_model(model, out_dir, options, artifact=artifact)
             loaded = load_artifact(exp.path)
             logits = torch.cat([loaded.module(*artifact_args(b))[:, 0] for b in eval_batches])
             sizes = exp.metadata["sizes_bytes"]
@@ -118,7 +121,7 @@ def main() -> None:
                 "file_bytes": os.path.getsize(exp.path),
             }
             modules[name] = loaded.module
-            if name == "float":  # TorchRec's float EBC exports through KJT.to_dict (slow)
+            if name == "float":  # the same float model, eager (not exported)
                 modules["float-eager"] = exp.module
         results["_float_eager"] = {"auc": binary_auc(ref, labels)}
 

@@ -48,11 +48,13 @@ class ExportResult:
         path: the model file (``.pt2`` or ``.ts``).
         metadata: the embedded metadata.
         module: the in-memory inference module that was exported (for parity checks).
+
+    On ranks other than 0 of a distributed export, path is "" and module is None.
     """
 
     path: str
     metadata: Dict[str, Any]
-    module: RankMixerInferenceModule
+    module: Optional[RankMixerInferenceModule]
 
 
 def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
@@ -151,8 +153,15 @@ def build_metadata(
     }
 
 
-def _as_float_model(source: Union[nn.Module, str, os.PathLike]) -> nn.Module:
-    """A plain float DLRM_RankMixer on CPU from a module (plain or DMP) or a checkpoint."""
+def _is_writer() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _as_float_model(source: Union[nn.Module, str, os.PathLike]) -> Optional[nn.Module]:
+    """A plain float DLRM_RankMixer on CPU from a module (plain or DMP) or a checkpoint;
+    None on ranks other than 0 (after taking part in gathering sharded tables)."""
     if isinstance(source, (str, os.PathLike)):
         return load_checkpoint(source)
     if not isinstance(source, nn.Module):
@@ -161,7 +170,9 @@ def _as_float_model(source: Union[nn.Module, str, os.PathLike]) -> nn.Module:
     ebc = getattr(getattr(inner, "sparse_arch", None), "embedding_bag_collection", None)
     if ebc is not None and type(ebc).__module__.startswith("torchrec.distributed"):
         spec = ModelSpec.from_model(inner)  # sharded: rebuild plain, load gathered weights
-        state = full_state_dict(source)
+        state = full_state_dict(source)  # collective: every rank takes part
+        if not _is_writer():
+            return None
         model = spec.build()
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -191,6 +202,8 @@ def export_model(
     if artifact not in ARTIFACT_TYPES:
         raise ValueError(f"artifact ({artifact!r}) must be one of {list(ARTIFACT_TYPES)}")
     float_model = _as_float_model(source)
+    if float_model is None or not _is_writer():
+        return ExportResult(path="", metadata={}, module=None)
     spec = ModelSpec.from_model(float_model)
     names: List[str] = list(dense_feature_names) if dense_feature_names is not None else [
         f"dense_{i}" for i in range(spec.dense_in_features)
@@ -202,10 +215,6 @@ def export_model(
     clash = sorted(set(names) & set(spec.feature_names))
     if clash:
         raise ValueError(f"dense_feature_names {clash} are also sparse feature names")
-    import torch.distributed as dist
-
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return ExportResult(path="", metadata={}, module=build_inference_model(float_model, options))
     module = build_inference_model(float_model, options)
     drop_table_views(module)
     os.makedirs(output_dir, exist_ok=True)

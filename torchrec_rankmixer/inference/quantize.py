@@ -191,6 +191,7 @@ def _build(source: nn.Module, options: QuantizationOptions) -> RankMixerInferenc
     if any(p.is_meta for p in source.parameters()):
         raise ValueError("the model has parameters on the meta device; load weights first")
     work = _eval_mode(copy.deepcopy(source)).cpu()
+    work.requires_grad_(False)
     work.validate_inputs = False  # the Predictor validates; the traced graph stays check-free
     pin_traceable_kernels(work)
 
