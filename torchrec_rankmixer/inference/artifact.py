@@ -44,7 +44,16 @@ class LoadedArtifact:
 
 
 def resolve_model_file(path: Union[str, os.PathLike]) -> str:
-    """The model file: ``path`` itself, or the model.pt2 / model.ts inside directory ``path``."""
+    """The model file: ``path`` itself, or the model.pt2 / model.ts inside directory ``path``.
+
+    Example::
+
+        >>> import tempfile
+        >>> resolve_model_file(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: export directory '...' holds neither model.pt2 nor model.ts
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         for name in (EXPORT_FILE, SCRIPT_FILE):

@@ -98,7 +98,15 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The checkpoint's dict, format-checked (ValueError on anything else)."""
+    """The checkpoint's dict, format-checked (ValueError on anything else).
+
+    Example::
+
+        >>> read_checkpoint("/nonexistent.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint '/nonexistent.pt' does not exist or is not a file
+    """
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
@@ -119,7 +127,12 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def load_checkpoint(path: Union[str, os.PathLike], validate_inputs: bool = True) -> nn.Module:
-    """Rebuild the DLRM_RankMixer of a plain checkpoint (CPU, eval mode, weights loaded)."""
+    """Rebuild the DLRM_RankMixer of a plain checkpoint (CPU, eval mode, weights loaded).
+
+    Args:
+        path: a file written by :func:`save_checkpoint` (example there).
+        validate_inputs: passed to the rebuilt model.
+    """
     data = read_checkpoint(path)
     model = ModelSpec.from_dict(data["spec"]).build(validate_inputs=validate_inputs)
     model.load_state_dict(data["state_dict"], strict=True)

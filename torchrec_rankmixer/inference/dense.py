@@ -62,6 +62,12 @@ def pin_traceable_kernels(module: nn.Module) -> None:
     An exported graph has a symbolic batch size, so a per-call choice cannot be kept;
     bmm is the kernel ``choose_kernel`` picks for inference batches below 128 and the
     one every trace uses.
+
+    Example::
+
+        >>> ffn = PerTokenFFN(2, 4, 2, kernel="auto")
+        >>> pin_traceable_kernels(ffn); ffn.kernel
+        'bmm'
     """
     for m in module.modules():
         if isinstance(getattr(m, "kernel", None), str) and m.kernel == "auto":
@@ -72,6 +78,11 @@ def unfuse_per_token_ffns(module: nn.Module) -> int:
     """Swap every :class:`PerTokenFFN` inside ``module`` for a :class:`PerTokenLinearFFN`.
 
     Returns the number of modules swapped.
+
+    Example::
+
+        >>> unfuse_per_token_ffns(nn.Sequential(PerTokenFFN(2, 4, 2)))
+        1
     """
     swapped = 0
     for name, child in list(module.named_children()):

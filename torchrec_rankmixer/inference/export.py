@@ -58,7 +58,17 @@ class ExportResult:
 
 
 def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
-    """(dense [B, dense_in], values [F*B], lengths [F, B]): one id 0 per bag."""
+    """(dense [B, dense_in], values [F*B], lengths [F, B]): one id 0 per bag.
+
+    Example::
+
+        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
+        ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
+        ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
+        >>> [tuple(t.shape) for t in example_inputs(spec, 3)]
+        [(3, 0), (6,), (2, 3)]
+    """
     num_features = len(spec.feature_names)
     dense = torch.zeros(batch_size, spec.dense_in_features)
     values = torch.zeros(num_features * batch_size, dtype=torch.int64)
@@ -72,6 +82,11 @@ def drop_table_views(module: nn.Module) -> int:
     They are views of fbgemm's packed table buffer, kept for state_dict loading; the
     forward reads only the packed buffer. Serialisers store views and the buffer
     separately, so keeping them roughly doubles (int4: more) the tables on disk.
+
+    Example::
+
+        >>> drop_table_views(nn.Linear(2, 2))  # no quantized EBC inside
+        0
     """
     dropped = 0
     for m in module.modules():
@@ -123,7 +138,17 @@ def build_metadata(
     dense_feature_names: Sequence[str],
     fallback_reason: Optional[str],
 ) -> Dict[str, Any]:
-    """The artifact's metadata dict (JSON types only)."""
+    """The artifact's metadata dict (JSON types only; keys listed in docs/inference.md).
+
+    Args:
+        spec: the model's spec.
+        options: the quantization options used.
+        module: the inference module (for its table/model bytes).
+        float_model: the float model (for the float table/model bytes).
+        artifact: ``"torch.export"`` or ``"torchscript"``.
+        dense_feature_names: dense column names.
+        fallback_reason: why torch.export was not used, or None.
+    """
     return {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,

@@ -170,6 +170,12 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
 
     Sparse cells: an int (one id), a list of ints (a bag), or a string ``"3|17|5"``
     (a bag; ``""`` is an empty bag). Dense cells: numbers; a missing cell is an error.
+
+    Example::
+
+        >>> schema = InputSchema(("a",), (10,), ("x",))
+        >>> columns_to_inputs(schema, {"a": [1, "2|3", ""], "x": [0.5, 1, 2]})
+        ({'a': [[1], [2, 3], []]}, [[0.5], [1.0], [2.0]])
     """
     sparse: Dict[str, Any] = {}
     for name in schema.feature_names:

@@ -161,7 +161,15 @@ def _suffix(path: Union[str, os.PathLike]) -> str:
 
 
 def read_table(path: Union[str, os.PathLike]) -> Any:
-    """Read a CSV or Parquet file into a ``pyarrow.Table``."""
+    """Read a CSV or Parquet file into a ``pyarrow.Table``.
+
+    Example::
+
+        >>> read_table("scores.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: file 'scores.json' must end in one of ['.csv', '.parquet', '.pq']
+    """
     suffix = _suffix(path)
     if not os.path.isfile(path):
         raise ValueError(f"input file {os.fspath(path)!r} does not exist")
@@ -175,7 +183,16 @@ def read_table(path: Union[str, os.PathLike]) -> Any:
 
 
 def write_table(table: Any, path: Union[str, os.PathLike]) -> None:
-    """Write a ``pyarrow.Table`` as CSV or Parquet (by suffix)."""
+    """Write a ``pyarrow.Table`` as CSV or Parquet (by suffix).
+
+    Example::
+
+        >>> import os, tempfile, pyarrow as pa
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.parquet")
+        >>> write_table(pa.table({"logit": [0.5]}), path)
+        >>> read_table(path).column("logit").to_pylist()
+        [0.5]
+    """
     if _suffix(path) == ".csv":
         import pyarrow.csv as pacsv
 

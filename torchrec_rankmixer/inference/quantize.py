@@ -101,6 +101,20 @@ class CastingSparseArch(nn.Module):
     """``sparse_arch`` that casts the pooled embeddings to the dense dtype.
 
     Keeps the ``embedding_bag_collection`` attribute path of TorchRec's DLRM.
+
+    Args:
+        embedding_bag_collection: float or quantized EBC.
+        dtype: dtype of the returned KeyedTensor values [B, sum(dims)].
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+        >>> ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        ...     name="t", embedding_dim=4, num_embeddings=10, feature_names=["a"])])
+        >>> kjt = KeyedJaggedTensor(keys=["a"], values=torch.tensor([1, 2]),
+        ...                         lengths=torch.tensor([1, 1]))
+        >>> CastingSparseArch(ebc, torch.float16)(kjt).values().dtype
+        torch.float16
     """
 
     def __init__(self, embedding_bag_collection: nn.Module, dtype: torch.dtype) -> None:
@@ -125,6 +139,8 @@ class RankMixerInferenceModule(nn.Module):
 
     Shapes:
         dense [B, dense_in], values [N], lengths [F, B] -> logits [B, num_logits] (fp32).
+
+    Example: see :func:`build_inference_model`, which builds it.
     """
 
     def __init__(self, model: nn.Module, feature_names: List[str], dense_dtype: torch.dtype) -> None:
@@ -219,7 +235,15 @@ def _build(source: nn.Module, options: QuantizationOptions) -> RankMixerInferenc
 def table_bytes(module: nn.Module) -> int:
     """Bytes the embedding tables of ``module`` occupy in memory: the float EBC's
     weights, or the quantized EBC's fbgemm TBE storage (rows with their scale/bias and
-    row padding), as allocated."""
+    row padding), as allocated.
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+        >>> table_bytes(EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        ...     name="t", embedding_dim=4, num_embeddings=10, feature_names=["a"])]))
+        160
+    """
     total = 0
     for m in module.modules():
         for tbe in getattr(m, "_emb_modules", []):  # quantized EBC: IntNBit TBEs
@@ -234,7 +258,13 @@ def table_bytes(module: nn.Module) -> int:
 
 def module_bytes(module: nn.Module) -> int:
     """Bytes of the whole model: :func:`table_bytes` plus every other state_dict
-    entry (dense weights, buffers; packed dynamic-int8 Linear weights included)."""
+    entry (dense weights, buffers; packed dynamic-int8 Linear weights included).
+
+    Example::
+
+        >>> module_bytes(nn.Linear(4, 2))
+        40
+    """
     tables = [
         name + "." for name, m in module.named_modules()
         if isinstance(m, EmbeddingBagCollection) or getattr(m, "_emb_modules", None) is not None

@@ -43,7 +43,16 @@ torch.fx.wrap("ordered_values_scriptable")
 
 
 def script_inference_module(module: nn.Module) -> torch.jit.ScriptModule:
-    """FX-trace ``module`` with TorchRec's tracer and script the result."""
+    """FX-trace ``module`` with TorchRec's tracer and script the result.
+
+    Args:
+        module: a :class:`RankMixerInferenceModule` (or any FX-traceable module).
+
+    Example::
+
+        >>> script_inference_module(nn.Linear(2, 1))(torch.zeros(3, 2)).shape
+        torch.Size([3, 1])
+    """
     import torchrec.fx
 
     graph_module = torchrec.fx.symbolic_trace(module)

@@ -276,7 +276,14 @@ class ModelSpec:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside TorchRec's ``DistributedModelParallel`` (or the model itself)."""
+    """The model inside TorchRec's ``DistributedModelParallel`` (or the model itself).
+
+    Example::
+
+        >>> m = nn.Linear(2, 2)
+        >>> unwrap_model(m) is m
+        True
+    """
     inner = getattr(model, "_dmp_wrapped_module", None)
     while inner is not None:
         model = inner
