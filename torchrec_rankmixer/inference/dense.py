@@ -57,7 +57,8 @@ class PerTokenLinearFFN(nn.Module):
 
 
 def pin_traceable_kernels(module: nn.Module) -> None:
-    """Replace ``kernel="auto"`` (chosen per call from the batch size) by ``"bmm"``.
+    """Replace :class:`PerTokenFFN`'s ``kernel="auto"`` (chosen per call from the batch
+    size) by ``"bmm"``.
 
     An exported graph has a symbolic batch size, so a per-call choice cannot be kept;
     bmm is the kernel ``choose_kernel`` picks for inference batches below 128 and the
@@ -70,7 +71,7 @@ def pin_traceable_kernels(module: nn.Module) -> None:
         'bmm'
     """
     for m in module.modules():
-        if isinstance(getattr(m, "kernel", None), str) and m.kernel == "auto":
+        if isinstance(m, PerTokenFFN) and m.kernel == "auto":
             m.kernel = "bmm"
 
 
