@@ -16,8 +16,8 @@ from torchrec_rankmixer.inference.checkpoint import save_checkpoint
 from torchrec_rankmixer.inference.export import export_model
 from torchrec_rankmixer.inference.quantize import QuantizationOptions
 
-# Runs in a fresh interpreter: imports of torchrec_rankmixer fail, and only torch and
-# fbgemm_gpu are imported by this code.
+# Runs in a fresh interpreter (cwd: a temp dir, no PYTHONPATH): importing
+# torchrec_rankmixer raises, and this code imports only torch and fbgemm_gpu.
 FRESH_LOADER = textwrap.dedent(
     """
     import json, sys
@@ -39,7 +39,8 @@ FRESH_LOADER = textwrap.dedent(
         meta = json.loads(extra["metadata.json"])
         torch.save([module(*args) for args in inputs], out_file)
         leaked = sorted(m for m in sys.modules if m.startswith("torchrec_rankmixer"))
-        print(json.dumps({"features": meta["feature_names"], "leaked": leaked}))
+        print(json.dumps({"features": meta["feature_names"], "leaked": leaked,
+                          "torchrec_imported": "torchrec" in sys.modules}))
     """
 )
 
@@ -84,6 +85,7 @@ def test_fresh_process_matches_in_memory(tmp_path, exported):
     for result, out, report in zip((pt2, ts), outs, reports):
         assert report["features"] == ["f0", "f1", "f2", "f3"]
         assert report["leaked"] == []
+        assert report["torchrec_imported"] is False  # torch + fbgemm_gpu suffice
         with torch.inference_mode():
             for args, o in zip(inputs, out):
                 assert o.shape == (args[0].shape[0], 1)
