@@ -1,0 +1,24 @@
+"""The scriptable twin of the tokenizer's _ordered_values behaves the same."""
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedTensor
+
+from torchrec_rankmixer.features.tokenizer import _ordered_values
+from torchrec_rankmixer.inference.scripting import ordered_values_scriptable
+
+
+@pytest.mark.parametrize("order", [["a", "b", "c"], ["c", "a", "b"]])
+def test_same_as_tokenizer_helper(order):
+    kt = KeyedTensor(keys=["a", "b", "c"], length_per_key=[1, 2, 3], values=torch.randn(4, 6))
+    assert torch.equal(ordered_values_scriptable(kt, order), _ordered_values(kt, order))
+
+
+def test_missing_key():
+    kt = KeyedTensor(keys=["a"], length_per_key=[1], values=torch.randn(2, 1))
+    with pytest.raises(ValueError, match="lacks feature b"):
+        ordered_values_scriptable(kt, ["a", "b"])
+
+
+def test_scripts():
+    torch.jit.script(ordered_values_scriptable)

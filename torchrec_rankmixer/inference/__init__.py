@@ -1,0 +1,38 @@
+"""Inference: quantize, export and serve DLRM_RankMixer (imports TorchRec).
+
+Steps (docs/inference.md): ``save_checkpoint`` (or keep the module) -> ``export_model``
+(int8/int4/fp16 tables via TorchRec's quantized EmbeddingBagCollection; fp32/fp16/bf16
+or dynamic-int8 dense part; torch.export ``.pt2``, TorchScript fallback) ->
+``Predictor`` (checked inputs, CSV/Parquet scoring).
+"""
+
+from torchrec_rankmixer.inference.artifact import LoadedArtifact, load_artifact
+from torchrec_rankmixer.inference.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
+from torchrec_rankmixer.inference.export import ExportResult, export_model
+from torchrec_rankmixer.inference.inputs import InputSchema
+from torchrec_rankmixer.inference.predictor import Predictor
+from torchrec_rankmixer.inference.quantize import (
+    QuantizationOptions,
+    RankMixerInferenceModule,
+    build_inference_model,
+    table_bytes,
+)
+from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+
+__all__ = [
+    "ExportResult",
+    "InputSchema",
+    "LoadedArtifact",
+    "ModelSpec",
+    "Predictor",
+    "QuantizationOptions",
+    "RankMixerInferenceModule",
+    "TableSpec",
+    "build_inference_model",
+    "export_model",
+    "full_state_dict",
+    "load_artifact",
+    "load_checkpoint",
+    "save_checkpoint",
+    "table_bytes",
+]

@@ -1,0 +1,109 @@
+"""Dense-part transforms for inference: one-time weight cast and dynamic int8 Linear.
+
+The dense part is everything outside ``sparse_arch``: DenseArch, tokenizer projections,
+the RankMixer encoder and the OverArch. Weights are cast once here (an autocast region
+would re-cast every weight on every call).
+"""
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN
+
+
+class PerTokenLinearFFN(nn.Module):
+    """A :class:`PerTokenFFN` as T pairs of ``nn.Linear`` (so dynamic int8 can swap them).
+
+    Same function as the fused module: token t computes
+    ``GELU(x[:, t] @ w1[t] + b1[t]) @ w2[t] + b2[t]``.
+
+    Args:
+        ffn: the trained fused module (weights w1 [T, D, kD], w2 [T, kD, D]).
+
+    Shapes:
+        x: [B, T, D] -> [B, T, D].
+
+    Example::
+
+        >>> ffn = PerTokenFFN(num_tokens=3, d_model=4, ffn_mult=2)
+        >>> x = torch.randn(5, 3, 4)
+        >>> torch.allclose(PerTokenLinearFFN(ffn)(x), ffn(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, ffn: PerTokenFFN) -> None:
+        super().__init__()
+        self.fc1 = nn.ModuleList()
+        self.fc2 = nn.ModuleList()
+        with torch.no_grad():
+            for t in range(ffn.num_tokens):
+                fc1 = nn.Linear(ffn.d_model, ffn.hidden_dim, dtype=ffn.w1.dtype)
+                fc1.weight.copy_(ffn.w1[t].t())
+                fc1.bias.copy_(ffn.b1[t])
+                fc2 = nn.Linear(ffn.hidden_dim, ffn.d_model, dtype=ffn.w2.dtype)
+                fc2.weight.copy_(ffn.w2[t].t())
+                fc2.bias.copy_(ffn.b2[t])
+                self.fc1.append(fc1)
+                self.fc2.append(fc2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: List[torch.Tensor] = []
+        for t, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2)):
+            outs.append(fc2(F.gelu(fc1(x[:, t]))))  # (B, D)
+        return torch.stack(outs, dim=1)  # (B, T, D)
+
+
+def pin_traceable_kernels(module: nn.Module) -> None:
+    """Replace :class:`PerTokenFFN`'s ``kernel="auto"`` (chosen per call from the batch
+    size) by ``"bmm"``.
+
+    An exported graph has a symbolic batch size, so a per-call choice cannot be kept;
+    bmm is the kernel ``choose_kernel`` picks for inference batches below 128 and the
+    one every trace uses.
+
+    Example::
+
+        >>> ffn = PerTokenFFN(2, 4, 2, kernel="auto")
+        >>> pin_traceable_kernels(ffn); ffn.kernel
+        'bmm'
+    """
+    for m in module.modules():
+        if isinstance(m, PerTokenFFN) and m.kernel == "auto":
+            m.kernel = "bmm"
+
+
+def unfuse_per_token_ffns(module: nn.Module) -> int:
+    """Swap every :class:`PerTokenFFN` inside ``module`` for a :class:`PerTokenLinearFFN`.
+
+    Returns the number of modules swapped.
+
+    Example::
+
+        >>> unfuse_per_token_ffns(nn.Sequential(PerTokenFFN(2, 4, 2)))
+        1
+    """
+    swapped = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, PerTokenFFN):
+            setattr(module, name, PerTokenLinearFFN(child))
+            swapped += 1
+        else:
+            swapped += unfuse_per_token_ffns(child)
+    return swapped
+
+
+def quantize_dense_dynamic_int8(module: nn.Module) -> nn.Module:
+    """Dynamic int8 ``nn.Linear`` (weights int8 per tensor, activations quantized per
+    call; CPU only). Per-token FFNs are unfused first so their matmuls quantize too.
+
+    Example::
+
+        >>> m = quantize_dense_dynamic_int8(nn.Sequential(nn.Linear(4, 4)))
+        >>> type(m[0]).__module__
+        'torch.ao.nn.quantized.dynamic.modules.linear'
+    """
+    unfuse_per_token_ffns(module)
+    return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)

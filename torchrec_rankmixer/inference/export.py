@@ -1,0 +1,272 @@
+"""Export a trained DLRM_RankMixer (module or checkpoint) to a portable artifact.
+
+Steps: rebuild/unwrap the float model -> :func:`build_inference_model` (quantized
+tables, cast dense part, eval mode) -> ``torch.export`` with a dynamic batch size
+(``model.pt2``); if that fails (e.g. dynamic int8 Linear, whose packed weights
+torch.export cannot serialise), TorchRec's FX tracer + ``torch.jit.script``
+(``model.ts``). Metadata (feature names, tables, model spec, dtypes, versions) is
+embedded in the file and written beside it as ``metadata.json``.
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from torchrec_rankmixer.inference.artifact import (
+    ARTIFACT_FORMAT,
+    ARTIFACT_VERSION,
+    EXPORT_FILE,
+    METADATA_FILE,
+    SCRIPT_FILE,
+)
+from torchrec_rankmixer.inference.checkpoint import full_state_dict, load_checkpoint
+from torchrec_rankmixer.inference.quantize import (
+    QuantizationOptions,
+    RankMixerInferenceModule,
+    build_inference_model,
+    module_bytes,
+    table_bytes,
+)
+from torchrec_rankmixer.inference.scripting import script_inference_module
+from torchrec_rankmixer.inference.spec import ModelSpec, unwrap_model
+from torchrec_rankmixer.version import __version__
+
+ARTIFACT_TYPES = ("auto", "export", "torchscript")
+EXAMPLE_BATCH = 4
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote.
+
+    Attributes:
+        path: the model file (``.pt2`` or ``.ts``).
+        metadata: the embedded metadata.
+        module: the in-memory inference module that was exported (for parity checks).
+
+    On ranks other than 0 of a distributed export, path is "" and module is None.
+    """
+
+    path: str
+    metadata: Dict[str, Any]
+    module: Optional[RankMixerInferenceModule]
+
+
+def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
+    """(dense [B, dense_in], values [F*B], lengths [F, B]): one id 0 per bag.
+
+    Example::
+
+        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
+        ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
+        ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
+        >>> [tuple(t.shape) for t in example_inputs(spec, 3)]
+        [(3, 0), (6,), (2, 3)]
+    """
+    num_features = len(spec.feature_names)
+    dense = torch.zeros(batch_size, spec.dense_in_features)
+    values = torch.zeros(num_features * batch_size, dtype=torch.int64)
+    lengths = torch.ones(num_features, batch_size, dtype=torch.int32)
+    return dense, values, lengths
+
+
+def drop_table_views(module: nn.Module) -> int:
+    """Remove the quantized EBC's per-table ``weight`` buffers (returns how many).
+
+    They are views of fbgemm's packed table buffer, kept for state_dict loading; the
+    forward reads only the packed buffer. Serialisers store views and the buffer
+    separately, so keeping them roughly doubles (int4: more) the tables on disk.
+
+    Example::
+
+        >>> drop_table_views(nn.Linear(2, 2))  # no quantized EBC inside
+        0
+    """
+    dropped = 0
+    for m in module.modules():
+        bags = getattr(m, "embedding_bags", None)
+        if getattr(m, "_emb_modules", None) is None or not isinstance(bags, nn.ModuleDict):
+            continue
+        for table in bags.values():
+            for name in list(table._buffers):
+                del table._buffers[name]
+                dropped += 1
+    return dropped
+
+
+def _torch_export(module: nn.Module, spec: ModelSpec, path: str, extra: Dict[str, str]) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    num_ids = torch.export.Dim("num_ids", min=1, max=1 << 30)
+    program = torch.export.export(
+        module,
+        example_inputs(spec),
+        dynamic_shapes=({0: batch}, {0: num_ids}, {1: batch}),
+        strict=False,
+    )
+    torch.export.save(program, path, extra_files=extra)
+
+
+def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
+    scripted = script_inference_module(module)
+    torch.jit.save(scripted, path, _extra_files=extra)
+
+
+def _versions() -> Dict[str, str]:
+    import fbgemm_gpu
+    import torchrec
+
+    return {
+        "torchrec_rankmixer": __version__,
+        "torch": torch.__version__,
+        "torchrec": getattr(torchrec, "__version__", "unknown"),
+        "fbgemm_gpu": getattr(fbgemm_gpu, "__version__", "unknown"),
+    }
+
+
+def build_metadata(
+    spec: ModelSpec,
+    options: QuantizationOptions,
+    module: RankMixerInferenceModule,
+    float_model: nn.Module,
+    artifact: str,
+    dense_feature_names: Sequence[str],
+    fallback_reason: Optional[str],
+) -> Dict[str, Any]:
+    """The artifact's metadata dict (JSON types only; keys listed in docs/inference.md).
+
+    Args:
+        spec: the model's spec.
+        options: the quantization options used.
+        module: the inference module (for its table/model bytes).
+        float_model: the float model (for the float table/model bytes).
+        artifact: ``"torch.export"`` or ``"torchscript"``.
+        dense_feature_names: dense column names.
+        fallback_reason: why torch.export was not used, or None.
+    """
+    return {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_VERSION,
+        "artifact": artifact,
+        "fallback_reason": fallback_reason,
+        "versions": _versions(),
+        "created_unix": int(time.time()),
+        "inputs": {
+            "dense": {"shape": ["B", spec.dense_in_features], "dtype": "float32"},
+            "values": {"shape": ["N"], "dtype": "int64",
+                       "layout": "all ids of feature_names[0], then feature_names[1], ..."},
+            "lengths": {"shape": [len(spec.feature_names), "B"], "dtype": "int32"},
+        },
+        "output": {"shape": ["B", spec.num_logits], "dtype": "float32", "kind": "logits"},
+        "feature_names": spec.feature_names,
+        "num_embeddings": spec.num_embeddings,
+        "dense_feature_names": list(dense_feature_names),
+        "num_logits": spec.num_logits,
+        "quantization": options.to_dict(),
+        "sizes_bytes": {
+            "tables_float": table_bytes(float_model),
+            "tables": table_bytes(module),
+            "model_float": module_bytes(float_model),
+            "model": module_bytes(module),
+        },
+        "model_spec": spec.to_dict(),
+    }
+
+
+def _is_writer() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _as_float_model(source: Union[nn.Module, str, os.PathLike]) -> Optional[nn.Module]:
+    """A plain float DLRM_RankMixer on CPU from a module (plain or DMP) or a checkpoint;
+    None on ranks other than 0 (after taking part in gathering sharded tables)."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_checkpoint(source)
+    if not isinstance(source, nn.Module):
+        raise ValueError(f"source ({type(source).__name__}) must be an nn.Module or a checkpoint path")
+    inner = unwrap_model(source)
+    ebc = getattr(getattr(inner, "sparse_arch", None), "embedding_bag_collection", None)
+    if ebc is not None and type(ebc).__module__.startswith("torchrec.distributed"):
+        spec = ModelSpec.from_model(inner)  # sharded: rebuild plain, load gathered weights
+        state = full_state_dict(source)  # collective: every rank takes part
+        if not _is_writer():
+            return None
+        model = spec.build()
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    return inner
+
+
+def export_model(
+    source: Union[nn.Module, str, os.PathLike],
+    output_dir: Union[str, os.PathLike],
+    options: QuantizationOptions = QuantizationOptions(),
+    artifact: str = "auto",
+    dense_feature_names: Optional[Sequence[str]] = None,
+) -> ExportResult:
+    """Quantize and export a DLRM_RankMixer.
+
+    Args:
+        source: a DLRM_RankMixer (plain or inside DistributedModelParallel: under
+            torch.distributed every rank calls this and rank 0 writes) or the path of a
+            :func:`save_checkpoint` file.
+        output_dir: directory for ``model.pt2``/``model.ts`` and ``metadata.json``.
+        options: table and dense dtypes.
+        artifact: ``"auto"`` (torch.export, TorchScript if that fails), ``"export"`` or
+            ``"torchscript"``.
+        dense_feature_names: names of the dense columns for file scoring (default
+            ``dense_0 .. dense_{n-1}``).
+    """
+    if artifact not in ARTIFACT_TYPES:
+        raise ValueError(f"artifact ({artifact!r}) must be one of {list(ARTIFACT_TYPES)}")
+    float_model = _as_float_model(source)
+    if float_model is None or not _is_writer():
+        return ExportResult(path="", metadata={}, module=None)
+    spec = ModelSpec.from_model(float_model)
+    names: List[str] = list(dense_feature_names) if dense_feature_names is not None else [
+        f"dense_{i}" for i in range(spec.dense_in_features)
+    ]
+    if len(names) != spec.dense_in_features or len(set(names)) != len(names):
+        raise ValueError(
+            f"dense_feature_names ({names}) must be {spec.dense_in_features} distinct names"
+        )
+    clash = sorted(set(names) & set(spec.feature_names))
+    if clash:
+        raise ValueError(f"dense_feature_names {clash} are also sparse feature names")
+    module = build_inference_model(float_model, options)
+    drop_table_views(module)
+    os.makedirs(output_dir, exist_ok=True)
+    fallback_reason: Optional[str] = None
+    kind = "torchscript" if artifact == "torchscript" else "torch.export"
+
+    def meta(kind_: str) -> Dict[str, str]:
+        data = build_metadata(spec, options, module, float_model, kind_, names, fallback_reason)
+        return {METADATA_FILE: json.dumps(data, sort_keys=True)}
+
+    path = os.path.join(output_dir, EXPORT_FILE if kind == "torch.export" else SCRIPT_FILE)
+    extra: Dict[str, str] = {}
+    if kind == "torch.export":
+        extra = meta(kind)
+        try:
+            _torch_export(module, spec, path, extra)
+        except Exception as exc:  # noqa: BLE001 - recorded, then the fallback runs
+            if artifact == "export":
+                raise
+            fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            kind, path = "torchscript", os.path.join(output_dir, SCRIPT_FILE)
+    if kind == "torchscript":
+        extra = meta(kind)
+        _torchscript(module, path, extra)
+    stale = os.path.join(output_dir, SCRIPT_FILE if kind == "torch.export" else EXPORT_FILE)
+    if os.path.exists(stale):
+        os.remove(stale)
+    with open(os.path.join(output_dir, METADATA_FILE), "w") as f:
+        f.write(json.dumps(json.loads(extra[METADATA_FILE]), indent=2, sort_keys=True))
+    return ExportResult(path=path, metadata=json.loads(extra[METADATA_FILE]), module=module)
