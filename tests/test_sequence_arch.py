@@ -1,7 +1,7 @@
 """torchrec_rankmixer.features.sequence_arch: the EC wrapper, KJT truncation, and the
 sequence path of DLRM_RankMixer (single process; sharding is test_sequence_distributed)."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import pytest
 import torch
@@ -10,17 +10,16 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig as Seq
-from torchrec_rankmixer.features.sequence import jagged_to_padded
 from torchrec_rankmixer.features.sequence_arch import SequenceArch, build_sequence_arch, truncate_kjt
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
 
 B = 3
 
 
-def _ec(features: List[str] = ["cand", "hist"], dim: int = 4) -> EmbeddingCollection:  # noqa: B006
+def _ec(features: Sequence[str] = ("cand", "hist"), dim: int = 4) -> EmbeddingCollection:
     torch.manual_seed(0)
     return EmbeddingCollection(
-        tables=[EmbeddingConfig(name="t_item", embedding_dim=dim, num_embeddings=20, feature_names=features)]
+        tables=[EmbeddingConfig(name="t_item", embedding_dim=dim, num_embeddings=20, feature_names=list(features))]
     )
 
 
@@ -201,9 +200,13 @@ def test_model_default_config_counts_sequence_features() -> None:
     assert model(torch.empty(B, 0), _kjt(HIST, user=[1, 2, 3])).shape == (B, 1)
 
 
-def test_pooled_keyed_tensor_roundtrip_types() -> None:
-    arch = SequenceArch(_ec(), [Seq("cand", 1), Seq("hist", 2)])
-    out = arch(_kjt(HIST))
-    assert isinstance(out, KeyedTensor)
-    padded, mask = jagged_to_padded(torch.randn(7, 4), torch.tensor([5, 0, 2]), 2)
-    assert padded.shape == (B, 2, 4) and mask.sum().item() == 4
+def test_model_traces_with_torchrec_fx_and_matches_eager() -> None:
+    """TrainPipelineSparseDist FX-traces the model to find the sharded modules."""
+    from torchrec.fx import symbolic_trace
+
+    for pooling in ("mean", "max", "target"):
+        model = _model(pooling=pooling)
+        traced = symbolic_trace(model)
+        dense, kjt = torch.randn(B, 2), _kjt(HIST, user=[1, 2, 3])
+        torch.testing.assert_close(traced(dense, kjt), model(dense, kjt))
+    assert isinstance(SequenceArch(_ec(), [Seq("cand", 1), Seq("hist", 2)])(_kjt(HIST)), KeyedTensor)
