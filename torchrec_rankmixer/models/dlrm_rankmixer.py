@@ -7,10 +7,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 from torchrec.models.dlrm import DenseArch, OverArch
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
@@ -68,6 +70,10 @@ class DLRM_RankMixer(nn.Module):
             ``feature_groups`` else auto).
         num_dense_tokens: tokens made from the dense arch output (default 1).
         validate_inputs: check every batch (keys, id ranges, NaN, batch sizes).
+        sequence_embedding_collection: optional EmbeddingCollection (unpooled) for
+            behaviour sequences; its features come in the same KJT (docs/sequences.md).
+        sequence_features: one SequenceFeatureConfig per EC feature (max_len, keep,
+            pooling, candidate); pooled sequences join the tokenizer's features.
 
     Shapes:
         dense_features [B, dense_in_features], sparse_features KJT (stride B)
@@ -103,6 +109,8 @@ class DLRM_RankMixer(nn.Module):
         tokenization: Optional[str] = None,
         num_dense_tokens: int = 1,
         validate_inputs: bool = True,
+        sequence_embedding_collection: Optional[EmbeddingCollection] = None,
+        sequence_features: Optional[Sequence[SequenceFeatureConfig]] = None,
     ) -> None:
         super().__init__()
         if dcn_num_layers is not None or dcn_low_rank_dim is not None:
@@ -120,6 +128,11 @@ class DLRM_RankMixer(nn.Module):
                 "(hidden..., num_logits), as in DLRM_DCN"
             )
         feature_dims = feature_dims_of(embedding_bag_collection)
+        self.sequence_arch = build_sequence_arch(
+            sequence_embedding_collection, sequence_features, feature_dims, dense_device
+        )
+        if self.sequence_arch is not None:  # pooled sequences are features for the tokenizer
+            feature_dims = {**feature_dims, **self.sequence_arch.output_dims}
         n_dense = num_dense_tokens if dense_in_features > 0 else 0
         config = rankmixer_config
         if config is None:
@@ -141,6 +154,8 @@ class DLRM_RankMixer(nn.Module):
         self.dense_in_features = dense_in_features
         self.feature_names: List[str] = list(feature_dims)
         rows = {f: c.num_embeddings for c in embedding_bag_collection.embedding_bag_configs() for f in c.feature_names}
+        if self.sequence_arch is not None:
+            rows.update(self.sequence_arch.num_embeddings)
         self.num_embeddings: List[int] = [rows[f] for f in self.feature_names]
         self.validate_inputs = validate_inputs
 
@@ -165,7 +180,8 @@ class DLRM_RankMixer(nn.Module):
 
     def dense_parameters(self) -> List[nn.Parameter]:
         """Every parameter outside the embedding tables."""
-        return [p for n, p in self.named_parameters() if not n.startswith("sparse_arch.")]
+        tables = ("sparse_arch.", "sequence_arch.embedding_collection.")
+        return [p for n, p in self.named_parameters() if not n.startswith(tables)]
 
     def forward(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
@@ -176,6 +192,8 @@ class DLRM_RankMixer(nn.Module):
                 self.dense_in_features,
             )
         embedded = self.sparse_arch(sparse_features)  # KeyedTensor, values (B, sum(dims))
+        if self.sequence_arch is not None:  # append pooled sequences, (B, sum(dims) + S * d_seq)
+            embedded = self.sequence_arch(sparse_features, embedded)
         dense = self.dense_arch(dense_features) if self.dense_arch is not None else None
         tokens = self.tokenizer(embedded, dense)  # (B, T, D)
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
