@@ -210,8 +210,8 @@ class ShardingSettings:
 class TrainSettings:
     """Loop length, evaluation cadence, device and precision."""
 
-    steps: int = 1000
-    eval_every: int = 250
+    steps: int = 600
+    eval_every: int = 200
     log_every: int = 25
     seed: int = 0
     device: str = "auto"
