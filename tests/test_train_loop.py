@@ -60,3 +60,43 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
     for k in want_opt:
         torch.testing.assert_close(got_opt[k], want_opt[k], rtol=0, atol=0, msg=k)
+
+
+def test_esmm_run_reports_every_task(tmp_path):
+    cfg = load_config(overrides=tiny(tmp_path, "model.task=esmm", "model.cvr_loss_weight=0.5",
+                                     "train.steps=2", "train.eval_every=2", "run.name=esmm"))
+    summary = Trainer(cfg).fit()
+    assert {"ctr_auc", "ctcvr_auc", "cvr_auc", "ctr_gauc"} <= set(summary.metrics)
+    assert summary.train_loss == summary.train_loss  # not NaN
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "esmm", "metrics.jsonl"))]
+    assert "train_ctcvr" in recs[0] and "train_aux" in recs[0]
+
+
+def test_cpu_rejects_row_wise_and_bf16(tmp_path):
+    with pytest.raises(ValueError, match="need NCCL"):
+        Trainer(load_config(overrides=tiny(tmp_path, "sharding.sharding_types=[row_wise]")))
+    destroy_group()
+    with pytest.raises(ValueError, match="train.precision \\('bf16'\\) needs a GPU"):
+        Trainer(load_config(overrides=tiny(tmp_path, "train.precision=bf16", "train.device=cpu")))
+    destroy_group()
+    with pytest.raises(ValueError, match="unknown table"):
+        Trainer(load_config(overrides=tiny(tmp_path, "sharding.constraints={nope: [table_wise]}")))
+    destroy_group()
+    with pytest.raises(ValueError, match="no checkpoint under"):
+        Trainer(load_config(overrides=tiny(tmp_path, "run.resume=latest", "run.name=empty")))
+
+
+@pytest.mark.parametrize("decay,expect", [
+    ("none", [0.25, 1.0, 1.0, 1.0]),
+    ("linear", [0.25, 1.0, 0.55, 0.1]),
+    ("cosine", [0.25, 1.0, 0.55, 0.1]),
+])
+def test_lr_schedule(decay, expect):
+    from torchrec_rankmixer.train.config import OptimSettings
+    from torchrec_rankmixer.train.distributed import lr_factor
+
+    o = OptimSettings(warmup_steps=4, decay=decay, decay_steps=10, min_lr_ratio=0.1)
+    got = [lr_factor(s, o, 100) for s in (0, 3, 9, 14)]
+    assert got == pytest.approx(expect, abs=1e-9)
+    exp = OptimSettings(warmup_steps=0, decay="exponential", decay_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(5, exp, 100) == pytest.approx(0.1 ** 0.5)
