@@ -19,6 +19,7 @@ TASKS = ("ctr", "esmm")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DENSE_TRANSFORMS = ("log1p", "none")
+ID_TRANSFORMS = ("hash", "mod", "none")
 
 
 def _positive(key: str, value: float) -> None:
@@ -112,19 +113,19 @@ class DataSettings:
     dense_columns: List[str] = field(default_factory=list)
     num_embeddings: int = 100_000
     table_sizes: Dict[str, int] = field(default_factory=dict)
+    id_transform: str = "hash"
     dense_transform: str = "log1p"
     bucket_boundaries: Dict[str, List[float]] = field(default_factory=dict)
     delimiter: str = ","
-    has_header: bool = True
     max_malformed_fraction: float = 0.01
-    epochs: int = 1
 
     def validate(self) -> None:
         _choice("data.format", self.format, DATA_FORMATS)
-        for k in ("batch_size", "eval_batch_size", "num_embeddings", "epochs"):
+        for k in ("batch_size", "eval_batch_size", "num_embeddings"):
             _positive(f"data.{k}", getattr(self, k))
         _non_negative("data.eval_batches", self.eval_batches)
         _choice("data.dense_transform", self.dense_transform, DENSE_TRANSFORMS)
+        _choice("data.id_transform", self.id_transform, ID_TRANSFORMS)
         if not 0.0 <= self.max_malformed_fraction <= 1.0:
             raise ValueError(
                 f"data.max_malformed_fraction ({self.max_malformed_fraction}) must be in [0, 1]"
@@ -145,7 +146,7 @@ class DataSettings:
         if self.format != "synthetic":
             if not self.train_files:
                 raise ValueError(f"data.train_files is empty; data.format={self.format!r} needs files")
-            if self.format in ("csv", "parquet", "orc") and not self.sparse_columns:
+            if self.format in ("csv", "libsvm", "parquet", "orc") and not self.sparse_columns:
                 raise ValueError(
                     f"data.sparse_columns is empty; data.format={self.format!r} needs the "
                     "categorical column names"

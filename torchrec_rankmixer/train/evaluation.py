@@ -58,11 +58,15 @@ class MetricAccumulator:
         self.users: List[torch.Tensor] = []
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, users: Optional[torch.Tensor]) -> None:
-        """Add one batch: logits [B, tasks], labels [B] or [B, 2], users [B] or None."""
-        self.scores.append({k: v.detach().cpu() for k, v in task_scores(logits, self.task).items()})
-        self.labels.append(labels.detach().float().cpu())
+        """Add one batch: logits [B, tasks], labels [B] or [B, 2], users [B] or None.
+        Rows labelled < 0 (eval padding) are skipped."""
+        labels = labels.detach().float().cpu()
+        keep = (labels if labels.dim() == 1 else labels[:, 0]) >= 0
+        scores = task_scores(logits, self.task)
+        self.scores.append({k: v.detach().cpu()[keep] for k, v in scores.items()})
+        self.labels.append(labels[keep])
         if users is not None:
-            self.users.append(users.detach().cpu())
+            self.users.append(users.detach().cpu()[keep])
 
     def _gathered(self) -> tuple:
         local = (self.scores, self.labels, self.users)

@@ -190,8 +190,20 @@ class Trainer:
         self.run.close()
         return TrainSummary(
             run_dir=self.run.path, step=self.step, seconds=time.perf_counter() - start_time,
-            metrics=metrics, train_loss=last_loss, malformed=self.source.malformed_report(),
+            metrics=metrics, train_loss=last_loss, malformed=self._malformed_over_ranks(),
         )
+
+    def _malformed_over_ranks(self) -> Dict[str, int]:
+        local = self.source.malformed_report()
+        if dist.get_world_size() == 1:
+            return local
+        parts: List = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        total: Dict[str, int] = {}
+        for part in parts:
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+        return total
 
 
 def format_table(summary: TrainSummary) -> str:

@@ -56,6 +56,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ValueError(f"{key} ({value!r}) must be a number")
         return float(value)
     if tp is str:
+        if value is None:  # "none" on the command line parses as null; str settings mean "none"
+            return "none"
         if not isinstance(value, str):
             raise ValueError(f"{key} ({value!r}) must be a string")
         return value
