@@ -222,7 +222,10 @@ def format_table(summary: TrainSummary) -> str:
     """
     rows = [("steps", str(summary.step)), ("train_loss", f"{summary.train_loss:.4f}")]
     rows += [(f"eval_{k}", f"{v:.4f}") for k, v in summary.metrics.items()]
-    rows += [(f"malformed_{k}", str(v)) for k, v in summary.malformed.items()]
+    m = summary.malformed
+    if m:
+        rows += [("rows_read", str(m.get("rows", 0))), ("malformed_rows", str(m.get("malformed", 0)))]
+        rows += [(f"malformed_{k}", str(v)) for k, v in m.items() if k not in ("rows", "malformed")]
     rows += [("seconds", f"{summary.seconds:.1f}"), ("run_dir", summary.run_dir)]
     w0 = max(14, max(len(r[0]) for r in rows))
     w1 = max(7, max(len(r[1]) for r in rows))
