@@ -35,10 +35,10 @@ def test_parse_value(text, value):
 
 
 def test_cli_flags_are_overrides():
-    path, overrides, printed = parse_args(
+    path, overrides, printed, verbose = parse_args(
         ["--config", "x.yaml", "--set", "model.d_model=8", "--train.steps", "5", "--optim.dense=adam"]
     )
-    assert path == "x.yaml" and not printed
+    assert path == "x.yaml" and not printed and not verbose
     assert overrides == ["model.d_model=8", "train.steps=5", "optim.dense=adam"]
 
 

@@ -35,6 +35,8 @@ def parse_args(argv: Optional[List[str]]) -> tuple:
                         help="override one setting (repeatable)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved settings and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TorchRec's planner logs and library warnings")
     args, rest = parser.parse_known_args(argv)
     overrides = list(args.set)
     i = 0
@@ -50,12 +52,12 @@ def parse_args(argv: Optional[List[str]]) -> tuple:
             i += 2
         else:
             parser.error(f"{flag} needs a value")
-    return args.config, overrides, args.print_config
+    return args.config, overrides, args.print_config, args.verbose
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code."""
-    path, overrides, print_only = parse_args(argv)
+    path, overrides, print_only, verbose = parse_args(argv)
     try:
         cfg = load_config(path, overrides)
     except ValueError as e:
@@ -68,9 +70,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec")
-    warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    if not verbose:  # TorchRec's planner and deprecation notices drown the progress bar
+        for category in (FutureWarning, UserWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+        for name in ("", "torchrec", "torch.fx._symbolic_trace", "torch.distributed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from torchrec_rankmixer.train.loop import Trainer, format_table
 
     try:
@@ -79,8 +83,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"rankmixer-train: error: {e}", file=sys.stderr)
         return 2
-    finally:
-        pass
     if dist.get_rank() == 0:
         print(format_table(summary))
     dist.destroy_process_group()

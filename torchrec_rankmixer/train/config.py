@@ -91,7 +91,6 @@ class SyntheticSettings:
     dense_in_features: int = 4
     num_interactions: int = 4
     ids_per_feature: int = 1
-    num_users: int = 50
     seed: int = 0
 
 
@@ -141,7 +140,7 @@ class DataSettings:
         s = self.synthetic
         for k in ("num_sparse_features", "num_embeddings", "ids_per_feature"):
             _positive(f"data.synthetic.{k}", getattr(s, k))
-        for k in ("dense_in_features", "num_interactions", "num_users"):
+        for k in ("dense_in_features", "num_interactions"):
             _non_negative(f"data.synthetic.{k}", getattr(s, k))
         if self.format != "synthetic":
             if not self.train_files:
@@ -211,8 +210,8 @@ class ShardingSettings:
 class TrainSettings:
     """Loop length, evaluation cadence, device and precision."""
 
-    steps: int = 600
-    eval_every: int = 200
+    steps: int = 500
+    eval_every: int = 100
     log_every: int = 25
     seed: int = 0
     device: str = "auto"

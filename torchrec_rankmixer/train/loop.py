@@ -186,7 +186,8 @@ class Trainer:
             if every and (self.step % every == 0 or self.step == total):
                 self.save()
         bar.close()
-        self.run.plot()
+        if cfg.run.plots:
+            self.run.plot()
         self.run.close()
         return TrainSummary(
             run_dir=self.run.path, step=self.step, seconds=time.perf_counter() - start_time,
