@@ -21,8 +21,8 @@ common=(-m torch.distributed.run --nnodes=2 --nproc_per_node="$nproc"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 "$py" "${common[@]}" --set train.progress_bar=false "$@" > "$out.node1.log" 2>&1 &
 node1=$!
-"$py" "${common[@]}" "$@"
-status=$?
+status=0
+"$py" "${common[@]}" "$@" || status=$?
 wait "$node1" || { echo "node 1 failed; see $out.node1.log" >&2; exit 1; }
 # The rendezvous decides which launcher hosts rank 0; if it was the background one, show
 # its final table here.

@@ -181,7 +181,8 @@ class Trainer:
                 bar.update(1)
             if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
                 metrics = self.evaluate()
-                self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+                if metrics:
+                    self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
             every = cfg.run.checkpoint_every
             if every and (self.step % every == 0 or self.step == total):
                 self.save()
