@@ -132,7 +132,15 @@ class StepOutput:
 
 
 def first_ids(batch: Batch, feature: Optional[str]) -> Optional[torch.Tensor]:
-    """First id per sample of ``feature`` [B] (-1 where the bag is empty), or None."""
+    """First id per sample of ``feature`` [B] (-1 where the bag is empty), or None.
+
+    Example::
+
+        >>> from torchrec import KeyedJaggedTensor
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["u"], torch.tensor([7, 8, 9]), torch.tensor([2, 0, 1]))
+        >>> first_ids(Batch(torch.zeros(3, 0), kjt, torch.zeros(3)), "u").tolist()
+        [7, -1, 9]
+    """
     if feature is None or feature not in batch.sparse_features.keys():
         return None
     jt = batch.sparse_features[feature]

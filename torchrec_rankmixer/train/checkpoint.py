@@ -23,7 +23,13 @@ STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_dir(root: str, step: int) -> str:
-    """``<root>/step_<step, 8 digits>``."""
+    """``<root>/step_<step, 8 digits>``.
+
+    Example::
+
+        >>> checkpoint_dir("runs/a/checkpoints", 40)
+        'runs/a/checkpoints/step_00000040'
+    """
     return os.path.join(root, f"step_{step:08d}")
 
 
