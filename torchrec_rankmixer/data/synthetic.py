@@ -35,10 +35,14 @@ class SyntheticClickData:
         ids_per_feature: ids per sample per feature (multi-hot bags; the first id
             drives the label).
         seed: fixes the label model and every batch.
+        conversion_label: add a second label, conversion, for multi-task (ESMM)
+            training: labels become [B, 2] = (click, click AND convert), where
+            P(convert | click) = sigmoid(-0.5 + <u_0[id_0], v_2[id_2]> + x_1) (if the
+            features exist). The click column is the same as without this option.
 
     Shapes:
         ``batch(B, i)``: dense [B, dense_in_features], KJT with F keys and stride B,
-        labels [B].
+        labels [B] (or [B, 2] with ``conversion_label``).
 
     Example::
 
@@ -57,6 +61,7 @@ class SyntheticClickData:
     latent_dim: int = 4
     ids_per_feature: int = 1
     seed: int = 0
+    conversion_label: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_sparse_features", "num_embeddings", "latent_dim", "ids_per_feature"):
@@ -137,7 +142,18 @@ class SyntheticClickData:
         dense = torch.randn(B, self.dense_in_features, generator=g)
         p = torch.sigmoid(self.true_logits(dense, ids[:, :, 0]))
         labels = (torch.rand(B, generator=g) < p).float()
+        if self.conversion_label:  # drawn after the click, so clicks are unchanged
+            labels = torch.stack([labels, labels * self._conversion(dense, ids[:, :, 0], g)], 1)
         return dense, ids, labels
+
+    def _conversion(self, dense: torch.Tensor, first_ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Conversion-given-click draws [B] (see ``conversion_label``)."""
+        t, F = self._tables, self.num_sparse_features  # type: ignore[attr-defined]
+        logit = torch.full((first_ids.shape[0],), -0.5)
+        logit += (t["u"][0, first_ids[:, 0]] * t["v"][2 % F, first_ids[:, 2 % F]]).sum(dim=1)
+        if self.dense_in_features >= 2:
+            logit += dense[:, 1]
+        return (torch.rand(first_ids.shape[0], generator=g) < torch.sigmoid(logit)).float()
 
     def batch(self, batch_size: int, index: int) -> Batch:
         """Batch ``index`` as a TorchRec ``Batch`` (dense, KJT, labels)."""

@@ -37,3 +37,83 @@ def binary_logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
             logits.detach().flatten().double(), labels.detach().flatten().double()
         )
     )
+
+
+def _check_probs(probs: torch.Tensor, labels: torch.Tensor) -> tuple:
+    p = probs.detach().flatten().double().cpu()
+    y = labels.detach().flatten().double().cpu()
+    if p.shape != y.shape:
+        raise ValueError(f"probabilities {tuple(p.shape)} and labels {tuple(y.shape)} differ in size")
+    if p.numel() == 0:
+        raise ValueError("metrics need at least one prediction; got 0")
+    return p, y
+
+
+def prob_logloss(probs: torch.Tensor, labels: torch.Tensor, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy of probabilities [N] (clipped to [eps, 1-eps]) vs labels [N].
+
+    Example::
+
+        >>> round(prob_logloss(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])), 4)
+        0.6931
+    """
+    p, y = _check_probs(probs, labels)
+    p = p.clamp(eps, 1 - eps)
+    return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+
+
+def normalized_entropy(probs: torch.Tensor, labels: torch.Tensor, eps: float = 1e-7) -> float:
+    """Logloss divided by the entropy of the base rate (He et al., 2014): 1.0 means no better
+    than predicting the average CTR, lower is better.
+
+    Example::
+
+        >>> normalized_entropy(torch.tensor([0.25] * 4), torch.tensor([0, 0, 0, 1]))
+        1.0
+    """
+    p, y = _check_probs(probs, labels)
+    base = float(y.mean())
+    if base <= 0.0 or base >= 1.0:
+        raise ValueError(f"normalized entropy needs both classes; the positive rate is {base}")
+    return prob_logloss(p, y, eps) / prob_logloss(torch.full_like(y, base), y, eps)
+
+
+def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> float:
+    """GAUC / UAUC: AUC per group (user), averaged with impression weights.
+
+    Groups whose labels are all 0 or all 1 have no AUC and are skipped (their
+    impressions are left out of the weights too), as in the usual definition.
+
+    Args:
+        scores: [N] predictions.
+        labels: [N] in {0, 1}.
+        groups: [N] integer group (user) ids.
+
+    Example::
+
+        >>> s = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.5, 0.4])
+        >>> y = torch.tensor([0, 1, 1, 0, 0, 1, 1])
+        >>> u = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+        >>> round(group_auc(s, y, u), 4)  # (2*1.0 + 2*0.0 + 3*1.0) / 7
+        0.7143
+    """
+    s = scores.detach().flatten().double().cpu()
+    y = labels.detach().flatten().cpu()
+    g = groups.detach().flatten().cpu()
+    if not (s.shape == y.shape == g.shape):
+        raise ValueError(
+            f"scores {tuple(s.shape)}, labels {tuple(y.shape)} and groups {tuple(g.shape)} "
+            "differ in size"
+        )
+    order = torch.argsort(g, stable=True)
+    s, y, g = s[order], y[order], g[order]
+    _, counts = torch.unique_consecutive(g, return_counts=True)
+    total, weight = 0.0, 0
+    for ss, yy in zip(torch.split(s, counts.tolist()), torch.split(y, counts.tolist())):
+        n_pos = int((yy > 0.5).sum())
+        if 0 < n_pos < yy.numel():
+            total += binary_auc(ss, yy) * yy.numel()
+            weight += yy.numel()
+    if weight == 0:
+        raise ValueError("GAUC needs at least one group with both positive and negative labels")
+    return total / weight

@@ -1,0 +1,226 @@
+"""Feature preparation shared by the file readers: raw rows -> TorchRec ``Batch``.
+
+* Raw 64-bit ids are hashed (splitmix64, stable across runs and machines) or taken
+  modulo into each feature's table, or kept as they are (``none``: must be in range).
+* Dense features are normalised (``log1p`` of the value clamped at 0, as for Criteo) or,
+  for features with a boundaries list, bucketised into ids and embedded as a sparse
+  feature ``<name>_bucket`` with ``len(boundaries) + 1`` rows.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_C1, _C2, _C3 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _lshr(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 [N] (wrapping arithmetic) -> int64 [N].
+
+    Example::
+
+        >>> splitmix64(torch.tensor([0, 1])).tolist() == splitmix64(torch.tensor([0, 1])).tolist()
+        True
+    """
+    z = x.to(torch.int64) + _C1
+    z = (z ^ _lshr(z, 30)) * _C2
+    z = (z ^ _lshr(z, 27)) * _C3
+    return z ^ _lshr(z, 31)
+
+
+def hash_ids(raw: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Raw int64 ids [N] -> ids in [0, num_buckets) [N] (stable splitmix64 hash).
+
+    Example::
+
+        >>> ids = hash_ids(torch.tensor([7, 2**62, -5]), 100)
+        >>> bool(((ids >= 0) & (ids < 100)).all())
+        True
+    """
+    return torch.remainder(splitmix64(raw), num_buckets)
+
+
+@dataclass
+class Rows:
+    """A block of parsed rows before feature preparation.
+
+    Shapes: labels [N, L] float, dense [N, Dd] float (raw), sparse: feature ->
+    (lengths [N] int64, values [sum(lengths)] int64 raw ids).
+    """
+
+    labels: torch.Tensor
+    dense: torch.Tensor
+    sparse: Dict[str, Tuple[torch.Tensor, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def slice(self, start: int, stop: int) -> "Rows":
+        """Rows ``start:stop``."""
+        out = {}
+        for name, (lengths, values) in self.sparse.items():
+            offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+            out[name] = (lengths[start:stop], values[int(offsets[start]):int(offsets[stop])])
+        return Rows(self.labels[start:stop], self.dense[start:stop], out)
+
+    def take(self, index: torch.Tensor) -> "Rows":
+        """Rows at ``index`` [K] (int64), in that order."""
+        out = {}
+        for name, (lengths, values) in self.sparse.items():
+            starts = torch.cumsum(lengths, 0) - lengths
+            ln = lengths[index]
+            base = torch.repeat_interleave(starts[index], ln)
+            within = torch.arange(int(ln.sum())) - torch.repeat_interleave(torch.cumsum(ln, 0) - ln, ln)
+            out[name] = (ln, values[base + within])
+        return Rows(self.labels[index], self.dense[index], out)
+
+    @staticmethod
+    def cat(blocks: Sequence["Rows"]) -> "Rows":
+        """Concatenate blocks with the same features."""
+        names = list(blocks[0].sparse)
+        return Rows(
+            torch.cat([b.labels for b in blocks]),
+            torch.cat([b.dense for b in blocks]),
+            {n: (torch.cat([b.sparse[n][0] for b in blocks]), torch.cat([b.sparse[n][1] for b in blocks]))
+             for n in names},
+        )
+
+
+def rows_from_lists(
+    labels: List[List[float]], dense: List[List[float]], sparse: Dict[str, List[List[int]]],
+    num_labels: int, num_dense: int,
+) -> Rows:
+    """Build :class:`Rows` from per-row python lists (the text readers' output)."""
+    n = len(labels)
+    out = {}
+    for name, bags in sparse.items():
+        lengths = torch.tensor([len(b) for b in bags], dtype=torch.int64)
+        values = torch.tensor([v for b in bags for v in b], dtype=torch.int64)
+        out[name] = (lengths, values)
+    return Rows(
+        torch.tensor(labels, dtype=torch.float32).reshape(n, num_labels),
+        torch.tensor(dense, dtype=torch.float32).reshape(n, num_dense),
+        out,
+    )
+
+
+class FeaturePrep:
+    """Turns :class:`Rows` into a ``Batch`` and describes the embedding tables.
+
+    Args:
+        sparse_features: raw id features, in KJT key order.
+        dense_features: raw dense columns, in the order of ``Rows.dense``.
+        num_embeddings: default table rows.
+        table_sizes: rows per feature (overrides ``num_embeddings``).
+        id_transform: ``"hash"``, ``"mod"`` or ``"none"``.
+        dense_transform: ``"log1p"`` or ``"none"`` (for dense features not bucketised).
+        bucket_boundaries: dense feature -> increasing boundaries (bucketised + embedded).
+
+    Example::
+
+        >>> prep = FeaturePrep(["c"], ["x", "y"], 10, {}, "hash", "log1p", {"y": [0.0, 1.0]})
+        >>> rows = Rows(torch.ones(2, 1), torch.tensor([[3.0, -1.0], [0.0, 5.0]]),
+        ...             {"c": (torch.tensor([1, 2]), torch.tensor([11, 12, 13]))})
+        >>> b = prep.batch(rows)
+        >>> b.sparse_features.keys(), b.dense_features.shape
+        (['c', 'y_bucket'], torch.Size([2, 1]))
+        >>> b.sparse_features["y_bucket"].values().tolist()
+        [0, 2]
+    """
+
+    def __init__(
+        self,
+        sparse_features: List[str],
+        dense_features: List[str],
+        num_embeddings: int,
+        table_sizes: Dict[str, int],
+        id_transform: str,
+        dense_transform: str,
+        bucket_boundaries: Dict[str, List[float]],
+    ) -> None:
+        unknown = sorted(set(bucket_boundaries) - set(dense_features))
+        if unknown:
+            raise ValueError(
+                f"data.bucket_boundaries names {unknown}, which are not dense columns {dense_features}"
+            )
+        unknown = sorted(set(table_sizes) - set(sparse_features))
+        if unknown:
+            raise ValueError(f"data.table_sizes names {unknown}, which are not sparse columns {sparse_features}")
+        self.sparse_features, self.dense_features = list(sparse_features), list(dense_features)
+        self.rows = {f: table_sizes.get(f, num_embeddings) for f in sparse_features}
+        self.id_transform, self.dense_transform = id_transform, dense_transform
+        self.boundaries = {k: torch.tensor(v, dtype=torch.float32) for k, v in bucket_boundaries.items()}
+        self.kept_dense = [i for i, f in enumerate(dense_features) if f not in bucket_boundaries]
+        for f in dense_features:
+            if f in bucket_boundaries:
+                self.rows[f"{f}_bucket"] = len(bucket_boundaries[f]) + 1
+
+    @property
+    def feature_names(self) -> List[str]:
+        """KJT keys: the sparse features, then ``<dense>_bucket`` features."""
+        return list(self.rows)
+
+    @property
+    def dense_in_features(self) -> int:
+        return len(self.kept_dense)
+
+    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
+        """One table ``t_<feature>`` per KJT key."""
+        return [
+            EmbeddingBagConfig(name=f"t_{f}", embedding_dim=embedding_dim, num_embeddings=n, feature_names=[f])
+            for f, n in self.rows.items()
+        ]
+
+    def ids(self, name: str, raw: torch.Tensor) -> torch.Tensor:
+        """Table ids for raw ids of feature ``name`` (ValueError if ``none`` and out of range)."""
+        rows = self.rows[name]
+        if self.id_transform == "hash":
+            return hash_ids(raw, rows)
+        if self.id_transform == "mod":
+            return torch.remainder(raw, rows)
+        bad = (raw < 0) | (raw >= rows)
+        if bool(bad.any()):
+            raise ValueError(
+                f"feature {name!r} has raw id {int(raw[bad][0])} outside [0, {rows}) with "
+                "data.id_transform='none'; use 'hash' or 'mod', or a larger data.table_sizes"
+            )
+        return raw
+
+    def batch(self, rows: Rows) -> Batch:
+        """Prepared ``Batch``: dense [B, dense_in_features], KJT over ``feature_names``,
+        labels [B] (or [B, L] for L > 1 labels)."""
+        lengths, values = [], []
+        for name in self.sparse_features:
+            ln, raw = rows.sparse[name]
+            lengths.append(ln)
+            values.append(self.ids(name, raw))
+        for j, name in enumerate(self.dense_features):
+            if name in self.boundaries:
+                col = rows.dense[:, j]
+                lengths.append(torch.ones(len(rows), dtype=torch.int64))
+                values.append(torch.bucketize(col, self.boundaries[name], right=True).to(torch.int64))
+        dense = rows.dense[:, self.kept_dense]
+        if self.dense_transform == "log1p":
+            dense = torch.log1p(dense.clamp(min=0.0))
+        labels = rows.labels[:, 0] if rows.labels.shape[1] == 1 else rows.labels
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=self.feature_names, values=torch.cat(values), lengths=torch.cat(lengths).to(torch.int32)
+        )
+        return Batch(dense_features=dense, sparse_features=kjt, labels=labels)

@@ -1,0 +1,242 @@
+"""File-backed batch sources for ``rankmixer-train``: CSV, libsvm, Criteo TSV, Parquet, ORC.
+
+Sharding: with at least as many training files as ranks, rank ``r`` of ``W`` reads files
+``r, r + W, ...``; with fewer files every rank reads all of them and keeps rows
+``j % W == r``. Training streams over epochs without end (the run length is
+``train.steps``), so every rank always has a full batch and the sharded collectives stay
+in step. Evaluation reads the eval files row-sharded and pads every rank to the same
+number of full batches with rows labelled -1, which the metrics skip.
+
+Malformed rows are counted per reason (with the first few locations) and reported in the
+final table; beyond ``data.max_malformed_fraction`` of the rows read the run fails.
+"""
+
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torchrec.datasets.utils import Batch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+from torchrec_rankmixer.data.features import FeaturePrep, Rows, rows_from_lists
+from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, MalformedRow, make_parser
+
+TEXT_FORMATS = ("csv", "libsvm", "criteo")
+PARSE_CHUNK = 4096
+MIN_ROWS_BEFORE_FAILING = 1000
+PADDING_LABEL = -1.0
+
+
+class MalformedCounter:
+    """Counts rows read and malformed rows per reason; enforces the allowed fraction.
+
+    Example::
+
+        >>> c = MalformedCounter(max_fraction=0.5)
+        >>> c.add_rows(4); c.malformed("bad_label", "f.csv:3"); c.report()
+        {'rows': 4, 'malformed': 1, 'bad_label': 1}
+    """
+
+    def __init__(self, max_fraction: float) -> None:
+        self.max_fraction = max_fraction
+        self.counts: Dict[str, int] = {"rows": 0}
+        self.examples: List[str] = []
+
+    def add_rows(self, n: int) -> None:
+        self.counts["rows"] += n
+
+    def malformed(self, reason: str, where: str, n: int = 1) -> None:
+        """Count ``n`` malformed rows of kind ``reason`` found at ``where`` (file:line)."""
+        self.counts[reason] = self.counts.get(reason, 0) + n
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {reason}")
+        self.check(final=False)
+
+    @property
+    def num_malformed(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "rows")
+
+    def check(self, final: bool) -> None:
+        """Raise ValueError when the malformed fraction exceeds the limit (early checks wait
+        for 1000 rows unless the limit is 0)."""
+        rows, bad = self.counts["rows"], self.num_malformed
+        if bad == 0 or rows == 0:
+            return
+        if not final and self.max_fraction > 0 and rows < MIN_ROWS_BEFORE_FAILING:
+            return
+        if bad / rows > self.max_fraction:
+            raise ValueError(
+                f"{bad} of {rows} rows are malformed ({self.report()}), more than "
+                f"data.max_malformed_fraction ({self.max_fraction}); first: {self.examples}"
+            )
+
+    def report(self) -> Dict[str, int]:
+        out = {"rows": self.counts["rows"], "malformed": self.num_malformed}
+        out.update({k: v for k, v in sorted(self.counts.items()) if k != "rows"})
+        return out
+
+
+def _read_header(path: str, delimiter: str) -> List[str]:
+    with open(path) as f:
+        return f.readline().rstrip("\r\n").split(delimiter)
+
+
+class FileSource:
+    """Batches from files for one rank (same interface as the synthetic source).
+
+    Args:
+        cfg: the run's settings (``data.*``, ``model.task``).
+        rank: this rank.
+        world_size: number of ranks.
+    """
+
+    def __init__(self, cfg, rank: int, world_size: int) -> None:  # type: ignore[no-untyped-def]
+        d = cfg.data
+        self.fmt, self.delimiter = d.format, d.delimiter
+        self.batch_size, self.eval_batch_size = d.batch_size, d.eval_batch_size
+        self.labels = [d.label_column] + ([d.label2_column] if cfg.model.task == "esmm" else [])
+        criteo = d.format == "criteo"
+        self.sparse = list(d.sparse_columns) or (CRITEO_SPARSE if criteo else [])
+        self.dense = list(d.dense_columns) or (CRITEO_DENSE if criteo else [])
+        for f in [*d.train_files, *d.eval_files]:
+            if not os.path.isfile(f):
+                raise ValueError(f"data file {f!r} does not exist")
+        self.prep = FeaturePrep(self.sparse, self.dense, d.num_embeddings, d.table_sizes,
+                                d.id_transform, d.dense_transform, d.bucket_boundaries)
+        self.user_feature: Optional[str] = d.user_column
+        if self.user_feature is not None and self.user_feature not in self.prep.feature_names:
+            raise ValueError(
+                f"data.user_column ({self.user_feature!r}) must be one of the sparse columns "
+                f"{self.prep.feature_names}"
+            )
+        self.train_files, self.eval_files = list(d.train_files), list(d.eval_files)
+        self.rank, self.world = rank, world_size
+        self.counter = MalformedCounter(d.max_malformed_fraction)
+        self._parser = None
+        self._eval_cache: Optional[Tuple[Tuple[int, int], List[Batch]]] = None
+        if self.fmt in TEXT_FORMATS:
+            header = _read_header(self.train_files[0], self.delimiter) if self.fmt == "csv" else None
+            self._parser = make_parser(self.fmt, header, self.labels, self.sparse, self.dense, self.delimiter)
+
+    # ------------------------------------------------------------------ schema
+    @property
+    def dense_in_features(self) -> int:
+        return self.prep.dense_in_features
+
+    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
+        return self.prep.table_configs(embedding_dim)
+
+    def malformed_report(self) -> Dict[str, int]:
+        return self.counter.report()
+
+    # ------------------------------------------------------------------ reading
+    def _text_rows(self, path: str, keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
+        labels, dense, sparse_rows = [], [], []
+        with open(path) as f:
+            if self.fmt == "csv":
+                f.readline()  # header
+            for lineno, line in enumerate(f, start=2 if self.fmt == "csv" else 1):
+                if keep is not None and lineno % keep[1] != keep[0]:
+                    continue
+                if not line.strip():
+                    continue
+                self.counter.add_rows(1)
+                try:
+                    y, x, s = self._parser(line)  # type: ignore[misc]
+                except MalformedRow as e:
+                    self.counter.malformed(e.reason, f"{path}:{lineno}")
+                    continue
+                labels.append(y)
+                dense.append(x)
+                sparse_rows.append(s)
+                if len(labels) == PARSE_CHUNK:
+                    yield self._to_rows(labels, dense, sparse_rows)
+                    labels, dense, sparse_rows = [], [], []
+        if labels:
+            yield self._to_rows(labels, dense, sparse_rows)
+
+    def _to_rows(self, labels: list, dense: list, sparse_rows: list) -> Rows:
+        sparse = {c: [r[c] for r in sparse_rows] for c in self.sparse}
+        return rows_from_lists(labels, dense, sparse, len(self.labels), len(self.dense))
+
+    def _columnar_rows(self, path: str, keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
+        from torchrec_rankmixer.data.columnar import read_columnar
+
+        seen = 0
+        for rows in read_columnar(path, self.fmt, self.labels, self.dense, self.sparse, self.counter):
+            if keep is not None:
+                idx = torch.arange(seen, seen + len(rows))
+                seen += len(rows)
+                mine = (idx % keep[1] == keep[0]).nonzero().flatten()
+                rows = rows.take(mine) if len(mine) else None
+            if rows is not None:
+                yield rows
+
+    def _epoch(self, files: List[str], keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
+        read = self._text_rows if self.fmt in TEXT_FORMATS else self._columnar_rows
+        for path in files:
+            yield from read(path, keep)
+        self.counter.check(final=True)
+
+    def _shard(self) -> Tuple[List[str], Optional[Tuple[int, int]]]:
+        if len(self.train_files) >= self.world:
+            return self.train_files[self.rank::self.world], None
+        return self.train_files, (self.rank, self.world)
+
+    def _batches(self, rows_iter: Iterator[Rows], size: int) -> Iterator[Rows]:
+        buf: List[Rows] = []
+        n = 0
+        for rows in rows_iter:
+            buf.append(rows)
+            n += len(rows)
+            while n >= size:
+                block = Rows.cat(buf)
+                yield block.slice(0, size)
+                rest = block.slice(size, len(block))
+                buf, n = ([rest] if len(rest) else []), len(rest)
+
+    def _endless(self) -> Iterator[Rows]:
+        files, keep = self._shard()
+        while True:
+            produced = False
+            for rows in self._epoch(files, keep):
+                produced = produced or len(rows) > 0
+                yield rows
+            if not produced:
+                raise ValueError(f"rank {self.rank} has no valid training rows in {files}")
+
+    def train_batches(self, cursor: int, rank: int, world_size: int, num: int) -> Iterator[Batch]:
+        """``num`` batches, after skipping the ``cursor // world_size`` this rank already
+        trained on (exact on resume with the same number of ranks)."""
+        stream = self._batches(self._endless(), self.batch_size)
+        for _ in range(cursor // world_size):
+            next(stream)
+        for _ in range(num):
+            yield self.prep.batch(next(stream))
+
+    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
+        """This rank's share of the eval files as full batches, padded (labels -1) so every
+        rank yields the same number of batches. Collective when distributed."""
+        if not self.eval_files:
+            return iter(())
+        if self._eval_cache is not None and self._eval_cache[0] == (rank, world_size):
+            return iter(self._eval_cache[1])
+        blocks = list(self._epoch(self.eval_files, (rank, world_size)))
+        rows = Rows.cat(blocks) if blocks else None
+        n_rows = len(rows) if rows is not None else 0
+        count = torch.tensor([-(-n_rows // self.eval_batch_size)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        total = int(count) * self.eval_batch_size
+        if total == 0:
+            return iter(())
+        if rows is None:
+            raise ValueError(f"rank {rank} has no valid eval rows in {self.eval_files}")
+        pad = rows.slice(0, 1)
+        pad.labels = torch.full_like(pad.labels, PADDING_LABEL)
+        rows = Rows.cat([rows] + [pad] * (total - n_rows))
+        batches = [self.prep.batch(rows.slice(i, i + self.eval_batch_size))
+                   for i in range(0, total, self.eval_batch_size)]
+        self._eval_cache = ((rank, world_size), batches)  # the eval set is fixed: read it once
+        return iter(batches)

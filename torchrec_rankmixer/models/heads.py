@@ -1,0 +1,139 @@
+"""Task heads: single-task CTR and ESMM (CTR, CVR, CTCVR = CTR x CVR) with per-task towers.
+
+ESMM (Ma et al., SIGIR 2018) trains CVR on all impressions through
+``p(click & convert) = p(click) * p(convert | click)``: the loss is BCE(CTR, click) +
+BCE(CTCVR, click*convert), optionally plus a conditional CVR loss on clicked rows only.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+TASKS = ("ctr", "esmm")
+
+
+class TaskTowers(nn.Module):
+    """One MLP tower per task on the pooled encoder output; drop-in for ``over_arch``.
+
+    Args:
+        in_features: pooled width (D for mean pooling).
+        tower_layer_sizes: hidden sizes of every tower (each ends in one logit).
+        num_tasks: towers (2 for ESMM: CTR and CVR).
+        device: parameter device.
+
+    Shapes: pooled [B, in_features] -> logits [B, num_tasks].
+
+    Example::
+
+        >>> towers = TaskTowers(16, [8], num_tasks=2)
+        >>> towers(torch.rand(4, 16)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        tower_layer_sizes: List[int],
+        num_tasks: int,
+        device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__()
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks ({num_tasks}) must be a positive int")
+        if any(s < 1 for s in tower_layer_sizes):
+            raise ValueError(f"tower_layer_sizes ({tower_layer_sizes}) must hold positive ints")
+        towers = []
+        for _ in range(num_tasks):
+            layers: List[nn.Module] = []
+            width = in_features
+            for size in tower_layer_sizes:
+                layers += [nn.Linear(width, size, device=device), nn.ReLU()]
+                width = size
+            layers.append(nn.Linear(width, 1, device=device))
+            towers.append(nn.Sequential(*layers))
+        self.towers = nn.ModuleList(towers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tower(pooled) for tower in self.towers], dim=1)  # (B, num_tasks)
+
+
+def attach_esmm_towers(model: nn.Module, tower_layer_sizes: List[int]) -> nn.Module:
+    """Replace ``model.over_arch`` (of a DLRM_RankMixer) with CTR and CVR towers.
+
+    The model then returns logits [B, 2] = (CTR logit, CVR logit); see :func:`task_loss`.
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+        >>> from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
+        >>> ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        ...     name="t", embedding_dim=8, num_embeddings=10, feature_names=["f"])])
+        >>> m = attach_esmm_towers(DLRM_RankMixer(ebc, 3, [8, 8], [8, 1]), [8])
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+        >>> m(torch.rand(2, 3), kjt).shape
+        torch.Size([2, 2])
+    """
+    old = getattr(model, "over_arch", None)
+    if old is None:
+        raise ValueError(f"{type(model).__name__} has no over_arch to replace with task towers")
+    first = next(m for m in old.modules() if isinstance(m, nn.Linear))
+    model.over_arch = TaskTowers(first.in_features, tower_layer_sizes, 2, first.weight.device)
+    return model
+
+
+def task_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task: str, cvr_loss_weight: float = 0.0
+) -> Dict[str, torch.Tensor]:
+    """Per-task losses and the total to minimise.
+
+    Args:
+        logits: [B, 1] (ctr) or [B, 2] (esmm: CTR logit, CVR logit).
+        labels: [B] (ctr) or [B, 2] (esmm: click, click AND convert).
+        task: ``"ctr"`` or ``"esmm"``.
+        cvr_loss_weight: weight of the conditional CVR loss on clicked rows (esmm).
+
+    Returns:
+        ``{"loss": total, "ctr": ..., ["ctcvr": ..., "cvr": ...]}``; ESMM's CTCVR loss is
+        BCE on ``sigmoid(ctr) * sigmoid(cvr)``, computed in log space for stability.
+
+    Example::
+
+        >>> out = task_loss(torch.zeros(4, 2), torch.tensor([[1., 1.], [1., 0.], [0., 0.], [0., 0.]]), "esmm")
+        >>> sorted(out), round(out["ctr"].item(), 4)
+        (['ctcvr', 'ctr', 'cvr', 'loss'], 0.6931)
+    """
+    if task not in TASKS:
+        raise ValueError(f"task ({task!r}) must be one of {list(TASKS)}")
+    logits = logits.float()
+    if task == "ctr":
+        y = labels if labels.dim() == 1 else labels[:, 0]
+        ctr = F.binary_cross_entropy_with_logits(logits[:, 0], y)
+        return {"loss": ctr, "ctr": ctr}
+    if logits.shape[1] != 2 or labels.dim() != 2 or labels.shape[1] != 2:
+        raise ValueError(
+            f"esmm needs logits [B, 2] and labels [B, 2]; got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    click, conv = labels[:, 0], labels[:, 1]
+    ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+    log_p = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])  # log p(ctcvr)
+    log_not_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+    ctcvr = -(conv * log_p + (1 - conv) * log_not_p).mean()
+    clicked = click > 0.5
+    if bool(clicked.any()):
+        cvr = F.binary_cross_entropy_with_logits(logits[clicked, 1], conv[clicked])
+    else:
+        cvr = logits.new_zeros(())
+    total = ctr + ctcvr + (cvr_loss_weight * cvr if cvr_loss_weight > 0 else 0.0)
+    return {"loss": total, "ctr": ctr, "ctcvr": ctcvr, "cvr": cvr}
+
+
+def task_scores(logits: torch.Tensor, task: str) -> Dict[str, torch.Tensor]:
+    """Probabilities per task: ``{"ctr"}`` or ``{"ctr", "cvr", "ctcvr"}`` each [B]."""
+    p_ctr = torch.sigmoid(logits[:, 0].float())
+    if task == "ctr":
+        return {"ctr": p_ctr}
+    p_cvr = torch.sigmoid(logits[:, 1].float())
+    return {"ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}

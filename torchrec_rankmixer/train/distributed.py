@@ -1,0 +1,183 @@
+"""Process group, TorchRec planner + DistributedModelParallel, and the optimisers.
+
+One process (no torchrun): a world of 1 over an in-memory store. Under ``torchrun``
+(one node or many): ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` and the
+rendezvous come from the environment; gloo on CPU, NCCL on GPU.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.optim import _apply_optimizer_in_backward
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from torchrec_rankmixer.train.config import OptimSettings, ShardingSettings, TrainConfig
+
+CPU_SHARDING_TYPES = ("table_wise", "data_parallel")
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits: rank, world size, local rank, device, backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str) -> DistEnv:
+    """Join (or create) the default process group.
+
+    Args:
+        device_setting: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+    """
+    if device_setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device ('cuda') but CUDA is not available; use 'cpu' or 'auto'")
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ and world >= 1 and "RANK" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, local_world, device, backend)
+
+
+def _embedding_optimizer(o: OptimSettings) -> tuple:
+    if o.embedding == "row_wise_adagrad":
+        return RowWiseAdagrad, {"lr": o.embedding_lr, "eps": o.embedding_eps}
+    if o.embedding == "adagrad":
+        return torch.optim.Adagrad, {"lr": o.embedding_lr, "eps": o.embedding_eps}
+    if o.embedding == "adam":
+        return torch.optim.Adam, {"lr": o.embedding_lr, "eps": o.embedding_eps}
+    return torch.optim.SGD, {"lr": o.embedding_lr}
+
+
+def _constraints(sharding: ShardingSettings, table_names: List[str], env: DistEnv) -> Dict[str, ParameterConstraints]:
+    unknown = sorted(set(sharding.constraints) - set(table_names))
+    if unknown:
+        raise ValueError(f"sharding.constraints names unknown table(s) {unknown}; tables: {table_names}")
+    out = {}
+    for name in table_names:
+        types = sharding.constraints.get(name, sharding.sharding_types)
+        if env.backend == "gloo":
+            bad = [t for t in types if t not in CPU_SHARDING_TYPES]
+            if bad:
+                raise ValueError(
+                    f"sharding type(s) {bad} for table {name!r} need NCCL (gloo lacks "
+                    f"reduce-scatter); on CPU use {list(CPU_SHARDING_TYPES)}"
+                )
+        out[name] = ParameterConstraints(sharding_types=list(types))
+    return out
+
+
+def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> DistributedModelParallel:
+    """Fuse the embedding optimiser into backward, plan with TorchRec's planner (topology of
+    this run, constraints from ``sharding.*``) and wrap in DistributedModelParallel."""
+    ebc = module.model.sparse_arch.embedding_bag_collection  # type: ignore[union-attr]
+    opt_cls, opt_kwargs = _embedding_optimizer(cfg.optim)
+    _apply_optimizer_in_backward(opt_cls, ebc.parameters(), opt_kwargs)
+    tables = [t.name for t in ebc.embedding_bag_configs()]
+    hbm = None
+    if cfg.sharding.hbm_gb is not None:
+        hbm = int(cfg.sharding.hbm_gb * 1024**3)
+    elif env.device.type == "cuda":
+        hbm = torch.cuda.get_device_properties(env.device).total_memory
+    topology = Topology(
+        world_size=env.world_size, compute_device=env.device.type, hbm_cap=hbm,
+        local_world_size=env.local_world_size,
+    )
+    planner = EmbeddingShardingPlanner(
+        topology=topology, constraints=_constraints(cfg.sharding, tables, env)
+    )
+    plan = planner.collective_plan(module, pg=dist.GroupMember.WORLD)
+    return DistributedModelParallel(module, device=env.device, plan=plan)
+
+
+def lr_factor(step: int, o: OptimSettings, total_steps: int) -> float:
+    """Multiplier of the dense LR at 0-based ``step``: linear warm-up over
+    ``warmup_steps``, then ``decay`` (none / linear / cosine / exponential) over
+    ``decay_steps`` (default: the rest of the run) down to ``min_lr_ratio``.
+
+    Example::
+
+        >>> o = OptimSettings(warmup_steps=10, decay="linear", decay_steps=10)
+        >>> [round(lr_factor(s, o, 100), 2) for s in (0, 9, 10, 15, 20, 50)]
+        [0.1, 1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.decay == "none":
+        return 1.0
+    span = o.decay_steps or max(total_steps - o.warmup_steps, 1)
+    t = min((step - o.warmup_steps) / span, 1.0)
+    if o.decay == "linear":
+        shape = 1.0 - t
+    elif o.decay == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * t))
+    else:  # exponential: reaches min_lr_ratio (or 1%) at the end of the span
+        shape = max(o.min_lr_ratio, 0.01) ** t
+        return shape
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+
+
+def dense_optimizer(model: nn.Module, o: OptimSettings) -> KeyedOptimizer:
+    """Keyed dense optimiser (``optim.dense``) over the parameters not fused into backward,
+    with gradient-norm clipping when ``optim.grad_clip_norm`` is set."""
+    params = dict(in_backward_optimizer_filter(model.named_parameters()))
+
+    def factory(ps: List[torch.Tensor]) -> torch.optim.Optimizer:
+        if o.dense == "rmsprop":
+            return torch.optim.RMSprop(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay, momentum=o.momentum)
+        if o.dense == "adam":
+            return torch.optim.Adam(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+        if o.dense == "adagrad":
+            return torch.optim.Adagrad(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+        return torch.optim.SGD(ps, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+
+    keyed = KeyedOptimizerWrapper(params, factory)
+    if o.grad_clip_norm is None:
+        return keyed
+    return GradientClippingOptimizer(keyed, GradientClipping.NORM, max_gradient=o.grad_clip_norm)
+
+
+def build_optimizer(model: DistributedModelParallel, o: OptimSettings) -> CombinedOptimizer:
+    """``sparse`` (DMP's fused embedding optimiser) + ``dense``, one keyed optimiser."""
+    return CombinedOptimizer([("sparse", model.fused_optimizer), ("dense", dense_optimizer(model, o))])
+
+
+def set_dense_lr(optimizer: CombinedOptimizer, o: OptimSettings, step: int, total_steps: int) -> float:
+    """Set the dense LR for ``step`` (a pure function of the step: exact on resume)."""
+    lr = o.lr * lr_factor(step, o, total_steps)
+    for name, opt in optimizer.optimizers:
+        if name == "dense":
+            for group in opt.param_groups:
+                group["lr"] = lr
+    return lr

@@ -1,0 +1,236 @@
+"""The training loop behind ``rankmixer-train``: DMP + TrainPipelineSparseDist on any
+number of processes, periodic evaluation and checkpoints, a run directory."""
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from torchrec_rankmixer.modules.aux import collect_statistics
+from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model
+from torchrec_rankmixer.train.checkpoint import (
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from torchrec_rankmixer.train.config import TrainConfig
+from torchrec_rankmixer.train.distributed import (
+    DistEnv,
+    build_optimizer,
+    init_distributed,
+    set_dense_lr,
+    shard_model,
+)
+from torchrec_rankmixer.train.evaluation import MetricAccumulator
+from torchrec_rankmixer.train.rundir import RunDir, default_run_name
+
+
+@dataclass
+class TrainSummary:
+    """What a run produced (identical on every rank)."""
+
+    run_dir: str
+    step: int
+    seconds: float
+    metrics: Dict[str, float] = field(default_factory=dict)
+    train_loss: float = math.nan
+    malformed: Dict[str, int] = field(default_factory=dict)
+
+
+def make_source(cfg: TrainConfig, env: DistEnv) -> SyntheticSource:
+    """The batch source for ``data.format``."""
+    if cfg.data.format == "synthetic":
+        return SyntheticSource(cfg)
+    from torchrec_rankmixer.data.sources import FileSource  # TorchRec-free readers live there
+
+    return FileSource(cfg, env.rank, env.world_size)  # type: ignore[return-value]
+
+
+def _agree_on_name(cfg: TrainConfig) -> str:
+    name = [cfg.run.name or default_run_name()]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(name, src=0)
+    return name[0]
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t.item())
+
+
+def _drain(pipeline: TrainPipelineSparseDist, it: Iterator, num: int, on_out=None) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(num):
+        out = pipeline.progress(it)
+        if on_out is not None:
+            on_out(out)
+
+
+class Trainer:
+    """Owns the sharded model, the optimiser, the pipeline and the run directory.
+
+    Args:
+        cfg: validated settings.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.env = init_distributed(cfg.train.device)
+        precision = cfg.train.precision
+        if precision == "bf16" and self.env.device.type != "cuda":
+            raise ValueError("train.precision ('bf16') needs a GPU; bf16 autocast is GPU-only here")
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.env.device.type == "cuda")
+        torch.manual_seed(cfg.train.seed)
+        self.source = make_source(cfg, self.env)
+        self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
+        model = build_model(
+            cfg, self.source.table_configs(cfg.model.embedding_dim),
+            self.source.dense_in_features, self.env.device,
+        )
+        module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
+        self.model = shard_model(module, cfg, self.env)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.pipeline = TrainPipelineSparseDist(
+            self.model, self.optimizer, self.env.device, execute_all_batches=True
+        )
+        self.step, self.cursor = 0, 0
+        if cfg.run.resume:
+            self.resume(cfg.run.resume)
+
+    # ------------------------------------------------------------------ state
+    def resume(self, where: str) -> None:
+        """Load ``where`` (a checkpoint directory or ``"latest"`` in this run's directory)."""
+        path = latest_checkpoint(self.run.checkpoints) if where == "latest" else where
+        if path is None:
+            raise ValueError(f"run.resume ('latest'): no checkpoint under {self.run.checkpoints!r}")
+        progress = load_checkpoint(path, self.model, self.optimizer)
+        self.step, self.cursor = int(progress["step"]), int(progress["cursor"])
+
+    def save(self) -> str:
+        path = checkpoint_dir(self.run.checkpoints, self.step)
+        save_checkpoint(path, self.model, self.optimizer, {"step": self.step, "cursor": self.cursor})
+        return path
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ eval
+    def evaluate(self) -> Dict[str, float]:
+        """Metrics on the held-out set, computed over all ranks' predictions."""
+        acc = MetricAccumulator(self.cfg.model.task)
+        batches = list(self.source.eval_batch_iter(self.env.rank, self.env.world_size))
+        if not batches:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            _drain(self.pipeline, iter(batches), len(batches),
+                   lambda out: acc.update(out.logits, out.labels, out.users))
+        self.model.train()
+        return acc.compute()
+
+    # ------------------------------------------------------------------ train
+    def _boundaries(self, total: int) -> List[int]:
+        t = self.cfg.train
+        marks = {total}
+        for every in (t.eval_every, self.cfg.run.checkpoint_every):
+            if every > 0:
+                marks.update(range(every, total, every))
+        return sorted(m for m in marks if m > self.step)
+
+    def fit(self) -> TrainSummary:
+        """Train to ``train.steps`` (from the resumed step), evaluating and checkpointing
+        on schedule; returns the final metrics."""
+        cfg, env = self.cfg, self.env
+        total, W = cfg.train.steps, env.world_size
+        start_time = time.perf_counter()
+        bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (env.is_main and cfg.train.progress_bar))
+        running: List[float] = []
+        last_loss, metrics = math.nan, {}
+        self.model.train()
+        for end in self._boundaries(total):
+            n = end - self.step
+            it = self.source.train_batches(self.cursor, env.rank, W, n)
+            for _ in range(n):
+                lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
+                with self._autocast():
+                    out = self.pipeline.progress(it)
+                self.step += 1
+                self.cursor += W
+                running.append(float(out.losses["loss"]))
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    last_loss = _mean_over_ranks(sum(running) / len(running), env.device)
+                    record = {"step": self.step, "train_loss": last_loss, "lr": lr}
+                    record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
+                    record.update(collect_statistics(self.model))
+                    self.run.log(record)
+                    running = []
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                bar.update(1)
+            if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
+                metrics = self.evaluate()
+                if metrics:
+                    self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+            every = cfg.run.checkpoint_every
+            if every and (self.step % every == 0 or self.step == total):
+                self.save()
+        bar.close()
+        if cfg.run.plots:
+            self.run.plot()
+        self.run.close()
+        return TrainSummary(
+            run_dir=self.run.path, step=self.step, seconds=time.perf_counter() - start_time,
+            metrics=metrics, train_loss=last_loss, malformed=self._malformed_over_ranks(),
+        )
+
+    def _malformed_over_ranks(self) -> Dict[str, int]:
+        local = self.source.malformed_report()
+        if dist.get_world_size() == 1:
+            return local
+        parts: List = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        total: Dict[str, int] = {}
+        for part in parts:
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def format_table(summary: TrainSummary) -> str:
+    """The final metrics as an aligned two-column table.
+
+    Example::
+
+        >>> print(format_table(TrainSummary("runs/x", 10, 1.5, {"ctr_auc": 0.75}, 0.5)))
+        metric          value
+        --------------  -------
+        steps           10
+        train_loss      0.5000
+        eval_ctr_auc    0.7500
+        seconds         1.5
+        run_dir         runs/x
+    """
+    rows = [("steps", str(summary.step)), ("train_loss", f"{summary.train_loss:.4f}")]
+    rows += [(f"eval_{k}", f"{v:.4f}") for k, v in summary.metrics.items()]
+    m = summary.malformed
+    if m:
+        rows += [("rows_read", str(m.get("rows", 0))), ("malformed_rows", str(m.get("malformed", 0)))]
+        rows += [(f"malformed_{k}", str(v)) for k, v in m.items() if k not in ("rows", "malformed")]
+    rows += [("seconds", f"{summary.seconds:.1f}"), ("run_dir", summary.run_dir)]
+    w0 = max(14, max(len(r[0]) for r in rows))
+    w1 = max(7, max(len(r[1]) for r in rows))
+    lines = [f"{'metric':<{w0}}  value", f"{'-' * w0}  {'-' * w1}"]
+    lines += [f"{k:<{w0}}  {v}" for k, v in rows]
+    return "\n".join(lines)
