@@ -10,7 +10,11 @@ from typing import Optional, Tuple
 LN_STYLES: Tuple[str, ...] = ("post", "pre")
 POOLINGS: Tuple[str, ...] = ("mean", "flatten")
 FFN_TYPES: Tuple[str, ...] = ("per_token", "shared")
-TOKEN_MIXERS: Tuple[str, ...] = ("multihead", "none", "self_attention")
+TOKEN_MIXERS: Tuple[str, ...] = (
+    "multihead", "none", "self_attention", "all_concat_mlp", "all_share"
+)
+# Token2FFN routing ablations (paper Table 3): they replace the (mixer, FFN) pair.
+ROUTING_ABLATIONS: Tuple[str, ...] = ("all_concat_mlp", "all_share")
 FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
 MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
 
@@ -58,8 +62,10 @@ class RankMixerConfig:
         pooling: ``"mean"`` over tokens -> [B, D] (paper) or ``"flatten"`` -> [B, T*D].
         strict_heads: the paper's strict mode; requires num_heads == num_tokens.
         ffn_type: ``"per_token"`` (paper) or ``"shared"`` (one FFN for all tokens, ablation).
-        token_mixer: ``"multihead"`` (paper), ``"none"`` (ablation) or
-            ``"self_attention"`` (ablation; H attention heads, with parameters).
+        token_mixer: ``"multihead"`` (paper), ``"none"`` (ablation),
+            ``"self_attention"`` (ablation; H attention heads, with parameters), or the
+            routing ablations ``"all_concat_mlp"`` / ``"all_share"`` (paper Table 3; see
+            modules/token_mixing_ablations.py; they replace the per-token FFN too).
         residual: keep the skip connections (ablation switch).
         layer_norm: keep the LayerNorms (ablation switch).
         ffn_kernel: per-token FFN execution path: ``"auto"`` (measured choice, see
@@ -155,6 +161,11 @@ class RankMixerConfig:
         _check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
         if self.use_moe and self.ffn_type != "per_token":
             raise ValueError(f"use_moe=True needs ffn_type='per_token' (got {self.ffn_type!r})")
+        if self.use_moe and self.token_mixer in ROUTING_ABLATIONS:
+            raise ValueError(
+                f"use_moe=True cannot be combined with token_mixer={self.token_mixer!r} "
+                "(that ablation replaces the per-token FFN)"
+            )
         if self.use_moe and self.moe_router == "topk" and self.moe_top_k < 1:
             raise ValueError(
                 f"moe_target_active_ratio ({self.moe_target_active_ratio}) * moe_num_experts "
@@ -228,6 +239,10 @@ class RankMixerConfig:
         else:
             ffn_copies = T if self.ffn_type == "per_token" else 1
             ffn = ffn_copies * (D * kD + kD + kD * D + D)
+            if self.token_mixer == "all_concat_mlp":
+                ffn = 2 * T * D * kD + kD + T * D
+            elif self.token_mixer == "all_share":
+                ffn = T * (T * D * kD + kD + kD * D + D)
         norms = 2 * (2 * D) if self.layer_norm else 0
         attn = (4 * D * D + 4 * D) if self.token_mixer == "self_attention" else 0
         final = 2 * D if self.final_norm else 0
@@ -238,8 +253,9 @@ class RankMixerConfig:
 
         ``exact=False`` gives the paper's ``4kLTD²``. ``exact=True`` counts every matrix
         multiply (2 FLOPs per multiply-add), as ``torch.utils.flop_counter`` does; it
-        equals the approximation for the paper's architecture and adds the attention
-        products for ``token_mixer="self_attention"``. Element-wise work (bias, GELU,
+        equals the approximation for the paper's architecture (and for
+        ``"all_concat_mlp"``), adds the attention products for ``"self_attention"`` and
+        the T-times wider first layer for ``"all_share"``. Element-wise work (bias, GELU,
         LayerNorm, mixing permutation) is not counted.
 
         With ``use_moe``: by default the sparse-inference cost at exactly the target
@@ -259,6 +275,8 @@ class RankMixerConfig:
             return 4 * kD * L * T * D
         else:
             ffn = 2 * 2 * T * D * kD
+            if self.token_mixer == "all_share":
+                ffn = 2 * T * (T * D * kD + kD * D)  # each FFN reads all T*D inputs
         attn = 0
         if self.token_mixer == "self_attention":
             attn = 2 * 4 * T * D * D + 2 * 2 * T * T * D  # projections + QK^T and AV

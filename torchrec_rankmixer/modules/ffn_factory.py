@@ -7,9 +7,10 @@ FFN, Sparse-MoE, ablation mixers) plug in without touching the block.
 import torch
 from torch import nn
 
-from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.config import ROUTING_ABLATIONS, RankMixerConfig
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN, SharedFFN
+from torchrec_rankmixer.modules.token_mixing_ablations import AllConcatMLP, AllShareFFN
 from torchrec_rankmixer.modules.token_mixing import (
     MultiHeadTokenMixing,
     NoTokenMixing,
@@ -21,6 +22,10 @@ def build_ffn(config: RankMixerConfig, device: torch.device | str | None = None)
     """The FFN of one block: [B, T, D] -> [B, T, D]."""
     if config.use_moe:
         return PerTokenSparseMoE.from_config(config, device=device)
+    if config.token_mixer == "all_concat_mlp":
+        return AllConcatMLP(config.num_tokens, config.d_model, config.ffn_mult, device=device)
+    if config.token_mixer == "all_share":
+        return AllShareFFN(config.num_tokens, config.d_model, config.ffn_mult, device=device)
     if config.ffn_type == "shared":
         return SharedFFN(config.d_model, config.ffn_mult, device=device)
     return PerTokenFFN(
@@ -30,8 +35,8 @@ def build_ffn(config: RankMixerConfig, device: torch.device | str | None = None)
 
 def build_token_mixer(config: RankMixerConfig, device: torch.device | str | None = None) -> nn.Module:
     """The token mixer of one block: [B, T, D] -> [B, H, T*D/H] (reshaped by the block)."""
-    if config.token_mixer == "none":
-        return NoTokenMixing()
+    if config.token_mixer == "none" or config.token_mixer in ROUTING_ABLATIONS:
+        return NoTokenMixing()  # routing ablations do their cross-token work in the FFN
     if config.token_mixer == "self_attention":
         mixer = SelfAttentionMixing(config.d_model, config.heads)
         return mixer.to(device) if device is not None else mixer

@@ -1,0 +1,174 @@
+"""Frappe_x1 under the BARS protocol: RankMixer vs DCNv2 vs DLRM vs DNN (and ablations).
+
+Protocol (BARS / FuxiCTR settings for Frappe): embedding dim 10, batch 4096, Adam lr 1e-3,
+embedding L2 0.05 (FuxiCTR's ``embedding_regularizer``: ``0.05/2 * ||E||^2`` over every
+table, added to the loss each step), evaluate valid AUC after every epoch, on no
+improvement divide the lr by 10 and count one strike, stop after 2 strikes (patience 2),
+restore the best-valid weights and evaluate test once.
+
+Vocabulary: per field, ids seen in train map to 1..n; anything else to 0 (OOV row), as
+FuxiCTR does. The data is read from the path given; nothing derived from it is written
+except the per-run metrics (JSON lines).
+
+Usage::
+
+    python benchmarks/frappe.py /work/shared/data/frappe_x1 --models rankmixer dcnv2 dlrm dnn \
+        --seeds 1 2 3 --out results/frappe.jsonl
+    python benchmarks/frappe.py DATA --models rankmixer --variant no_mixing --seeds 1
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import MODEL_NAMES, ModelSpec, build_model, dense_param_count, kjt_from_ids  # noqa: E402
+from benchmarks.variants import VARIANTS, rankmixer_variant  # noqa: E402
+from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
+
+from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss  # noqa: E402
+
+FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
+EMB_DIM, BATCH, LR, EMB_L2, PATIENCE = 10, 4096, 1e-3, 0.05, 2
+
+
+def read_split(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(ids [N, 10] raw global ids, labels [N]) from one BARS CSV."""
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(path)
+    labels = torch.tensor(table.column("label").to_numpy(), dtype=torch.float32)
+    ids = torch.stack([torch.tensor(table.column(f).to_numpy(), dtype=torch.long) for f in FIELDS], 1)
+    return ids, labels
+
+
+def load_frappe(root: str) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """Train/valid/test with ids remapped per field to the train vocabulary (0 = OOV)."""
+    raw = {s: read_split(os.path.join(root, f"{s}.csv")) for s in ("train", "valid", "test")}
+    train_ids = raw["train"][0]
+    out = {}
+    lookups = []
+    for f in range(len(FIELDS)):
+        vocab = torch.unique(train_ids[:, f])
+        lut = torch.zeros(int(max(r[0][:, f].max() for r in raw.values())) + 1, dtype=torch.long)
+        lut[vocab] = torch.arange(1, len(vocab) + 1)
+        lookups.append(lut)
+    for split, (ids, labels) in raw.items():
+        mapped = torch.stack([lookups[f][ids[:, f]] for f in range(len(FIELDS))], 1)
+        out[split] = (mapped, labels)
+    out["vocab"] = (torch.tensor([len(lut.unique()) for lut in lookups]), torch.empty(0))
+    return out
+
+
+def tables_for(vocab_sizes: torch.Tensor) -> List[EmbeddingBagConfig]:
+    return [
+        EmbeddingBagConfig(name=f"t_{f}", embedding_dim=EMB_DIM, num_embeddings=int(n) + 1, feature_names=[f])
+        for f, n in zip(FIELDS, vocab_sizes.tolist())
+    ]
+
+
+def frappe_spec(variant: str) -> ModelSpec:
+    """Frappe sizes: one token per field (T=10), D=80 (8 per head), L=2, k=4."""
+    return ModelSpec(
+        hidden=[400, 400, 400], dcn_layers=3, dcn_low_rank=64,
+        rankmixer=rankmixer_variant(variant, d_model=80, num_tokens=10, num_layers=2),
+        rankmixer_over=[256], feature_groups={f: [f] for f in FIELDS},
+    )
+
+
+def embedding_l2(model: nn.Module) -> torch.Tensor:
+    return sum(p.pow(2).sum() for n, p in model.named_parameters() if "embedding_bag_collection" in n)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ids: torch.Tensor, dense_in: int) -> torch.Tensor:
+    model.eval()
+    out = []
+    for s in range(0, len(ids), 16384):
+        chunk = ids[s : s + 16384]
+        dense = torch.ones(len(chunk), dense_in)
+        out.append(model(dense, kjt_from_ids(chunk, FIELDS))[:, 0])
+    model.train()
+    return torch.cat(out)
+
+
+def run(data: Dict, name: str, variant: str, seed: int, max_epochs: int, log: bool = True) -> Dict:
+    """Train one model under the BARS protocol; returns the metrics row."""
+    dense_in = 0 if name in ("rankmixer", "dnn") else 1  # TorchRec DLRM/DCN need a dense arch
+    model = build_model(name, tables_for(data["vocab"][0]), dense_in, frappe_spec(variant), seed)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    loss_fn = nn.BCEWithLogitsLoss()
+    train_ids, train_y = data["train"]
+    gen = torch.Generator().manual_seed(seed)
+    best_auc, best_state, best_epoch, strikes, lr = -1.0, None, 0, 0, LR
+    history = []
+    t_start = time.time()
+    for epoch in range(1, max_epochs + 1):
+        perm = torch.randperm(len(train_ids), generator=gen)
+        t0 = time.time()
+        for s in range(0, len(perm), BATCH):
+            idx = perm[s : s + BATCH]
+            ids = train_ids[idx]
+            logits = model(torch.ones(len(idx), dense_in), kjt_from_ids(ids, FIELDS))[:, 0]
+            loss = loss_fn(logits, train_y[idx]) + EMB_L2 / 2 * embedding_l2(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        valid_auc = binary_auc(predict(model, data["valid"][0], dense_in), data["valid"][1])
+        history.append(round(valid_auc, 5))
+        if log:
+            print(f"  [{name}/{variant} s{seed}] epoch {epoch} valid AUC {valid_auc:.5f} "
+                  f"lr {lr:g} ({time.time() - t0:.0f}s)", flush=True)
+        if valid_auc > best_auc:
+            best_auc, best_epoch, best_state = valid_auc, epoch, copy.deepcopy(model.state_dict())
+        else:
+            strikes += 1
+            if strikes >= PATIENCE:
+                break
+            lr /= 10
+            for g in opt.param_groups:
+                g["lr"] = lr
+    model.load_state_dict(best_state)
+    test_logits = predict(model, data["test"][0], dense_in)
+    return {
+        "model": name, "variant": variant, "seed": seed, "best_epoch": best_epoch,
+        "epochs_run": len(history), "valid_auc": best_auc,
+        "test_auc": binary_auc(test_logits, data["test"][1]),
+        "test_logloss": binary_logloss(test_logits, data["test"][1]),
+        "dense_params": dense_param_count(model), "seconds": round(time.time() - t_start, 1),
+        "valid_history": history,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("data", help="directory holding train.csv, valid.csv, test.csv (BARS Frappe_x1)")
+    p.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    p.add_argument("--variant", default="full", choices=sorted(VARIANTS),
+                   help="RankMixer ablation variant (other models ignore it)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--max-epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results/frappe.jsonl", help="append one JSON line per run")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_frappe(args.data)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    for seed in args.seeds:
+        for name in args.models:
+            row = run(data, name, args.variant if name == "rankmixer" else "full", seed, args.max_epochs)
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
