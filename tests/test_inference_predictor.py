@@ -97,3 +97,16 @@ def test_multi_logit_columns(tmp_path):
     out = Predictor(result.path).predict_table(table)
     assert out.column_names == ["logit_0", "probability_0", "logit_1", "probability_1"]
     pq.write_table(out, tmp_path / "o.parquet")
+
+
+def test_model_without_dense_input_pt2(tmp_path):
+    model = small_model(seed=12, dense_in_features=0)
+    result = export_model(model, tmp_path)
+    assert result.path.endswith(".pt2")
+    p = Predictor(tmp_path)
+    assert p.dense_feature_names == []
+    for sparse in ({"f0": [1, 2, 3], "f1": [1, 2, 3], "f2": [[1], [], [4, 5]], "f3": [0, 0, 0]},
+                   {"f0": [1], "f1": [1], "f2": [[1]], "f3": [0]}):
+        args = p.schema.to_tensors(sparse)
+        assert args[0].shape == (len(sparse["f0"]), 0)
+        assert torch.equal(p.predict(sparse), result.module(*args))

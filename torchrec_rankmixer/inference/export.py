@@ -11,6 +11,7 @@ embedded in the file and written beside it as ``metadata.json``.
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -259,7 +260,13 @@ def export_model(
         except Exception as exc:  # noqa: BLE001 - recorded, then the fallback runs
             if artifact == "export":
                 raise
-            fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            first_line = (str(exc).splitlines() or [""])[0][:300]
+            fallback_reason = f"{type(exc).__name__}: {first_line}"
+            warnings.warn(
+                f"torch.export failed ({fallback_reason}); writing TorchScript instead",
+                UserWarning,
+                stacklevel=2,
+            )
             kind, path = "torchscript", os.path.join(output_dir, SCRIPT_FILE)
     if kind == "torchscript":
         extra = meta(kind)

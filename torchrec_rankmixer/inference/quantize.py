@@ -52,8 +52,9 @@ class QuantizationOptions:
             in half precision; on CPUs without native half matmuls fp32 is faster).
         dynamic_int8_linear: dynamic int8 ``nn.Linear`` for the dense part (CPU only;
             needs ``dense_dtype="fp32"``; exported as TorchScript, see docs).
-        row_alignment: bytes each quantized table row is padded to; None picks 1 on CPU
-            (fbgemm's CPU default) and 16 elsewhere (TorchRec's default).
+        row_alignment: bytes each quantized table row is padded to; None picks 1
+            (fbgemm's CPU default; artifacts here are CPU artifacts). TorchRec's own
+            default is 16, which pads a 64-dim int8 row from 68 to 80 bytes.
 
     Example::
 
