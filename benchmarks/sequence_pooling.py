@@ -25,12 +25,23 @@ from torchrec import EmbeddingBagCollection, EmbeddingCollection
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.data.synthetic_sequences import CANDIDATE, HISTORY, SyntheticSequenceData
+from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
 from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple
 
 VARIANTS: Tuple[Tuple[str, str], ...] = (
-    ("mean", "recent"), ("target", "recent"), ("max", "recent"), ("target", "oldest"),
+    ("mean", "recent"), ("target", "recent"), ("target_softmax", "recent"), ("max", "recent"),
+    ("target", "oldest"),
 )
+
+
+def sequence_configs(data: SyntheticSequenceData, pooling: str, keep: str,
+                     max_len: int) -> List[SequenceFeatureConfig]:
+    """``pooling``: mean / max / target (default: DIN's raw weights) / target_softmax."""
+    if pooling != "target_softmax":
+        return data.sequence_feature_configs(max_len, pooling, keep)
+    cand, hist = data.sequence_feature_configs(max_len, "target", keep)
+    return [cand, dataclasses.replace(hist, attention_normalization="softmax")]
 
 
 def build_model(data: SyntheticSequenceData, pooling: str, keep: str, max_len: int,
@@ -52,7 +63,7 @@ def build_model(data: SyntheticSequenceData, pooling: str, keep: str, max_len: i
         ),
         feature_groups={"context": data.base.feature_names, "behaviour": [CANDIDATE, HISTORY]},
         sequence_embedding_collection=EmbeddingCollection(tables=item_tables),
-        sequence_features=data.sequence_feature_configs(max_len, pooling, keep),
+        sequence_features=sequence_configs(data, pooling, keep, max_len),
     )
 
 
@@ -101,11 +112,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             auc = run(data, pooling, keep, args.steps, args.batch_size, args.max_len,
                       args.dim, seed, args.lr, args.init_std)
             results[(pooling, keep)].append(auc)
-            print(f"seed {seed} {pooling:6s} keep={keep:6s} AUC {auc:.4f} "
+            print(f"seed {seed} {pooling:14s} keep={keep:6s} AUC {auc:.4f} "
                   f"({time.perf_counter() - start:.0f}s)", flush=True)
     print("mean over seeds:")
     for (pooling, keep), aucs in results.items():
-        print(f"  {pooling:6s} keep={keep:6s} AUC {sum(aucs) / len(aucs):.4f}  {['%.4f' % a for a in aucs]}")
+        print(f"  {pooling:14s} keep={keep:6s} AUC {sum(aucs) / len(aucs):.4f}  {['%.4f' % a for a in aucs]}")
 
 
 if __name__ == "__main__":

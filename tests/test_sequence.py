@@ -96,8 +96,8 @@ def _poolers() -> List[torch.nn.Module]:
     return [
         MeanSequencePooling(),
         MaxSequencePooling(),
-        TargetAttentionPooling(3, query_dim=5, hidden=8),
-        TargetAttentionPooling(3, normalization="none", hidden=8),
+        TargetAttentionPooling(3, query_dim=5, hidden=8, normalization="softmax"),
+        TargetAttentionPooling(3, hidden=8),  # default: DIN's raw weights
     ]
 
 
@@ -152,25 +152,28 @@ def test_pooling_matches_per_sample_reference() -> None:
     seq, mask = jagged_to_padded(v, LENGTHS, 4)
     mean, mx = MeanSequencePooling()(seq, mask), MaxSequencePooling()(seq, mask)
     torch.manual_seed(2)
-    att = TargetAttentionPooling(3, hidden=8)
+    att = TargetAttentionPooling(3, hidden=8, normalization="softmax")
+    raw = TargetAttentionPooling(3, hidden=8)
+    raw.load_state_dict(att.state_dict())
     query = torch.randn(len(LENGTHS), 3)
-    target = att(seq, mask, query)
+    target, target_raw = att(seq, mask, query), raw(seq, mask, query)
     for b in range(len(LENGTHS)):
         items = seq[b, mask[b]]  # (n, 3)
         if items.shape[0] == 0:
-            for out in (mean, mx, target):
+            for out in (mean, mx, target, target_raw):
                 assert torch.equal(out[b], torch.zeros(3))
             continue
         torch.testing.assert_close(mean[b], items.mean(0))
         torch.testing.assert_close(mx[b], items.max(0).values)
         q = query[b].expand_as(items)
-        w = torch.softmax(att.mlp(torch.cat([items, q, items - q, items * q], -1)).squeeze(-1), 0)
-        torch.testing.assert_close(target[b], w @ items)
+        scores = att.mlp(torch.cat([items, q, items - q, items * q], -1)).squeeze(-1)
+        torch.testing.assert_close(target[b], torch.softmax(scores, 0) @ items)
+        torch.testing.assert_close(target_raw[b], scores @ items)
 
 
 def test_target_attention_follows_the_query() -> None:
     """With a score that rewards similarity, the output moves to the matching item."""
-    att = TargetAttentionPooling(2, hidden=1)
+    att = TargetAttentionPooling(2, hidden=1, normalization="softmax")
     with torch.no_grad():  # score = 10 * sum(k * q): hidden unit reads the k*q block
         att.mlp[0].weight.zero_()
         att.mlp[0].weight[0, 6:8] = 1.0

@@ -9,12 +9,13 @@ import os
 import socket
 import tempfile
 import traceback
-from typing import Dict, List
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torchrec.datasets.utils import Batch
 
 WORLD = 2
 STEPS = 20
@@ -34,7 +35,7 @@ class _TrainModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch):  # type: ignore[no-untyped-def]
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         logits = self.model(batch.dense_features, batch.sparse_features)[:, 0]
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
         return loss, (loss.detach(), logits.detach())

@@ -23,7 +23,7 @@ from torch import nn
 
 KEEP_SIDES: Tuple[str, ...] = ("recent", "oldest")
 POOLINGS: Tuple[str, ...] = ("mean", "max", "target")
-ATTENTION_NORMALIZATIONS: Tuple[str, ...] = ("softmax", "none")
+ATTENTION_NORMALIZATIONS: Tuple[str, ...] = ("none", "softmax")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class SequenceFeatureConfig:
             feature of the EmbeddingCollection, e.g. the candidate item id with
             ``max_len=1``, sharing the history's table).
         attention_hidden: hidden width of the attention MLP (``"target"`` only).
-        attention_normalization: ``"softmax"`` (weights over real items sum to 1) or
-            ``"none"`` (DIN's raw scores, padded positions 0).
+        attention_normalization: ``"none"`` (default; DIN's raw scores, padded positions
+            0: keeps "how much" matches) or ``"softmax"`` (weights over real items sum
+            to 1). See docs/sequences.md for the measured difference.
 
     Example::
 
@@ -56,7 +57,7 @@ class SequenceFeatureConfig:
     pooling: str = "mean"
     candidate: Optional[str] = None
     attention_hidden: int = 32
-    attention_normalization: str = "softmax"
+    attention_normalization: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -252,9 +253,9 @@ class MaxSequencePooling(nn.Module):
 class TargetAttentionPooling(nn.Module):
     """DIN-style target attention: the candidate's embedding scores every real item.
 
-    ``score_i = MLP([k_i, q, k_i - q, k_i * q])``; with ``normalization="softmax"`` the
-    weights are a softmax over real items, with ``"none"`` they are the raw scores
-    (DIN's original choice, keeps "how much" interest). Padded positions get weight 0;
+    ``score_i = MLP([k_i, q, k_i - q, k_i * q])``; with ``normalization="none"`` (default,
+    DIN's original choice, keeps "how much" interest) the weights are the raw scores,
+    with ``"softmax"`` a softmax over real items. Padded positions get weight 0;
     an empty sequence gives the zero vector. When the query width differs from the
     item width, a Linear projects the query to the item width first.
 
@@ -262,7 +263,7 @@ class TargetAttentionPooling(nn.Module):
         dim: d, item embedding width.
         query_dim: candidate embedding width (default ``dim``: no projection).
         hidden: attention MLP hidden width.
-        normalization: ``"softmax"`` or ``"none"``.
+        normalization: ``"none"`` or ``"softmax"``.
         device: parameter device.
 
     Shapes: seq [B, L, d], mask [B, L], query [B, query_dim] -> [B, d].
@@ -279,7 +280,7 @@ class TargetAttentionPooling(nn.Module):
         dim: int,
         query_dim: Optional[int] = None,
         hidden: int = 32,
-        normalization: str = "softmax",
+        normalization: str = "none",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
