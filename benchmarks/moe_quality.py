@@ -73,9 +73,9 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
     start = time.perf_counter()
     def show(step: int, stats: Dict[str, float]) -> None:
         if args.verbose:
-            keys = ("active_ratio", "l1_coef", "train_router_active_ratio", "dead_experts")
-            means = {k: sum(v for n, v in stats.items() if n.endswith("." + k)) / args.layers for k in keys}
-            print(f"  step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in means.items()), flush=True)
+            keys = ("active_ratio", "l1_coef", "train_router_active_ratio")
+            per_layer = {k: [round(v, 3) for n, v in stats.items() if n.endswith("." + k)] for k in keys}
+            print(f"  step {step}: {per_layer}", flush=True)
 
     res = train_simple(model, data.batches(args.batch_size, args.steps), log_every=args.log_every,
                        lr=args.lr, on_stats=show)
@@ -122,8 +122,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="append rows to this JSON-lines file")
     p.add_argument("--verbose", action="store_true", help="print routing statistics while training")
-    p.add_argument("--l1-kp", type=float, default=2.0)
-    p.add_argument("--l1-ki", type=float, default=0.1)
+    p.add_argument("--l1-kp", type=float, default=0.5)
+    p.add_argument("--l1-ki", type=float, default=0.01)
     p.add_argument("--dense-path-prob", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared box)")
     args = p.parse_args(argv)

@@ -46,7 +46,7 @@ def trained() -> tuple:
     torch.set_num_threads(1)
     data = SyntheticClickData(num_sparse_features=4, num_embeddings=50)
     model = _model(data)
-    result = train_simple(model, data.batches(128, 250), log_every=50, lr=3e-3)
+    result = train_simple(model, data.batches(128, 300), log_every=60, lr=1e-3)
     return data, model, result
 
 

@@ -115,8 +115,8 @@ class RankMixerConfig:
     moe_num_experts: int = 8
     moe_expert_hidden: Optional[int] = None
     moe_target_active_ratio: float = 0.25
-    moe_l1_kp: float = 2.0
-    moe_l1_ki: float = 0.1
+    moe_l1_kp: float = 0.5
+    moe_l1_ki: float = 0.01
     moe_balance_coef: float = 0.01
     moe_dense_path_prob: float = 0.5
 

@@ -82,8 +82,8 @@ class PerTokenSparseMoE(nn.Module):
         expert_hidden: int = 64,
         router: str = "dtsi",
         target_active_ratio: float = 0.25,
-        l1_kp: float = 2.0,
-        l1_ki: float = 0.1,
+        l1_kp: float = 0.5,
+        l1_ki: float = 0.01,
         balance_coef: float = 0.01,
         dense_path_prob: float = 0.5,
         device: torch.device | str | None = None,
@@ -113,14 +113,20 @@ class PerTokenSparseMoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(T, E, h, D, device=device))
         self.b2 = nn.Parameter(torch.empty(T, E, D, device=device))
         self.router_infer = TokenRouter(T, D, E, device=device)
-        self.router_train: Optional[TokenRouter] = TokenRouter(T, D, E, device=device) if router == "dtsi" else None
-        self.l1: Optional[AdaptiveL1] = AdaptiveL1(target_active_ratio, l1_kp, l1_ki) if router != "topk" else None
+        self.router_train: Optional[TokenRouter] = (
+            TokenRouter(T, D, E, device=device) if router == "dtsi" else None
+        )
+        self.l1: Optional[AdaptiveL1] = (
+            AdaptiveL1(target_active_ratio, l1_kp, l1_ki) if router != "topk" else None
+        )
         self.execution, self.eval_router, self.sparse_kernel = "sparse", "infer", "auto"
         self.reset_parameters()
         self.reset_statistics()
 
     @classmethod
-    def from_config(cls, config: RankMixerConfig, device: torch.device | str | None = None) -> "PerTokenSparseMoE":
+    def from_config(
+        cls, config: RankMixerConfig, device: torch.device | str | None = None
+    ) -> "PerTokenSparseMoE":
         """The MoE a :class:`RankMixerConfig` with ``use_moe=True`` describes."""
         return cls(
             config.num_tokens, config.d_model, config.moe_num_experts, config.moe_hidden,

@@ -23,7 +23,9 @@ class _InjectGrad(torch.autograd.Function):
     """y = x; dL/dx = dL/dy + extra."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, extra: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(extra)
         return x.view_as(x)
 
@@ -70,7 +72,10 @@ class TokenRouter(nn.Module):
         torch.Size([2, 3, 4])
     """
 
-    def __init__(self, num_tokens: int, d_model: int, num_experts: int, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, num_tokens: int, d_model: int, num_experts: int,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_tokens, d_model, num_experts, device=device))
         self.bias = nn.Parameter(torch.empty(num_tokens, num_experts, device=device))
@@ -93,7 +98,9 @@ class _ScaledL1(torch.autograd.Function):
     gradient over the entries where it is non-zero."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor, coef: torch.Tensor
+    ) -> torch.Tensor:
         ctx.save_for_backward(logits, coef)
         return logits.view_as(logits)
 
@@ -161,7 +168,9 @@ class AdaptiveL1(nn.Module):
         self.coef.copy_(self.kp * err + self.integral)
 
 
-def topk_softmax_gates(logits: torch.Tensor, k: int, balance_coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def topk_softmax_gates(
+    logits: torch.Tensor, k: int, balance_coef: float
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Vanilla top-k softmax routing with the Switch/GShard load-balancing loss.
 
     ``p = softmax(logits)``; each (sample, token) keeps its k largest ``p`` renormalised

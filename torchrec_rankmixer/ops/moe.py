@@ -30,7 +30,9 @@ SPARSE_KERNELS: Tuple[str, ...] = ("auto", "padded_bmm", "grouped_mm", "loop")
 
 def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
     if x.dim() != 3 or gates.dim() != 3:
-        raise ValueError(f"x {tuple(x.shape)} and gates {tuple(gates.shape)} must be 3-D [B, T, D] / [B, T, E]")
+        raise ValueError(
+            f"x {tuple(x.shape)} and gates {tuple(gates.shape)} must be 3-D [B, T, D] / [B, T, E]"
+        )
     B, T, D = x.shape
     if gates.shape[:2] != (B, T) or tuple(w1.shape[:3]) != (T, gates.shape[2], D):
         raise ValueError(
