@@ -210,7 +210,7 @@ class ShardingSettings:
 class TrainSettings:
     """Loop length, evaluation cadence, device and precision."""
 
-    steps: int = 500
+    steps: int = 400
     eval_every: int = 100
     log_every: int = 25
     seed: int = 0
