@@ -90,3 +90,11 @@ def test_resume_on_one_rank_and_metrics_match_reference(two_rank_run, tmp_path):
         assert summary.step == STEPS + 2 and summary.train_loss == summary.train_loss
     finally:
         destroy_group()
+
+
+def test_multinode_script_parses():
+    """The loopback two-node launcher is valid bash (it is run by hand; see docs/training.md)."""
+    script = os.path.join(ROOT, "examples", "multinode_local.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    text = open(script).read()
+    assert "--nnodes=2" in text and "--rdzv_backend=c10d" in text
