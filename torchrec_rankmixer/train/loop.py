@@ -157,7 +157,7 @@ class Trainer:
         start_time = time.perf_counter()
         bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (env.is_main and cfg.train.progress_bar))
-        running: List[float] = []
+        running, count = torch.zeros((), dtype=torch.float64, device=env.device), 0  # no per-step sync
         last_loss, metrics = math.nan, {}
         self.model.train()
         for end in self._boundaries(total):
@@ -169,14 +169,15 @@ class Trainer:
                     out = self.pipeline.progress(it)
                 self.step += 1
                 self.cursor += W
-                running.append(float(out.losses["loss"]))
+                running += out.losses["loss"].to(torch.float64)
+                count += 1
                 if self.step % cfg.train.log_every == 0 or self.step == total:
-                    last_loss = _mean_over_ranks(sum(running) / len(running), env.device)
+                    last_loss = _mean_over_ranks(float(running) / count, env.device)
                     record = {"step": self.step, "train_loss": last_loss, "lr": lr}
                     record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
                     record.update(collect_statistics(self.model))
                     self.run.log(record)
-                    running = []
+                    running, count = torch.zeros_like(running), 0
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 bar.update(1)
             if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
