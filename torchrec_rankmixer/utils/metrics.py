@@ -105,15 +105,28 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
             f"scores {tuple(s.shape)}, labels {tuple(y.shape)} and groups {tuple(g.shape)} "
             "differ in size"
         )
-    order = torch.argsort(g, stable=True)
-    s, y, g = s[order], y[order], g[order]
-    _, counts = torch.unique_consecutive(g, return_counts=True)
-    total, weight = 0.0, 0
-    for ss, yy in zip(torch.split(s, counts.tolist()), torch.split(y, counts.tolist())):
-        n_pos = int((yy > 0.5).sum())
-        if 0 < n_pos < yy.numel():
-            total += binary_auc(ss, yy) * yy.numel()
-            weight += yy.numel()
-    if weight == 0:
+    # Vectorised: sort by (group, score), tie-averaged ranks within each group.
+    order = torch.argsort(s, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]
+    s, y, g = s[order], (y[order] > 0.5).double(), g[order]
+    n = s.numel()
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = g[1:] != g[:-1]
+    new_run = new_group.clone()
+    new_run[1:] |= s[1:] != s[:-1]  # a run = equal scores inside one group
+    group_id = torch.cumsum(new_group, 0) - 1
+    run_id = torch.cumsum(new_run, 0) - 1
+    idx = torch.arange(n)
+    pos = (idx - idx[new_group][group_id] + 1).double()  # 1-based rank inside the group
+    n_runs = int(run_id[-1]) + 1
+    first = torch.full((n_runs,), float("inf"), dtype=torch.float64).scatter_reduce(0, run_id, pos, "amin")
+    last = torch.zeros(n_runs, dtype=torch.float64).scatter_reduce(0, run_id, pos, "amax")
+    avg_rank = ((first + last) / 2)[run_id]
+    size = torch.bincount(group_id).double()
+    n_pos = torch.bincount(group_id, weights=y)
+    rank_sum = torch.bincount(group_id, weights=avg_rank * y)
+    valid = (n_pos > 0) & (n_pos < size)
+    if not bool(valid.any()):
         raise ValueError("GAUC needs at least one group with both positive and negative labels")
-    return total / weight
+    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (size - n_pos))
+    return float((auc * size)[valid].sum() / size[valid].sum())
