@@ -99,6 +99,9 @@ def test_cli_print_config_and_config_error(capsys):
     ("run.checkpoint_every=-1", "run.checkpoint_every (-1) must be >= 0"),
     ("run.out_dir=''", "run.out_dir ('') must name a directory"),
     ("nodot", "must look like section.key=value"),
+    ("model.rankmixer={d_model: 8}", "model.rankmixer names ['d_model']"),
+    ("model.rankmixer={use_mo: true}", "model.rankmixer names ['use_mo']"),
+    ("train.num_threads=0", "train.num_threads (0) must be > 0"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(ValueError, match=None) as err:

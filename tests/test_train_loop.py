@@ -123,3 +123,16 @@ def test_csv_files_train_end_to_end(tmp_path):
     # every pass over the file counts its malformed row again (3 steps x 32 rows > 1 epoch)
     assert summary.malformed["bad_label"] >= 1 and summary.malformed["rows"] >= 65
     assert {"ctr_auc", "ctr_gauc", "ctr_logloss", "ctr_ne"} <= set(summary.metrics)
+
+
+def test_moe_through_model_rankmixer_logs_routing_statistics(tmp_path):
+    """RankMixerConfig fields pass through model.rankmixer; the MoE's statistics() are logged
+    per window (its penalties use gradient injection, so its auxiliary loss is 0)."""
+    cfg = load_config(overrides=tiny(tmp_path, "model.rankmixer={use_moe: true, moe_num_experts: 2}",
+                                     "train.steps=2", "train.eval_every=0", "run.name=moe", "run.plots=false"))
+    trainer = Trainer(cfg)
+    assert trainer.model.module.model.config.use_moe
+    trainer.fit()
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "moe", "metrics.jsonl"))]
+    assert recs[0]["train_aux"] == 0.0
+    assert 0.0 < recs[0]["encoder.blocks.0.ffn.active_ratio"] <= 1.0

@@ -92,10 +92,16 @@ def rankmixer_config_of(cfg: TrainConfig, num_features: int, has_dense: bool) ->
             n_sparse = min(num_features, DEFAULT_MAX_SPARSE_TOKENS)
         n_tokens = n_sparse + (1 if has_dense else 0)
         d_model = n_tokens * math.ceil(DEFAULT_MIN_D_MODEL / n_tokens)
-    return RankMixerConfig(
+    base = RankMixerConfig(
         d_model=d_model, num_tokens=n_tokens, num_layers=m.num_layers,
         ffn_mult=m.ffn_mult, dropout=m.dropout,
     )
+    if not m.rankmixer:
+        return base
+    try:
+        return base.with_updates(**m.rankmixer)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model.rankmixer ({m.rankmixer}): {e}") from e
 
 
 def build_model(cfg: TrainConfig, tables: List[EmbeddingBagConfig], dense_in: int, device: torch.device) -> nn.Module:

@@ -5,9 +5,10 @@ documented in docs/training.md. Load with :func:`load_config` (file + ``key=valu
 overrides); every error is a ``ValueError`` naming the dotted key.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence
 
+from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.train.settings import apply_override, from_dict, load_file
 
 DATA_FORMATS = ("synthetic", "csv", "libsvm", "criteo", "parquet", "orc")
@@ -20,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DENSE_TRANSFORMS = ("log1p", "none")
 ID_TRANSFORMS = ("hash", "mod", "none")
+OWN_RANKMIXER_FIELDS = {"d_model", "num_tokens", "num_layers", "ffn_mult", "dropout"}
 
 
 def _positive(key: str, value: float) -> None:
@@ -54,6 +56,7 @@ class ModelSettings:
     task: str = "ctr"
     tower_layer_sizes: List[int] = field(default_factory=lambda: [64])
     cvr_loss_weight: float = 0.0
+    rankmixer: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         for k in ("embedding_dim", "num_layers", "ffn_mult"):
@@ -80,6 +83,13 @@ class ModelSettings:
                 f"model.over_arch_layer_sizes ({self.over_arch_layer_sizes}) needs >= 2 sizes"
             )
         _non_negative("model.cvr_loss_weight", self.cvr_loss_weight)
+        known = {f.name for f in fields(RankMixerConfig)} - OWN_RANKMIXER_FIELDS
+        unknown = sorted(set(self.rankmixer) - known)
+        if unknown:
+            raise ValueError(
+                f"model.rankmixer names {unknown}, which are not RankMixerConfig fields "
+                f"settable here (model.* sets {sorted(OWN_RANKMIXER_FIELDS)}); known: {sorted(known)}"
+            )
 
 
 @dataclass
@@ -218,9 +228,12 @@ class TrainSettings:
     precision: str = "auto"
     progress_bar: bool = True
     validate_inputs: bool = False
+    num_threads: Optional[int] = None
 
     def validate(self) -> None:
         _positive("train.steps", self.steps)
+        if self.num_threads is not None:
+            _positive("train.num_threads", self.num_threads)
         _non_negative("train.eval_every", self.eval_every)
         _positive("train.log_every", self.log_every)
         _choice("train.device", self.device, DEVICES)

@@ -86,6 +86,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.env = init_distributed(cfg.train.device)
+        if cfg.train.num_threads is not None or self.env.device.type == "cpu":
+            # CPU default: 1 intra-op thread per process. On a busy 2-core box OpenMP threads
+            # spin-waiting on taken cores made steps ~25x slower (docs/training.md).
+            torch.set_num_threads(cfg.train.num_threads or 1)
         precision = cfg.train.precision
         if precision == "bf16" and self.env.device.type != "cuda":
             raise ValueError("train.precision ('bf16') needs a GPU; bf16 autocast is GPU-only here")
@@ -175,7 +179,7 @@ class Trainer:
                     last_loss = _mean_over_ranks(float(running) / count, env.device)
                     record = {"step": self.step, "train_loss": last_loss, "lr": lr}
                     record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
-                    record.update(collect_statistics(self.model))
+                    record.update(self._window_statistics())
                     self.run.log(record)
                     running, count = torch.zeros_like(running), 0
                     bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -195,6 +199,17 @@ class Trainer:
             run_dir=self.run.path, step=self.step, seconds=time.perf_counter() - start_time,
             metrics=metrics, train_loss=last_loss, malformed=self._malformed_over_ranks(),
         )
+
+    def _window_statistics(self) -> Dict[str, float]:
+        """``statistics()`` of the model's modules (e.g. MoE routing) since the last log,
+        keyed by module path inside DLRM_RankMixer; then a new window starts."""
+        inner = self.model.module.model  # DMP -> TrainModule -> DLRM_RankMixer
+        stats = collect_statistics(inner)
+        for module in inner.modules():
+            reset = getattr(module, "reset_statistics", None)
+            if callable(reset):
+                reset()
+        return stats
 
     def _malformed_over_ranks(self) -> Dict[str, int]:
         local = self.source.malformed_report()
