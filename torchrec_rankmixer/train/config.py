@@ -167,7 +167,7 @@ class OptimSettings:
     """Dense and embedding optimisers, LR schedule, clipping."""
 
     dense: str = "rmsprop"
-    lr: float = 0.01
+    lr: float = 0.001
     weight_decay: float = 0.0
     eps: float = 1e-8
     momentum: float = 0.0
@@ -220,8 +220,8 @@ class ShardingSettings:
 class TrainSettings:
     """Loop length, evaluation cadence, device and precision."""
 
-    steps: int = 400
-    eval_every: int = 100
+    steps: int = 1000
+    eval_every: int = 250
     log_every: int = 25
     seed: int = 0
     device: str = "auto"
@@ -265,7 +265,7 @@ class TrainConfig:
 
         >>> cfg = load_config(overrides=["model.d_model=64", "model.num_tokens=8"])
         >>> cfg.model.d_model, cfg.optim.dense, cfg.optim.lr
-        (64, 'rmsprop', 0.01)
+        (64, 'rmsprop', 0.001)
         >>> load_config(overrides=["model.d_modle=64"])
         Traceback (most recent call last):
         ...
