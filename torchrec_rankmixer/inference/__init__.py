@@ -1,6 +1,7 @@
 """Inference: quantize, export and serve DLRM_RankMixer (imports TorchRec).
 
-Steps (docs/inference.md): ``save_checkpoint`` (or keep the module) -> ``export_model``
+Steps (docs/inference.md): ``save_checkpoint`` (or keep the module, or a
+``rankmixer-train`` run directory: ``export_from_run_dir``) -> ``export_model``
 (int8/int4/fp16 tables via TorchRec's quantized EmbeddingBagCollection; fp32/fp16/bf16
 or dynamic-int8 dense part; torch.export ``.pt2``, TorchScript fallback) ->
 ``Predictor`` (checked inputs, CSV/Parquet scoring).
@@ -9,6 +10,7 @@ or dynamic-int8 dense part; torch.export ``.pt2``, TorchScript fallback) ->
 from torchrec_rankmixer.inference.artifact import LoadedArtifact, load_artifact
 from torchrec_rankmixer.inference.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
 from torchrec_rankmixer.inference.export import ExportResult, export_model
+from torchrec_rankmixer.inference.from_run import RunCheckpoint, export_from_run_dir, load_run_model
 from torchrec_rankmixer.inference.inputs import InputSchema
 from torchrec_rankmixer.inference.predictor import Predictor
 from torchrec_rankmixer.inference.quantize import (
@@ -27,12 +29,15 @@ __all__ = [
     "Predictor",
     "QuantizationOptions",
     "RankMixerInferenceModule",
+    "RunCheckpoint",
     "TableSpec",
     "build_inference_model",
+    "export_from_run_dir",
     "export_model",
     "full_state_dict",
     "load_artifact",
     "load_checkpoint",
+    "load_run_model",
     "save_checkpoint",
     "table_bytes",
 ]

@@ -107,6 +107,11 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         ...
         ValueError: checkpoint '/nonexistent.pt' does not exist or is not a file
     """
+    if os.path.isdir(path):
+        raise ValueError(
+            f"checkpoint {str(path)!r} is a directory; for a rankmixer-train run or DCP "
+            "checkpoint use export_from_run_dir / rankmixer-export --run-dir"
+        )
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
@@ -116,7 +121,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a {CHECKPOINT_FORMAT} file (write one with save_checkpoint; "
-            "torch.distributed.checkpoint directories are not supported yet)"
+            "for a rankmixer-train run directory use export_from_run_dir)"
         )
     if data.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(

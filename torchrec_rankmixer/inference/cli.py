@@ -3,6 +3,7 @@
 Examples::
 
     rankmixer-export --checkpoint ckpt.pt --output export/ --table-dtype int8
+    rankmixer-export --run-dir runs/run-20260101-120000 --step 1000 --output export/
     rankmixer-predict --model export/ --input requests.parquet --output scores.csv \\
         --passthrough request_id --label-column label
 """
@@ -25,7 +26,12 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         description="Quantize a trained DLRM_RankMixer checkpoint and export it "
         "(torch.export .pt2, TorchScript fallback) with its metadata.",
     )
-    parser.add_argument("--checkpoint", required=True, help="file written by save_checkpoint")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="file written by save_checkpoint")
+    source.add_argument("--run-dir", help="rankmixer-train run directory (config.yaml + DCP "
+                        "checkpoints) or one of its checkpoints/step_* directories")
+    parser.add_argument("--step", type=int, default=None,
+                        help="with --run-dir: training step to export (default: latest checkpoint)")
     parser.add_argument("--output", required=True, help="export directory (created)")
     parser.add_argument("--table-dtype", default="int8", choices=list(TABLE_DTYPES))
     parser.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES))
@@ -37,6 +43,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dense-names", default=None,
                         help="comma-separated names of the dense columns (default dense_0,...)")
     args = parser.parse_args(argv)
+    if args.step is not None and args.run_dir is None:
+        parser.error("--step needs --run-dir")
     options = QuantizationOptions(
         table_dtype=args.table_dtype,
         dense_dtype=args.dense_dtype,
@@ -44,13 +52,23 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         row_alignment=args.row_alignment,
     )
     names = args.dense_names.split(",") if args.dense_names else None
+    source_info: dict = {}
     try:
-        result = export_model(args.checkpoint, args.output, options, args.artifact, names)
+        if args.run_dir is not None:
+            from torchrec_rankmixer.inference.from_run import export_from_run_dir
+
+            result, ckpt = export_from_run_dir(
+                args.run_dir, args.output, options, args.step, args.artifact, names
+            )
+            source_info = {"checkpoint": ckpt.path, "step": ckpt.step}
+        else:
+            result = export_model(args.checkpoint, args.output, options, args.artifact, names)
     except ValueError as exc:
         print(f"rankmixer-export: error: {exc}", file=sys.stderr)
         return 2
     meta = result.metadata
     print(json.dumps({
+        **source_info,
         "path": result.path,
         "artifact": meta["artifact"],
         "fallback_reason": meta["fallback_reason"],

@@ -1,0 +1,232 @@
+"""Export a ``rankmixer-train`` run: its resolved config + a DCP checkpoint -> artifact.
+
+A run directory (``<run.out_dir>/<run.name>/``, see ``torchrec_rankmixer/train/rundir.py``)
+holds ``config.yaml`` (the resolved settings) and ``checkpoints/step_XXXXXXXX/``
+(torch.distributed.checkpoint files, sharded by the ranks that trained, plus
+``progress.json``, which marks a checkpoint complete). Export needs neither the data files
+nor a process group:
+
+1. the model is rebuilt from ``config.yaml`` with training's own builder
+   (:func:`torchrec_rankmixer.train.build.build_model`; the table schema comes from the
+   data settings, no file is read), read into a :class:`ModelSpec` and built unsharded on
+   CPU;
+2. the model weights are read from the checkpoint in this one process
+   (``dcp.load(..., no_dist=True)``; DCP reassembles table-wise and data-parallel shards
+   written by any number of ranks). Training saved ``{"model": DMP(TrainModule)}``, so a
+   model key ``k`` is stored as ``model.model.<k>``; the optimiser state is not read;
+3. :func:`export_model` quantizes and writes the artifact.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+from torchrec_rankmixer.inference.export import ExportResult, export_model
+from torchrec_rankmixer.inference.quantize import QuantizationOptions
+from torchrec_rankmixer.inference.spec import ModelSpec
+
+RUN_CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+# training saves {"model": DMP(TrainModule).state_dict()}; TrainModule keeps the model in .model
+CHECKPOINT_MODEL_PREFIX = "model.model."
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """One complete checkpoint of a training run.
+
+    Attributes:
+        run_dir: the run directory (holds ``config.yaml``).
+        path: the checkpoint directory (``<run_dir>/checkpoints/step_XXXXXXXX``).
+        step: the training step it was written at.
+    """
+
+    run_dir: str
+    path: str
+    step: int
+
+
+def _complete_steps(root: str) -> Dict[int, str]:
+    from torchrec_rankmixer.train.checkpoint import PROGRESS_FILE, STEP_DIR
+
+    steps: Dict[int, str] = {}
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            m = STEP_DIR.match(name)
+            if m and os.path.isfile(os.path.join(root, name, PROGRESS_FILE)):
+                steps[int(m.group(1))] = os.path.join(root, name)
+    return steps
+
+
+def find_run_checkpoint(run_dir: Union[str, os.PathLike], step: Optional[int] = None) -> RunCheckpoint:
+    """The checkpoint to export: step ``step``, or the latest complete one.
+
+    Args:
+        run_dir: a run directory, or one of its ``checkpoints/step_XXXXXXXX`` directories
+            (then ``step`` must be None or that step).
+        step: the training step; None: the highest complete checkpoint.
+
+    Example::
+
+        >>> find_run_checkpoint("/nonexistent/run")
+        Traceback (most recent call last):
+        ...
+        ValueError: run directory '/nonexistent/run' does not exist
+    """
+    from torchrec_rankmixer.train.checkpoint import PROGRESS_FILE, STEP_DIR
+
+    path = os.path.normpath(str(run_dir))
+    if not os.path.isdir(path):
+        raise ValueError(f"run directory {str(run_dir)!r} does not exist")
+    m = STEP_DIR.match(os.path.basename(path))
+    if m and os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # a checkpoint directory
+        own = int(m.group(1))
+        if step is not None and step != own:
+            raise ValueError(f"step ({step}) does not match checkpoint directory {path!r} (step {own})")
+        root = os.path.dirname(os.path.dirname(path))
+        if not os.path.isfile(os.path.join(root, RUN_CONFIG_FILE)):
+            raise ValueError(f"checkpoint {path!r} is not inside a run directory (no {RUN_CONFIG_FILE} in {root!r})")
+        return RunCheckpoint(root, path, own)
+    if not os.path.isfile(os.path.join(path, RUN_CONFIG_FILE)):
+        raise ValueError(
+            f"{str(run_dir)!r} is not a rankmixer-train run directory (no {RUN_CONFIG_FILE})"
+        )
+    root = os.path.join(path, CHECKPOINTS_DIR)
+    steps = _complete_steps(root)
+    if not steps:
+        raise ValueError(
+            f"run directory {str(run_dir)!r} has no complete checkpoint under {root!r} "
+            "(train with run.checkpoint_every > 0)"
+        )
+    if step is None:
+        step = max(steps)
+    elif isinstance(step, bool) or not isinstance(step, int) or step not in steps:
+        raise ValueError(
+            f"step ({step!r}) has no complete checkpoint in {root!r}; steps: {sorted(steps)}"
+        )
+    return RunCheckpoint(path, steps[step], step)
+
+
+def _run_schema(cfg) -> Tuple[List, int, Optional[List[str]]]:  # type: ignore[no-untyped-def]
+    """(table configs, dense width, dense column names or None) from the data settings,
+    without reading any data file (the same schema the training source derives)."""
+    from torchrec_rankmixer.train.build import SyntheticSource
+
+    d = cfg.data
+    if d.format == "synthetic":
+        source = SyntheticSource(cfg)
+        return source.table_configs(cfg.model.embedding_dim), source.dense_in_features, None
+    from torchrec_rankmixer.data.features import FeaturePrep
+    from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
+
+    criteo = d.format == "criteo"  # FileSource's Criteo column defaults
+    sparse = list(d.sparse_columns) or (CRITEO_SPARSE if criteo else [])
+    dense = list(d.dense_columns) or (CRITEO_DENSE if criteo else [])
+    prep = FeaturePrep(sparse, dense, d.num_embeddings, d.table_sizes, d.id_transform,
+                       d.dense_transform, d.bucket_boundaries)
+    names = [dense[i] for i in prep.kept_dense]
+    return prep.table_configs(cfg.model.embedding_dim), prep.dense_in_features, names
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Read ``model``'s weights from DCP checkpoint ``path`` (one process, no group)."""
+    try:
+        metadata = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from exc
+    local = model.state_dict()
+    wanted = {CHECKPOINT_MODEL_PREFIX + k: v for k, v in local.items()}
+    missing = sorted(k for k in wanted if k not in metadata)
+    if missing:
+        raise ValueError(
+            f"checkpoint {path!r} does not match the run's config.yaml: it lacks {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''} ({len(missing)} of {len(wanted)} model keys)"
+        )
+    for key, value in wanted.items():
+        saved = tuple(getattr(metadata[key], "size", ()))
+        if saved != tuple(value.shape):
+            raise ValueError(
+                f"checkpoint {path!r} does not match the run's config.yaml: {key} has shape "
+                f"{list(saved)} in the checkpoint, {list(value.shape)} in the rebuilt model"
+            )
+    state = {"model": {k[len("model."):]: v for k, v in wanted.items()}}  # DCP joins with "."
+    dcp.load(state, checkpoint_id=path, no_dist=True)
+    model.load_state_dict({k[len(CHECKPOINT_MODEL_PREFIX):]: v for k, v in wanted.items()}, strict=True)
+
+
+def load_run_model(
+    run_dir: Union[str, os.PathLike], step: Optional[int] = None, validate_inputs: bool = True
+) -> Tuple[nn.Module, RunCheckpoint, Optional[List[str]]]:
+    """The trained float DLRM_RankMixer of a run (CPU, eval mode, unsharded).
+
+    Args:
+        run_dir: a run directory or one of its checkpoint directories.
+        step: training step to load (None: the latest complete checkpoint).
+        validate_inputs: passed to the rebuilt model.
+
+    Returns:
+        (model, the checkpoint loaded, dense column names for file runs or None).
+
+    Example (a two-step run with a checkpoint, then its model)::
+
+        >>> import tempfile, torch.distributed as dist
+        >>> from torchrec_rankmixer.train.config import load_config
+        >>> from torchrec_rankmixer.train.loop import Trainer
+        >>> out = tempfile.mkdtemp()
+        >>> cfg = load_config(overrides=[
+        ...     "train.steps=2", "train.eval_every=0", "data.eval_batches=0",
+        ...     "data.batch_size=8", "train.progress_bar=false", "run.plots=false",
+        ...     "run.tensorboard=false", "run.checkpoint_every=2", f"run.out_dir={out}",
+        ...     "run.name=r"])
+        >>> _ = Trainer(cfg).fit(); dist.destroy_process_group()
+        >>> model, ckpt, _ = load_run_model(f"{out}/r")
+        >>> ckpt.step, type(model).__name__, model.training
+        (2, 'DLRM_RankMixer', False)
+    """
+    from torchrec_rankmixer.train.build import build_model
+    from torchrec_rankmixer.train.config import load_config
+
+    ckpt = find_run_checkpoint(run_dir, step)
+    cfg = load_config(os.path.join(ckpt.run_dir, RUN_CONFIG_FILE))
+    if cfg.model.task != "ctr":
+        raise ValueError(
+            f"model.task ({cfg.model.task!r}) of run {ckpt.run_dir!r} cannot be exported yet: "
+            "the inference ModelSpec has no ESMM task towers (only 'ctr')"
+        )
+    tables, dense_in, dense_names = _run_schema(cfg)
+    # training's builder (EBC on meta) -> spec -> a plain CPU model with the same keys
+    spec = ModelSpec.from_model(build_model(cfg, tables, dense_in, torch.device("cpu")))
+    model = spec.build(validate_inputs=validate_inputs)
+    _load_weights(model, ckpt.path)
+    return model.eval(), ckpt, dense_names
+
+
+def export_from_run_dir(
+    run_dir: Union[str, os.PathLike],
+    output_dir: Union[str, os.PathLike],
+    options: QuantizationOptions = QuantizationOptions(),
+    step: Optional[int] = None,
+    artifact: str = "auto",
+    dense_feature_names: Optional[Sequence[str]] = None,
+) -> Tuple[ExportResult, RunCheckpoint]:
+    """Quantize and export the model of a ``rankmixer-train`` run (see module docstring).
+
+    Args:
+        run_dir: a run directory or one of its ``checkpoints/step_*`` directories.
+        output_dir: export directory (see :func:`export_model`).
+        options: table and dense dtypes.
+        step: training step to export (None: the latest complete checkpoint).
+        artifact: ``"auto"``, ``"export"`` or ``"torchscript"``.
+        dense_feature_names: dense column names; default: the run's ``data.dense_columns``
+            (without bucketised ones) for file runs, ``dense_0 ..`` for synthetic runs.
+
+    Returns:
+        (what export wrote, the checkpoint exported).
+    """
+    model, ckpt, run_names = load_run_model(run_dir, step)
+    names = dense_feature_names if dense_feature_names is not None else run_names
+    return export_model(model, output_dir, options, artifact, names), ckpt
