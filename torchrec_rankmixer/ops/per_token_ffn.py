@@ -10,8 +10,9 @@ Kernels (all give the same result; parity is tested forward and backward):
 - ``"bmm"``: all tokens in one ``baddbmm`` per layer on a [T, B, D] layout.
 - ``"grouped_mm"``: ``torch._grouped_mm`` (bf16 on CUDA Hopper+; falls back to bmm
   where the op rejects the dtype/device).
-- ``"auto"``: picks per call by device, dtype, batch size and grad mode, from the
-  CPU measurements in docs/benchmarks.md (see :func:`choose_kernel`).
+- ``"auto"``: the kernel measured fastest for the input's device, dtype, batch size
+  and grad mode (docs/benchmarks.md; today ``"bmm"`` everywhere, see
+  :func:`choose_kernel`).
 """
 
 import torch
@@ -19,32 +20,38 @@ import torch.nn.functional as F
 
 KERNELS = ("auto", "loop", "bmm", "grouped_mm")
 
-# Measured on the 2-core CPU dev machine (benchmarks/bench_ffn_kernels.py,
-# docs/benchmarks.md): for fp32 with autograd the loop beats bmm above this batch.
-CPU_LOOP_MIN_BATCH = 128
-
-
-def _fx_or_script() -> bool:
-    if torch.jit.is_scripting():
-        return True
-    tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
-    return bool(tracing()) if tracing is not None else torch.fx._symbolic_trace.is_fx_tracing()
+# Measured side by side on the 2-core CPU dev box (benchmarks/bench_ffn_kernels.py,
+# docs/benchmarks.md "PerTokenFFN kernels"): at T=16, D=128, k=4 and B in {1, 64, 512,
+# 4096}, fp32 and bf16, forward and forward+backward, the batched kernel beat the loop
+# in every cell (the loop's backward zero-fills a full [T, D, kD] gradient per token
+# slice). The earlier guess "loop wins for fp32 training at B >= 128" did not reproduce,
+# so "auto" is "bmm" on every device, dtype, batch size and grad mode (the former
+# CPU_LOOP_MIN_BATCH threshold is gone).
 
 
 def choose_kernel(x: torch.Tensor, requested: str) -> str:
     """Resolve ``"auto"`` to a concrete kernel for this input.
 
-    Rules (from the measurements in docs/benchmarks.md):
-    CUDA -> ``"bmm"``; CPU with B >= ``CPU_LOOP_MIN_BATCH`` -> ``"loop"``; else ``"bmm"``.
-    Under FX tracing or TorchScript, where the batch size is symbolic, ``"bmm"``.
+    Rule (from the measurements in docs/benchmarks.md): ``"bmm"`` on CPU and CUDA, for
+    fp32 and bf16, any batch size, with or without autograd; the loop was never faster.
+    ``"grouped_mm"`` is only used when asked for (it needs bf16 on CUDA and falls back to
+    bmm elsewhere). The rule needs no batch size, so FX tracing and TorchScript see the
+    same choice. Explicit kernels pass through unchanged.
+
+    Args:
+        x: tokens [B, T, D] (its device, dtype and batch size drive the choice).
+        requested: a kernel name or ``"auto"``.
+
+    Example::
+
+        >>> choose_kernel(torch.randn(4096, 4, 8, requires_grad=True), "auto")
+        'bmm'
+        >>> choose_kernel(torch.randn(2, 4, 8), "loop")
+        'loop'
     """
     if requested != "auto":
         return requested
-    if _fx_or_script():
-        return "bmm"
-    if x.device.type == "cpu" and x.shape[0] >= CPU_LOOP_MIN_BATCH:
-        return "loop"
-    return "bmm"
+    return "bmm"  # x is unused today; it stays in the signature for per-input rules
 
 
 def per_token_ffn_loop(
