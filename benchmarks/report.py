@@ -20,8 +20,15 @@ from benchmarks.variants import PAPER_DELTA_PCT, VARIANTS  # noqa: E402
 
 
 def read(path: str) -> List[Dict]:
+    """JSON lines; a run repeated with the same (model, tag/variant, seed) counts once
+    (runs are deterministic, so a repeat is the same number, not a new sample)."""
+    rows: Dict[tuple, Dict] = {}
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows[(r["model"], r.get("tag", r.get("variant")), r["seed"])] = r
+    return list(rows.values())
 
 
 def mean_std(xs: List[float]) -> str:
@@ -40,34 +47,40 @@ def frappe_table(rows: List[Dict]) -> None:
 
 
 def ablation_table(rows: List[Dict], key: str = "auc") -> None:
-    auc = defaultdict(list)
-    meta = {}
+    """Per variant: mean AUC and the AUC change vs the full model, paired by seed (a
+    variant's delta uses only seeds where the full model ran too)."""
+    by: Dict[str, Dict[int, Dict]] = defaultdict(dict)
     for r in rows:
-        tag = r.get("tag", r.get("variant"))
-        auc[tag].append(r[key])
-        meta[tag] = r
-    if "full" not in auc:
+        by[r.get("tag", r.get("variant"))][r["seed"]] = r
+    if "full" not in by:
         print("(no 'full' run yet)")
         return
-    base = statistics.mean(auc["full"])
-    flops0 = meta["full"].get("encoder_flops")
-    print("| variant | AUC | ΔAUC (ours) | ΔAUC (paper) | direction agrees | encoder FLOPs vs full | dense params |")
-    print("|---|---|---|---|---|---|---|")
+    full = by["full"]
+    flops0 = next(iter(full.values())).get("encoder_flops")
+    print("| variant | seeds | AUC | ΔAUC vs full (ours) | ΔAUC (paper) | direction agrees | "
+          "encoder FLOPs vs full | dense params |")
+    print("|---|---|---|---|---|---|---|---|")
     for tag in VARIANTS:
-        if tag not in auc:
+        if tag not in by:
             continue
-        m = statistics.mean(auc[tag])
-        delta = 100 * (m - base) / base
+        runs = by[tag]
+        seeds = sorted(s for s in runs if s in full)
+        deltas = [100 * (runs[s][key] - full[s][key]) / full[s][key] for s in seeds]
+        delta = statistics.mean(deltas)
         paper = PAPER_DELTA_PCT.get(tag)
-        agrees = "" if paper is None or tag == "full" else ("yes" if delta < 0 else "no")
-        fl = meta[tag].get("encoder_flops")
+        agrees = "" if paper is None else ("yes" if delta < 0 else "no")
+        meta = next(iter(runs.values()))
+        fl = meta.get("encoder_flops")
         flops = f"{100 * (fl - flops0) / flops0:+.1f}%" if fl and flops0 else ""
-        print(f"| {tag} | {mean_std(auc[tag])} | {delta:+.2f}% | "
-              f"{'' if paper is None else f'{paper:+.2f}%'} | {agrees} | {flops} | {meta[tag]['dense_params']:,} |")
+        spread = f" (per seed {', '.join(f'{d:+.2f}' for d in deltas)})" if len(deltas) > 1 else ""
+        print(f"| {tag} | {','.join(map(str, seeds))} | {mean_std([runs[s][key] for s in seeds])} | "
+              f"{delta:+.2f}%{spread} | {'' if paper is None else f'{paper:+.2f}%'} | {agrees} | "
+              f"{flops} | {meta['dense_params']:,} |")
 
 
 def scaling(rows: List[Dict], plot: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -85,6 +98,9 @@ def scaling(rows: List[Dict], plot: str) -> None:
             print(f"| {model} | {pts[x][0][1]} | {x:,} | {y:.4f} |")
         ax.plot(xs, ys, marker="o", label={"rankmixer": "RankMixer", "dcnv2": "DCNv2 (DLRM_DCN)"}[model])
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    steps = {r.get("steps") for r in rows}
+    ax.set_title(f"synthetic click data, {'/'.join(map(str, sorted(steps)))} Adam steps", fontsize=9)
     ax.set_xlabel("dense parameters")
     ax.set_ylabel("held-out AUC (synthetic)")
     ax.grid(alpha=0.3)
