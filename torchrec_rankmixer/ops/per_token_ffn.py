@@ -11,8 +11,8 @@ Kernels (all give the same result; parity is tested forward and backward):
 - ``"grouped_mm"``: ``torch._grouped_mm`` (bf16 on CUDA Hopper+; falls back to bmm
   where the op rejects the dtype/device).
 - ``"auto"``: the kernel measured fastest for the input's device, dtype, batch size
-  and grad mode (docs/benchmarks.md; today ``"bmm"`` everywhere, see
-  :func:`choose_kernel`).
+  and grad mode (docs/benchmarks.md; ``"bmm"`` except fp32 CPU inference at large
+  batch, see :func:`choose_kernel`).
 """
 
 import torch
@@ -21,22 +21,31 @@ import torch.nn.functional as F
 KERNELS = ("auto", "loop", "bmm", "grouped_mm")
 
 # Measured side by side on the 2-core CPU dev box (benchmarks/bench_ffn_kernels.py,
-# docs/benchmarks.md "PerTokenFFN kernels"): at T=16, D=128, k=4 and B in {1, 64, 512,
-# 4096}, fp32 and bf16, forward and forward+backward, the batched kernel beat the loop
-# in every cell (the loop's backward zero-fills a full [T, D, kD] gradient per token
-# slice). The earlier guess "loop wins for fp32 training at B >= 128" did not reproduce,
-# so "auto" is "bmm" on every device, dtype, batch size and grad mode (the former
-# CPU_LOOP_MIN_BATCH threshold is gone).
+# docs/benchmarks.md "PerTokenFFN kernels"; T=16, D=128, k=4). bmm beat the loop in
+# every training (forward+backward) cell and in every bf16 cell, at B in {1, 64, 512,
+# 4096}; the loop's backward zero-fills a full [T, D, kD] gradient per token slice.
+# The one exception: fp32 forward without autograd at large batch, where the loop keeps
+# each token's [B, kD] hidden in cache (loop/bmm time 0.70 at B=1024, 0.53 at 2048,
+# 0.41-0.74 at 4096; a tie at 512). So the loop is chosen only there.
+CPU_FP32_INFERENCE_LOOP_MIN_BATCH = 1024
+
+
+def _fx_or_script() -> bool:
+    if torch.jit.is_scripting():
+        return True
+    tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    return bool(tracing()) if tracing is not None else torch.fx._symbolic_trace.is_fx_tracing()
 
 
 def choose_kernel(x: torch.Tensor, requested: str) -> str:
     """Resolve ``"auto"`` to a concrete kernel for this input.
 
-    Rule (from the measurements in docs/benchmarks.md): ``"bmm"`` on CPU and CUDA, for
-    fp32 and bf16, any batch size, with or without autograd; the loop was never faster.
-    ``"grouped_mm"`` is only used when asked for (it needs bf16 on CUDA and falls back to
-    bmm elsewhere). The rule needs no batch size, so FX tracing and TorchScript see the
-    same choice. Explicit kernels pass through unchanged.
+    Rule (from the measurements in docs/benchmarks.md): ``"loop"`` for fp32 on CPU with
+    autograd off (``torch.no_grad``/inference) and B >= ``CPU_FP32_INFERENCE_LOOP_MIN_BATCH``;
+    ``"bmm"`` everywhere else (training, bf16, small batches, CUDA). ``"grouped_mm"`` is
+    only used when asked for (it needs bf16 on CUDA and falls back to bmm elsewhere).
+    Under FX tracing or TorchScript, where the batch size is symbolic, ``"bmm"``.
+    Explicit kernels pass through unchanged.
 
     Args:
         x: tokens [B, T, D] (its device, dtype and batch size drive the choice).
@@ -46,12 +55,24 @@ def choose_kernel(x: torch.Tensor, requested: str) -> str:
 
         >>> choose_kernel(torch.randn(4096, 4, 8, requires_grad=True), "auto")
         'bmm'
+        >>> with torch.no_grad():
+        ...     choose_kernel(torch.randn(4096, 4, 8), "auto")
+        'loop'
         >>> choose_kernel(torch.randn(2, 4, 8), "loop")
         'loop'
     """
     if requested != "auto":
         return requested
-    return "bmm"  # x is unused today; it stays in the signature for per-input rules
+    if _fx_or_script():
+        return "bmm"
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and x.shape[0] >= CPU_FP32_INFERENCE_LOOP_MIN_BATCH
+    ):
+        return "loop"
+    return "bmm"
 
 
 def per_token_ffn_loop(
