@@ -5,7 +5,8 @@ Each rank (gloo, CPU, 127.0.0.1) wraps the model in ``DLRMTrain`` and
 row-wise Adagrad in backward, dense parameters by Adam), and trains with
 ``TrainPipelineSparseDist`` on synthetic batches (per-rank batch ``--batch``). Reported:
 global samples/s over the timed steps (after warm-up), per model and world size. The two
-models alternate in one run per world size so background load hits both alike.
+models run one after the other in the same processes (not interleaved step by step), so
+a change in background load between them shows up in their ratio.
 
 Usage::
 
