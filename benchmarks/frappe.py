@@ -76,10 +76,10 @@ def tables_for(vocab_sizes: torch.Tensor) -> List[EmbeddingBagConfig]:
 
 
 def frappe_spec(variant: str) -> ModelSpec:
-    """Frappe sizes: one token per field (T=10), D=80 (8 per head), L=2, k=4."""
+    """Frappe sizes: one token per field (T=10), D=40 (4 per head), L=2, k=4."""
     return ModelSpec(
         hidden=[400, 400, 400], dcn_layers=3, dcn_low_rank=64,
-        rankmixer=rankmixer_variant(variant, d_model=80, num_tokens=10, num_layers=2),
+        rankmixer=rankmixer_variant(variant, d_model=40, num_tokens=10, num_layers=2),
         rankmixer_over=[256], feature_groups={f: [f] for f in FIELDS},
     )
 

@@ -38,10 +38,17 @@ def test_fused_matches_reference_forward_and_gradients(kernel: str, B: int) -> N
 
 
 def test_auto_rule() -> None:
-    small, big = torch.randn(8, 2, 4), torch.randn(ops.CPU_LOOP_MIN_BATCH, 2, 4)
+    """docs/benchmarks.md section 1: bmm everywhere except large-batch fp32 CPU inference."""
+    small = torch.randn(8, 2, 4)
+    big = torch.randn(ops.CPU_FP32_INFERENCE_LOOP_MIN_BATCH, 2, 4)
     assert ops.choose_kernel(small, "auto") == "bmm"
-    assert ops.choose_kernel(big, "auto") == "loop"
-    assert ops.choose_kernel(big, "bmm") == "bmm"
+    with torch.enable_grad():
+        assert ops.choose_kernel(big, "auto") == "bmm"  # training: bmm
+    with torch.no_grad():
+        assert ops.choose_kernel(big, "auto") == "loop"
+        assert ops.choose_kernel(big.bfloat16(), "auto") == "bmm"
+        assert ops.choose_kernel(small, "auto") == "bmm"
+    assert ops.choose_kernel(big, "loop") == "loop"
 
 
 def test_module_tokens_are_independent() -> None:

@@ -10,8 +10,9 @@ Kernels (all give the same result; parity is tested forward and backward):
 - ``"bmm"``: all tokens in one ``baddbmm`` per layer on a [T, B, D] layout.
 - ``"grouped_mm"``: ``torch._grouped_mm`` (bf16 on CUDA Hopper+; falls back to bmm
   where the op rejects the dtype/device).
-- ``"auto"``: picks per call by device, dtype, batch size and grad mode, from the
-  CPU measurements in docs/benchmarks.md (see :func:`choose_kernel`).
+- ``"auto"``: the kernel measured fastest for the input's device, dtype, batch size
+  and grad mode (docs/benchmarks.md; ``"bmm"`` except fp32 CPU inference at large
+  batch, see :func:`choose_kernel`).
 """
 
 import torch
@@ -19,9 +20,14 @@ import torch.nn.functional as F
 
 KERNELS = ("auto", "loop", "bmm", "grouped_mm")
 
-# Measured on the 2-core CPU dev machine (benchmarks/bench_ffn_kernels.py,
-# docs/benchmarks.md): for fp32 with autograd the loop beats bmm above this batch.
-CPU_LOOP_MIN_BATCH = 128
+# Measured side by side on the 2-core CPU dev box (benchmarks/bench_ffn_kernels.py,
+# docs/benchmarks.md "PerTokenFFN kernels"; T=16, D=128, k=4). bmm beat the loop in
+# every training (forward+backward) cell and in every bf16 cell, at B in {1, 64, 512,
+# 4096}; the loop's backward zero-fills a full [T, D, kD] gradient per token slice.
+# The one exception: fp32 forward without autograd at large batch, where the loop keeps
+# each token's [B, kD] hidden in cache (loop/bmm time 0.70 at B=1024, 0.53 at 2048,
+# 0.41-0.74 at 4096; a tie at 512). So the loop is chosen only there.
+CPU_FP32_INFERENCE_LOOP_MIN_BATCH = 1024
 
 
 def _fx_or_script() -> bool:
@@ -34,15 +40,37 @@ def _fx_or_script() -> bool:
 def choose_kernel(x: torch.Tensor, requested: str) -> str:
     """Resolve ``"auto"`` to a concrete kernel for this input.
 
-    Rules (from the measurements in docs/benchmarks.md):
-    CUDA -> ``"bmm"``; CPU with B >= ``CPU_LOOP_MIN_BATCH`` -> ``"loop"``; else ``"bmm"``.
+    Rule (from the measurements in docs/benchmarks.md): ``"loop"`` for fp32 on CPU with
+    autograd off (``torch.no_grad``/inference) and B >= ``CPU_FP32_INFERENCE_LOOP_MIN_BATCH``;
+    ``"bmm"`` everywhere else (training, bf16, small batches, CUDA). ``"grouped_mm"`` is
+    only used when asked for (it needs bf16 on CUDA and falls back to bmm elsewhere).
     Under FX tracing or TorchScript, where the batch size is symbolic, ``"bmm"``.
+    Explicit kernels pass through unchanged.
+
+    Args:
+        x: tokens [B, T, D] (its device, dtype and batch size drive the choice).
+        requested: a kernel name or ``"auto"``.
+
+    Example::
+
+        >>> choose_kernel(torch.randn(4096, 4, 8, requires_grad=True), "auto")
+        'bmm'
+        >>> with torch.no_grad():
+        ...     choose_kernel(torch.randn(4096, 4, 8), "auto")
+        'loop'
+        >>> choose_kernel(torch.randn(2, 4, 8), "loop")
+        'loop'
     """
     if requested != "auto":
         return requested
     if _fx_or_script():
         return "bmm"
-    if x.device.type == "cpu" and x.shape[0] >= CPU_LOOP_MIN_BATCH:
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and x.shape[0] >= CPU_FP32_INFERENCE_LOOP_MIN_BATCH
+    ):
         return "loop"
     return "bmm"
 
