@@ -11,7 +11,7 @@ import torch
 from inference_helpers import artifact_inputs, run_fresh, small_model, small_spec
 from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
 from torchrec_rankmixer.inference.checkpoint import save_checkpoint
-from torchrec_rankmixer.inference.export import export_model
+from torchrec_rankmixer.inference.export import export_model, moe_execution
 from torchrec_rankmixer.inference.quantize import QuantizationOptions
 from torchrec_rankmixer.modules.moe import configure_moe_inference
 
@@ -139,3 +139,16 @@ def test_moe_exports_sparse_inference(tmp_path):
             assert torch.equal(o_pt2, ref)  # the artifacts = the in-memory sparse model
             assert torch.equal(o_ts, ref)
             torch.testing.assert_close(ref, dense(*args), rtol=1e-5, atol=1e-5)  # same gates
+
+
+def test_moe_execution_names_each_setting():
+    model = _moe_model()
+    assert moe_execution(model) == "sparse"
+    configure_moe_inference(model, execution="dense")
+    assert moe_execution(model) == "dense"
+    configure_moe_inference(model, router="train")  # DTSI: h_train gates, every expert
+    assert moe_execution(model) == "dense_h_train"
+    moes = [m for m in model.modules() if hasattr(m, "expert_utilisation")]
+    moes[0].configure_inference(execution="sparse")
+    assert moe_execution(model) == "sparse+dense_h_train"
+    assert moe_execution(small_model()) is None
