@@ -1,6 +1,12 @@
 """Shared small models and batches for the inference tests (not a test module)."""
 
-from typing import Tuple
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import List, Tuple
 
 import torch
 
@@ -42,3 +48,54 @@ def artifact_inputs(batch_size: int, index: int, dense_in_features: int = 3) -> 
     kjt = b.sparse_features
     dense = b.dense_features[:, :dense_in_features]
     return dense, kjt.values(), kjt.lengths().reshape(len(kjt.keys()), batch_size)
+
+
+# Runs in a fresh interpreter (cwd: a temp dir, no PYTHONPATH): importing
+# torchrec_rankmixer raises, and this code imports only torch and fbgemm_gpu.
+FRESH_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "torchrec_rankmixer":
+                raise ImportError("training code must not be needed")
+    sys.meta_path.insert(0, _Block())
+    import torch
+    import fbgemm_gpu  # registers the fbgemm embedding ops
+    inputs = torch.load(sys.argv[1])
+    for pair in sys.argv[2:]:
+        model_file, out_file = pair.split("=")
+        extra = {"metadata.json": ""}
+        if model_file.endswith(".pt2"):
+            module = torch.export.load(model_file, extra_files=extra).module()
+        else:
+            module = torch.jit.load(model_file, _extra_files=extra)
+        meta = json.loads(extra["metadata.json"])
+        torch.save([module(*args) for args in inputs], out_file)
+        leaked = sorted(m for m in sys.modules if m.startswith("torchrec_rankmixer"))
+        print(json.dumps({"features": meta["feature_names"], "leaked": leaked,
+                          "moe_execution": meta.get("moe_execution"),
+                          "torchrec_imported": "torchrec" in sys.modules}))
+    """
+)
+
+
+def run_fresh(model_files: List[str], inputs: list, tmp_path: Path) -> Tuple[list, list]:
+    """Load each artifact in a fresh interpreter (torchrec_rankmixer blocked), call it on
+    every ``inputs`` tuple; returns (outputs per file, one report dict per file)."""
+    inputs_file = tmp_path / "inputs.pt"
+    torch.save(inputs, inputs_file)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    outs, reports = [], []
+    out_files = [tmp_path / f"outs{i}.pt" for i in range(len(model_files))]
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_LOADER, str(inputs_file)]
+        + [f"{m}={o}" for m, o in zip(model_files, out_files)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in proc.stdout.strip().splitlines()[-len(model_files):]:
+        reports.append(json.loads(line))
+    for f in out_files:
+        outs.append(torch.load(f))
+    return outs, reports

@@ -9,6 +9,7 @@ from torchrec_rankmixer.inference.dense import (
     quantize_dense_dynamic_int8,
     unfuse_per_token_ffns,
 )
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN
 
 
@@ -29,6 +30,11 @@ def test_pin_traceable_kernels_only_touches_auto():
     auto, loop = PerTokenFFN(2, 4, 2, kernel="auto"), PerTokenFFN(2, 4, 2, kernel="loop")
     pin_traceable_kernels(nn.Sequential(auto, loop))
     assert (auto.kernel, loop.kernel) == ("bmm", "loop")
+    moe_auto = PerTokenSparseMoE(num_tokens=2, d_model=4, num_experts=2, expert_hidden=4)
+    moe_loop = PerTokenSparseMoE(num_tokens=2, d_model=4, num_experts=2, expert_hidden=4)
+    moe_loop.configure_inference(sparse_kernel="loop")
+    pin_traceable_kernels(nn.Sequential(moe_auto, moe_loop))
+    assert (moe_auto.sparse_kernel, moe_loop.sparse_kernel) == ("padded_bmm", "loop")
 
 
 def test_dynamic_int8_close():

@@ -1,68 +1,19 @@
 """Export: .pt2 and TorchScript artifacts load in a fresh process without
 torchrec_rankmixer and give exactly the in-memory quantized model's predictions."""
 
+import copy
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
-from inference_helpers import artifact_inputs, small_model
+from inference_helpers import artifact_inputs, run_fresh, small_model, small_spec
 from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
 from torchrec_rankmixer.inference.checkpoint import save_checkpoint
-from torchrec_rankmixer.inference.export import export_model
+from torchrec_rankmixer.inference.export import export_model, moe_execution
 from torchrec_rankmixer.inference.quantize import QuantizationOptions
-
-# Runs in a fresh interpreter (cwd: a temp dir, no PYTHONPATH): importing
-# torchrec_rankmixer raises, and this code imports only torch and fbgemm_gpu.
-FRESH_LOADER = textwrap.dedent(
-    """
-    import json, sys
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torchrec_rankmixer":
-                raise ImportError("training code must not be needed")
-    sys.meta_path.insert(0, _Block())
-    import torch
-    import fbgemm_gpu  # registers the fbgemm embedding ops
-    inputs = torch.load(sys.argv[1])
-    for pair in sys.argv[2:]:
-        model_file, out_file = pair.split("=")
-        extra = {"metadata.json": ""}
-        if model_file.endswith(".pt2"):
-            module = torch.export.load(model_file, extra_files=extra).module()
-        else:
-            module = torch.jit.load(model_file, _extra_files=extra)
-        meta = json.loads(extra["metadata.json"])
-        torch.save([module(*args) for args in inputs], out_file)
-        leaked = sorted(m for m in sys.modules if m.startswith("torchrec_rankmixer"))
-        print(json.dumps({"features": meta["feature_names"], "leaked": leaked,
-                          "torchrec_imported": "torchrec" in sys.modules}))
-    """
-)
-
-
-def _run_fresh(model_files, inputs, tmp_path):
-    inputs_file = tmp_path / "inputs.pt"
-    torch.save(inputs, inputs_file)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    outs, reports = [], []
-    out_files = [tmp_path / f"outs{i}.pt" for i in range(len(model_files))]
-    proc = subprocess.run(
-        [sys.executable, "-c", FRESH_LOADER, str(inputs_file)]
-        + [f"{m}={o}" for m, o in zip(model_files, out_files)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for line in proc.stdout.strip().splitlines()[-len(model_files):]:
-        reports.append(json.loads(line))
-    for f in out_files:
-        outs.append(torch.load(f))
-    return outs, reports
-
+from torchrec_rankmixer.modules.moe import configure_moe_inference
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -81,7 +32,7 @@ def test_fresh_process_matches_in_memory(tmp_path, exported):
     pt2, ts = exported
     assert pt2.path.endswith(".pt2") and ts.path.endswith(".ts")
     inputs = [artifact_inputs(b, i) for i, b in enumerate((1, 7, 64))]  # dynamic batch
-    outs, reports = _run_fresh([pt2.path, ts.path], inputs, tmp_path)
+    outs, reports = run_fresh([pt2.path, ts.path], inputs, tmp_path)
     for result, out, report in zip((pt2, ts), outs, reports):
         assert report["features"] == ["f0", "f1", "f2", "f3"]
         assert report["leaked"] == []
@@ -99,6 +50,7 @@ def test_checkpoint_source_and_metadata(exported):
         meta = json.load(f)
     assert meta == result.metadata == load_artifact(export_dir).metadata
     assert meta["artifact"] == "torch.export" and meta["fallback_reason"] is None
+    assert meta["moe_execution"] is None  # no Sparse-MoE in this model
     assert meta["dense_feature_names"] == ["a", "b", "c"]
     assert meta["num_embeddings"] == [50, 50, 50, 50]
     assert meta["quantization"]["table_dtype"] == "int8"
@@ -150,3 +102,53 @@ def test_drop_table_views_keeps_outputs():
     assert drop_table_views(module) == 3  # one weight view per table
     assert not any(".embedding_bags." in k for k in module.state_dict())
     assert torch.equal(module(*args), before) and table_bytes(module) == tables
+
+
+def _moe_model():
+    """A small DLRM_RankMixer whose FFNs are Sparse-MoEs (E=4, DTSI routers, fresh init:
+    roughly half the experts of each token active, so the sparse path has work to skip)."""
+    rc = dict(small_spec().rankmixer_config, use_moe=True, moe_num_experts=4, moe_expert_hidden=8)
+    return small_model(seed=2, rankmixer_config=rc)
+
+
+def test_moe_exports_sparse_inference(tmp_path):
+    model = _moe_model()
+    inputs = [artifact_inputs(b, 10 + i) for i, b in enumerate((1, 9, 64))]
+    pt2 = export_model(model, tmp_path / "pt2")  # default: torch.export, sparse MoE
+    ts = export_model(model, tmp_path / "ts", artifact="torchscript")  # sparse kernel scripted
+    assert pt2.path.endswith(".pt2") and pt2.metadata["fallback_reason"] is None
+    assert pt2.metadata["moe_execution"] == "sparse"
+    assert ts.metadata["moe_execution"] == "sparse"
+    # both graphs hold the sparse kernel: active triples found by nonzero, scatter-added
+    targets = {str(n.target) for n in torch.export.load(pt2.path).graph.nodes}
+    assert "aten.nonzero.default" in targets and "aten.index_add.default" in targets
+    ts_code = torch.jit.load(ts.path).code
+    assert "moe_experts_sparse_resolved" in ts_code
+    with torch.inference_mode():
+        sparse_out = [pt2.module(*args) for args in inputs]
+    ratios = [s["active_ratio"] for s in [m.statistics() for m in pt2.module.modules()
+                                          if hasattr(m, "expert_utilisation")]]
+    assert len(ratios) == 2 and all(0.1 < r < 0.9 for r in ratios)  # experts partly active
+    outs, reports = run_fresh([pt2.path, ts.path], inputs, tmp_path)
+    assert [r["moe_execution"] for r in reports] == ["sparse", "sparse"]
+    assert all(r["leaked"] == [] for r in reports)
+    dense = copy.deepcopy(pt2.module)
+    configure_moe_inference(dense, execution="dense")
+    with torch.inference_mode():
+        for args, ref, o_pt2, o_ts in zip(inputs, sparse_out, outs[0], outs[1]):
+            assert torch.equal(o_pt2, ref)  # the artifacts = the in-memory sparse model
+            assert torch.equal(o_ts, ref)
+            torch.testing.assert_close(ref, dense(*args), rtol=1e-5, atol=1e-5)  # same gates
+
+
+def test_moe_execution_names_each_setting():
+    model = _moe_model()
+    assert moe_execution(model) == "sparse"
+    configure_moe_inference(model, execution="dense")
+    assert moe_execution(model) == "dense"
+    configure_moe_inference(model, router="train")  # DTSI: h_train gates, every expert
+    assert moe_execution(model) == "dense_h_train"
+    moes = [m for m in model.modules() if hasattr(m, "expert_utilisation")]
+    moes[0].configure_inference(execution="sparse")
+    assert moe_execution(model) == "sparse+dense_h_train"
+    assert moe_execution(small_model()) is None

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN
 
 
@@ -58,11 +59,13 @@ class PerTokenLinearFFN(nn.Module):
 
 def pin_traceable_kernels(module: nn.Module) -> None:
     """Replace :class:`PerTokenFFN`'s ``kernel="auto"`` (chosen per call from the batch
-    size) by ``"bmm"``.
+    size) by ``"bmm"``, and :class:`PerTokenSparseMoE`'s ``sparse_kernel="auto"`` by
+    ``"padded_bmm"``.
 
     An exported graph has a symbolic batch size, so a per-call choice cannot be kept;
     bmm is the kernel ``choose_kernel`` picks for inference batches below 128 and the
-    one every trace uses.
+    one every trace uses. ``"padded_bmm"`` is the sparse-MoE kernel ``"auto"`` picks on
+    CPU (artifacts are CPU artifacts) and the one torch.export can trace.
 
     Example::
 
@@ -73,6 +76,8 @@ def pin_traceable_kernels(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, PerTokenFFN) and m.kernel == "auto":
             m.kernel = "bmm"
+        if isinstance(m, PerTokenSparseMoE) and m.sparse_kernel == "auto":
+            m.sparse_kernel = "padded_bmm"
 
 
 def unfuse_per_token_ffns(module: nn.Module) -> int:

@@ -35,6 +35,7 @@ from torchrec_rankmixer.inference.quantize import (
 )
 from torchrec_rankmixer.inference.scripting import script_inference_module
 from torchrec_rankmixer.inference.spec import ModelSpec, unwrap_model
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.version import __version__
 
 ARTIFACT_TYPES = ("auto", "export", "torchscript")
@@ -101,6 +102,28 @@ def drop_table_views(module: nn.Module) -> int:
     return dropped
 
 
+def moe_execution(module: nn.Module) -> Optional[str]:
+    """How the Sparse-MoE layers in ``module`` run in eval mode: ``"sparse"`` (only the
+    h_infer-active experts), ``"dense"`` (every expert, h_infer gates), ``"dense_h_train"``
+    (every expert, DTSI's h_train gates) or None (no MoE). Mixed settings are listed
+    joined by ``"+"``.
+
+    Example::
+
+        >>> moe_execution(nn.Linear(2, 2)) is None
+        True
+        >>> moe_execution(PerTokenSparseMoE(num_tokens=2, d_model=4, num_experts=2, expert_hidden=4))
+        'sparse'
+    """
+    kinds = []
+    for m in module.modules():
+        if isinstance(m, PerTokenSparseMoE):
+            kind = "dense_h_train" if m.eval_router == "train" else m.execution
+            if kind not in kinds:
+                kinds.append(kind)
+    return "+".join(kinds) if kinds else None
+
+
 def _torch_export(module: nn.Module, spec: ModelSpec, path: str, extra: Dict[str, str]) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     num_ids = torch.export.Dim("num_ids", min=1, max=1 << 30)
@@ -138,6 +161,7 @@ def build_metadata(
     artifact: str,
     dense_feature_names: Sequence[str],
     fallback_reason: Optional[str],
+    moe_exec: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The artifact's metadata dict (JSON types only; keys listed in docs/inference.md).
 
@@ -149,12 +173,14 @@ def build_metadata(
         artifact: ``"torch.export"`` or ``"torchscript"``.
         dense_feature_names: dense column names.
         fallback_reason: why torch.export was not used, or None.
+        moe_exec: how the artifact's Sparse-MoE layers run (:func:`moe_execution`).
     """
     return {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
         "artifact": artifact,
         "fallback_reason": fallback_reason,
+        "moe_execution": moe_exec,
         "versions": _versions(),
         "created_unix": int(time.time()),
         "inputs": {
@@ -248,7 +274,8 @@ def export_model(
     kind = "torchscript" if artifact == "torchscript" else "torch.export"
 
     def meta(kind_: str) -> Dict[str, str]:
-        data = build_metadata(spec, options, module, float_model, kind_, names, fallback_reason)
+        data = build_metadata(spec, options, module, float_model, kind_, names, fallback_reason,
+                              moe_execution(module))
         return {METADATA_FILE: json.dumps(data, sort_keys=True)}
 
     path = os.path.join(output_dir, EXPORT_FILE if kind == "torch.export" else SCRIPT_FILE)

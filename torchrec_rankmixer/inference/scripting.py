@@ -4,6 +4,9 @@ The FX trace resolves Python-level control flow (config flags, kernel choice) an
 TorchRec's wrapped KJT/KeyedTensor helpers as calls; the model's own ``torch.fx.wrap``
 helper ``_ordered_values`` uses a comprehension TorchScript rejects, so its call nodes
 are pointed at the scriptable twin below (same behaviour, tested against it).
+Sparse-MoE calls (``ops.moe.moe_experts_sparse``, an FX leaf: its shapes depend on the
+data) are pointed at :func:`~torchrec_rankmixer.ops.moe.moe_experts_sparse_resolved`,
+its TorchScript-able body, with the kernel resolved at export time.
 """
 
 from typing import Dict, List
@@ -13,6 +16,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_rankmixer.features import tokenizer as _tokenizer
+from torchrec_rankmixer.ops import moe as _moe_ops
 
 
 def ordered_values_scriptable(sparse: KeyedTensor, expected_keys: List[str]) -> torch.Tensor:
@@ -42,6 +46,20 @@ def ordered_values_scriptable(sparse: KeyedTensor, expected_keys: List[str]) -> 
 torch.fx.wrap("ordered_values_scriptable")
 
 
+def _point_at_scriptable_moe(node: torch.fx.Node) -> None:
+    """Retarget a traced ``moe_experts_sparse(x, gates, w1, b1, w2, b2, kernel=...)`` call
+    to ``moe_experts_sparse_resolved`` (kernel resolved for a CPU float input)."""
+    kernel = node.kwargs.get("kernel", "auto")
+    if len(node.args) > 6:
+        kernel = node.args[6]
+    if not isinstance(kernel, str):
+        raise ValueError(f"sparse MoE kernel ({kernel!r}) must be a constant string when scripting")
+    chosen = _moe_ops.choose_sparse_kernel(torch.empty(0), kernel)
+    node.target = _moe_ops.moe_experts_sparse_resolved
+    node.args = tuple(node.args[:6]) + (chosen,)
+    node.kwargs = {}
+
+
 def script_inference_module(module: nn.Module) -> torch.jit.ScriptModule:
     """FX-trace ``module`` with TorchRec's tracer and script the result.
 
@@ -59,5 +77,7 @@ def script_inference_module(module: nn.Module) -> torch.jit.ScriptModule:
     for node in graph_module.graph.nodes:
         if node.op == "call_function" and node.target is _tokenizer._ordered_values:
             node.target = ordered_values_scriptable
+        if node.op == "call_function" and node.target is _moe_ops.moe_experts_sparse:
+            _point_at_scriptable_moe(node)
     graph_module.recompile()
     return torch.jit.script(graph_module)

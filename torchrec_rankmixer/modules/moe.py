@@ -20,6 +20,10 @@ from torchrec_rankmixer.modules.moe_router import AdaptiveL1, TokenRouter, topk_
 from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
 from torchrec_rankmixer.ops.moe import SPARSE_KERNELS, moe_experts_dense, moe_experts_sparse
 
+# A leaf for FX symbolic tracing (data-dependent shapes cannot be traced symbolically);
+# the TorchScript export points these calls at the scriptable moe_experts_sparse_resolved.
+torch.fx.wrap("moe_experts_sparse")
+
 EXECUTIONS: Tuple[str, ...] = ("sparse", "dense")
 EVAL_ROUTERS: Tuple[str, ...] = ("infer", "train")
 
@@ -175,7 +179,8 @@ class PerTokenSparseMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = (self.w1, self.b1, self.w2, self.b2)
         gates = self._infer_gates(x)  # (B, T, E), h_infer's
-        self._record(gates)
+        if not torch.compiler.is_compiling():  # statistics stay out of exported graphs
+            self._record(gates)
         if self.training:
             used = gates
             if self.router_train is not None and self.dense_path_prob > 0:
@@ -200,14 +205,14 @@ class PerTokenSparseMoE(nn.Module):
         self._balance: Optional[torch.Tensor] = None
         self._gate_l1: Optional[torch.Tensor] = None
 
-    @torch.no_grad()
     def _record(self, gates: torch.Tensor) -> None:
+        gates = gates.detach()
         active = (gates > 0).float()  # (B, T, E)
         counts = active.sum(0)  # (T, E)
         self._usage = counts if self._usage is None else self._usage + counts
         self._rows += gates.shape[0]
         self._last_ratio = active.mean(dim=(0, 2))  # (T,)
-        self._gate_l1 = gates.detach().sum(-1).mean()  # mean L1 norm of a token's gates
+        self._gate_l1 = gates.sum(-1).mean()  # mean L1 norm of a token's gates
 
     def expert_utilisation(self) -> torch.Tensor:
         """[T, E]: fraction of rows in the window that activated each expert (h_infer)."""

@@ -20,7 +20,7 @@ Given gates g [B, T, E] (zero = inactive), every kernel returns
 All three are equal up to float rounding (tested forward and backward).
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,8 @@ SPARSE_KERNELS: Tuple[str, ...] = ("auto", "padded_bmm", "grouped_mm", "loop")
 
 
 def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
+    if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return  # FX proxies cannot drive control flow; the traced module fixes the shapes
     if x.dim() != 3 or gates.dim() != 3:
         raise ValueError(
             f"x {tuple(x.shape)} and gates {tuple(gates.shape)} must be 3-D [B, T, D] / [B, T, E]"
@@ -150,7 +152,8 @@ def _sparse_padded_bmm(
 ) -> torch.Tensor:
     """Rows xs [N, D] sorted by group -> expert outputs [N, D] via [G, C, .] bmm."""
     G, D, h = w1.shape
-    capacity = int(counts.max())
+    capacity = counts.max().item()  # unbacked (data-dependent) under torch.export
+    torch._check(capacity >= 0)
     starts = torch.cumsum(counts, 0) - counts  # (G,)
     pos = torch.arange(xs.shape[0], device=xs.device) - starts[group]  # slot in its group
     padded = xs.new_zeros(G, capacity, D)
@@ -175,14 +178,17 @@ def _sparse_loop(
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
     """Rows xs [N, D] sorted by group -> [N, D], one addmm per non-empty group."""
-    outs = []
+    outs: List[torch.Tensor] = []
     start = 0
-    for g, n in enumerate(counts.tolist()):
+    sizes: List[int] = counts.tolist()
+    for g, n in enumerate(sizes):
         if n:
             rows = xs[start : start + n]
             outs.append(torch.addmm(b2[g], F.gelu(torch.addmm(b1[g], rows, w1[g])), w2[g]))
             start += n
-    return torch.cat(outs) if outs else xs.new_zeros(0, w2.shape[-1])
+    if len(outs) == 0:
+        return xs.new_zeros(0, w2.shape[-1])
+    return torch.cat(outs)
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
@@ -207,7 +213,47 @@ def choose_sparse_kernel(x: torch.Tensor, requested: str) -> str:
     return "grouped_mm" if _grouped_mm_ok(x) else "padded_bmm"
 
 
-_SPARSE_IMPLS = {"padded_bmm": _sparse_padded_bmm, "grouped_mm": _sparse_grouped_mm, "loop": _sparse_loop}
+def moe_experts_sparse_resolved(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    """The body of :func:`moe_experts_sparse` once shapes are checked and ``kernel`` is
+    resolved (``"padded_bmm"``, ``"grouped_mm"`` or ``"loop"``; anything else runs the
+    padded bmm). TorchScript-able: the TorchScript export points traced
+    :func:`moe_experts_sparse` calls here (inference/scripting.py).
+
+    Args and returns as :func:`moe_experts_sparse`.
+
+    Example::
+
+        >>> B, T, E, D, h = 4, 3, 4, 5, 6
+        >>> x, g = torch.randn(B, T, D), torch.relu(torch.randn(B, T, E))
+        >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
+        ...       torch.randn(T, E, D))
+        >>> scripted = torch.jit.script(moe_experts_sparse_resolved)
+        >>> torch.equal(scripted(x, g, *ws, "padded_bmm"),
+        ...             moe_experts_sparse(x, g, *ws, kernel="padded_bmm"))
+        True
+    """
+    B, T, D = x.shape[0], x.shape[1], x.shape[2]
+    E, h = w1.shape[1], w1.shape[3]
+    group, row, gate, counts = group_active(gates)
+    out = x.new_zeros(B * T, D)
+    xs = x.reshape(B * T, D)[row]  # (N, D)
+    flat = (w1.reshape(T * E, D, h), b1.reshape(T * E, h), w2.reshape(T * E, h, D), b2.reshape(T * E, D))
+    if kernel == "grouped_mm":
+        ys = _sparse_grouped_mm(xs, group, counts, flat[0], flat[1], flat[2], flat[3])  # (N, D)
+    elif kernel == "loop":
+        ys = _sparse_loop(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
+    else:
+        ys = _sparse_padded_bmm(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
+    out = out.index_add(0, row, ys * gate.unsqueeze(1))
+    return out.view(B, T, D)
 
 
 def moe_experts_sparse(
@@ -243,18 +289,6 @@ def moe_experts_sparse(
     """
     _check_shapes(x, gates, w1, w2)
     chosen = choose_sparse_kernel(x, kernel)
-    B, T, D = x.shape
-    E, h = w1.shape[1], w1.shape[3]
-    if chosen == "grouped_mm" and not _grouped_mm_runs(x, D, h):
+    if chosen == "grouped_mm" and not _grouped_mm_runs(x, x.shape[2], w1.shape[3]):
         chosen = "padded_bmm"  # same result; the op rejects this dtype / alignment
-    group, row, gate, counts = group_active(gates)
-    out = x.new_zeros(B * T, D)
-    if group.numel() == 0:
-        return out.view(B, T, D)
-    xs = x.reshape(B * T, D)[row]  # (N, D)
-    ys = _SPARSE_IMPLS[chosen](
-        xs, group, counts,
-        w1.reshape(T * E, D, h), b1.reshape(T * E, h), w2.reshape(T * E, h, D), b2.reshape(T * E, D),
-    )  # (N, D)
-    out = out.index_add(0, row, ys * gate.unsqueeze(1))
-    return out.view(B, T, D)
+    return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, chosen)
