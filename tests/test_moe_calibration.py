@@ -36,6 +36,7 @@ def _eval_ratios(model: torch.nn.Module, x: torch.Tensor) -> List[float]:
 
 @pytest.mark.parametrize("target", [1.0, 0.5, 0.25, 0.125])
 def test_bias_shift_hits_the_ratio_per_token(target: float) -> None:
+    torch.manual_seed(0)
     logits = torch.randn(64, 3, 8) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1) - 2.0
     shift = bias_shift_for_ratio(logits, target)
     per_token = ((logits + shift.view(1, 3, 1)) > 0).float().mean(dim=(0, 2))

@@ -45,7 +45,8 @@ def bias_shift_for_ratio(logits: torch.Tensor, target: float) -> torch.Tensor:
     flat = logits.detach().transpose(0, 1).reshape(T, B * E).float()  # (T, N)
     n_active = round(target * B * E)
     if n_active >= B * E:  # everything active: put the smallest logit just above 0
-        return (-flat.min(dim=1).values + 1e-6).to(logits.dtype)
+        low = flat.min(dim=1).values
+        return (-low + 1e-5 * low.abs().clamp(min=1.0)).to(logits.dtype)
     ordered = flat.sort(dim=1, descending=True).values  # (T, N)
     # threshold halfway between the last kept and the first dropped logit
     cut = 0.5 * (ordered[:, n_active - 1] + ordered[:, n_active]) if n_active > 0 else ordered[:, 0]
