@@ -82,7 +82,7 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
                        lr=args.lr, on_stats=show)
     train_s = time.perf_counter() - start
     evals = list(data.batches(1024, args.eval_batches, start=EVAL_OFFSET))
-    row: Dict[str, object] = {"router": router, "target": target, "train_s": round(train_s, 1)}
+    row: Dict[str, object] = {"router": router, "target": target, "seed": args.seed, "train_s": round(train_s, 1)}
     if router == "dense":
         row["auc_sparse"] = evaluate(model, evals)[0]
         return row

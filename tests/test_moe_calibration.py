@@ -110,3 +110,29 @@ def test_topk_modules_are_left_alone() -> None:
     assert calibrate_moe_routers(enc, lambda: enc(torch.randn(16, 4, 8))) == []
     for m, b in zip(_moes(enc), saved):
         assert torch.equal(m.router_infer.bias, b)
+
+
+def test_calibrate_on_dlrm_batches_hits_target_on_eval_batches() -> None:
+    from torchrec import EmbeddingBagCollection
+
+    from torchrec_rankmixer import DLRM_RankMixer, SyntheticClickData
+    from torchrec_rankmixer.train.simple import EVAL_OFFSET
+
+    data = SyntheticClickData(num_sparse_features=4, num_embeddings=50)
+    torch.manual_seed(0)
+    cfg = RankMixerConfig(d_model=16, num_tokens=4, num_layers=2, use_moe=True, moe_num_experts=8,
+                          moe_expert_hidden=8, moe_target_active_ratio=0.125)
+    model = DLRM_RankMixer(
+        embedding_bag_collection=EmbeddingBagCollection(tables=data.table_configs(8)),
+        dense_in_features=data.dense_in_features, dense_arch_layer_sizes=[16, 8],
+        over_arch_layer_sizes=[16, 1], rankmixer_config=cfg,
+    )
+    report = calibrate_on_batches(model, data.batches(256, 2, start=0))
+    assert len(report) == 2 and all(r["max_abs_shift"] > 0 for r in report)
+    reset_moe_statistics(model)
+    with torch.no_grad():
+        for b in data.batches(256, 2, start=EVAL_OFFSET):
+            model(b.dense_features, b.sparse_features)
+    for moe in _moes(model):
+        ratio = float(moe.expert_utilisation().mean())
+        assert abs(ratio - 0.125) <= 0.2 * 0.125, ratio
