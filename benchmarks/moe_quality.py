@@ -25,6 +25,7 @@ from torchrec import EmbeddingBagCollection
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_config
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_inference, reset_moe_statistics
+from torchrec_rankmixer.modules.moe_calibration import calibrate_on_batches
 from torchrec_rankmixer.train.simple import EVAL_OFFSET, evaluate, train_simple
 
 
@@ -81,7 +82,7 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
                        lr=args.lr, on_stats=show)
     train_s = time.perf_counter() - start
     evals = list(data.batches(1024, args.eval_batches, start=EVAL_OFFSET))
-    row: Dict[str, object] = {"router": router, "target": target, "train_s": round(train_s, 1)}
+    row: Dict[str, object] = {"router": router, "target": target, "seed": args.seed, "train_s": round(train_s, 1)}
     if router == "dense":
         row["auc_sparse"] = evaluate(model, evals)[0]
         return row
@@ -89,6 +90,15 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
     row["train_active_ratio"] = sum(v for k, v in last.items() if k.endswith(".active_ratio")) / max(
         1, sum(1 for k in last if k.endswith(".active_ratio")))
     configure_moe_inference(model, execution="sparse")
+    if router != "topk" and args.calibrate_batches > 0:
+        # serving step: held-out *training* batches (after the ones trained on), not eval data
+        reset_moe_statistics(model)
+        row["auc_sparse_uncalibrated"] = evaluate(model, evals)[0]
+        utils = torch.stack([m.expert_utilisation() for m in model.modules() if isinstance(m, PerTokenSparseMoE)])
+        row["infer_active_ratio_uncalibrated"] = float(utils.mean())
+        calib = data.batches(args.batch_size, args.calibrate_batches, start=args.steps)
+        report = calibrate_on_batches(model, calib)
+        row["calib_max_abs_shift"] = max(r["max_abs_shift"] for r in report)
     reset_moe_statistics(model)
     row["auc_sparse"] = evaluate(model, evals)[0]
     moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
@@ -125,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--l1-kp", type=float, default=0.5)
     p.add_argument("--l1-ki", type=float, default=0.01)
     p.add_argument("--dense-path-prob", type=float, default=0.5)
+    p.add_argument("--calibrate-batches", type=int, default=16,
+                   help="held-out training batches for the router-bias calibration (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared box)")
     args = p.parse_args(argv)
     args.layers = 2  # default_config's L
