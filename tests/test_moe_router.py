@@ -1,6 +1,5 @@
 """Routers, gradient injection and the adaptive-L1 controller (modules/moe_router.py)."""
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -12,15 +11,6 @@ from torchrec_rankmixer.modules.moe_router import (
     inject_gradient,
     topk_softmax_gates,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny ops on a shared 2-core box run far faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_inject_gradient_equals_adding_the_penalty_to_the_loss() -> None:

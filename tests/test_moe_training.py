@@ -1,6 +1,5 @@
 """Sparse-MoE end to end: DLRM_RankMixer + SyntheticClickData + train_simple, and DLRMTrain."""
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple
 from torchrec_rankmixer.utils.metrics import binary_auc
 
 TARGET = 0.5
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny ops on a shared 2-core box run far faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(data: SyntheticClickData, router: str = "dtsi") -> DLRM_RankMixer:
