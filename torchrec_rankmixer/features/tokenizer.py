@@ -135,10 +135,23 @@ class SemanticTokenizer(nn.Module):
 
     @classmethod
     def from_embedding_bag_collection(
-        cls, ebc: EmbeddingBagCollection, d_model: int, **kwargs: object
+        cls,
+        ebc: EmbeddingBagCollection,
+        d_model: int,
+        num_sparse_tokens: Optional[int] = None,
+        groups: Optional[Mapping[str, Sequence[str]]] = None,
+        mode: Optional[str] = None,
+        dense_in_features: int = 0,
+        num_dense_tokens: int = 1,
+        kernel: str = "batched",
+        device: torch.device | str | None = None,
     ) -> "SemanticTokenizer":
-        """Read ``feature_dims`` from the EBC's table configs (in KeyedTensor order)."""
-        return cls(feature_dims_of(ebc), d_model, **kwargs)  # type: ignore[arg-type]
+        """Read ``feature_dims`` from the EBC's table configs (in KeyedTensor order); the
+        other arguments are the constructor's."""
+        return cls(
+            feature_dims_of(ebc), d_model, num_sparse_tokens, groups, mode,
+            dense_in_features, num_dense_tokens, kernel, device,
+        )
 
     # ------------------------------------------------------------------ forward
     def project_sparse(self, values: torch.Tensor) -> torch.Tensor:
