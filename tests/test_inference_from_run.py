@@ -163,3 +163,45 @@ def test_config_mismatch_and_esmm_are_rejected(run, tmp_path):
     yaml.safe_dump(data, open(cfg_path, "w"))
     with pytest.raises(ValueError, match="model.task \\('esmm'\\) of run .* cannot be exported yet"):
         load_run_model(copy)
+
+
+def test_moe_run_is_calibrated_before_export(tmp_path) -> None:
+    """A Sparse-MoE run: export calibrates h_infer to the target ratio on training batches."""
+    from torchrec_rankmixer.inference.from_run import calibrate_run_moe
+    from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+
+    destroy_group()
+    cfg = load_config(overrides=tiny(
+        tmp_path, "train.steps=2", "train.eval_every=0", "data.eval_batches=0",
+        "run.plots=false", "run.checkpoint_every=2", "run.name=moe",
+        "model.rankmixer={use_moe: true, moe_num_experts: 4, moe_target_active_ratio: 0.5}"))
+    Trainer(cfg).fit()
+    destroy_group()
+    run_dir = os.path.join(tmp_path, "moe")
+
+    model, _, _ = load_run_model(run_dir)
+    moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
+    before = [m.router_infer.bias.detach().clone() for m in moes]
+    records = calibrate_run_moe(model, run_dir)  # default: 16 training batches
+    assert len(records) == len(moes) > 0
+    for r in records:
+        assert abs(r["ratio_after"] - 0.5) <= 0.1, r
+    assert any(not torch.equal(b, m.router_infer.bias) for b, m in zip(before, moes))
+
+    untouched, _, _ = load_run_model(run_dir)
+    assert calibrate_run_moe(untouched, run_dir, 0) == []
+    with pytest.raises(ValueError, match=r"calibrate_moe_batches \(-1\) must be an int >= 0"):
+        calibrate_run_moe(untouched, run_dir, -1)
+
+    result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    assert result.metadata["moe_execution"] == "sparse"
+
+
+def test_calibration_of_a_run_without_moe_is_an_error(run) -> None:
+    from torchrec_rankmixer.inference.from_run import calibrate_run_moe
+
+    run_dir, _ = run
+    model, _, _ = load_run_model(run_dir)
+    assert calibrate_run_moe(model, run_dir) == []  # default: nothing to do
+    with pytest.raises(ValueError, match=r"calibrate_moe_batches \(4\) was asked for, but the model"):
+        calibrate_run_moe(model, run_dir, 4)

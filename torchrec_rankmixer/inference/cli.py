@@ -32,6 +32,9 @@ def export_main(argv: Optional[List[str]] = None) -> int:
                         "checkpoints) or one of its checkpoints/step_* directories")
     parser.add_argument("--step", type=int, default=None,
                         help="with --run-dir: training step to export (default: latest checkpoint)")
+    parser.add_argument("--calibrate-moe-batches", type=int, default=None,
+                        help="with --run-dir: training batches for the Sparse-MoE router "
+                        "calibration (default 16 for MoE models; 0 turns it off)")
     parser.add_argument("--output", required=True, help="export directory (created)")
     parser.add_argument("--table-dtype", default="int8", choices=list(TABLE_DTYPES))
     parser.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES))
@@ -45,6 +48,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.step is not None and args.run_dir is None:
         parser.error("--step needs --run-dir")
+    if args.calibrate_moe_batches is not None and args.run_dir is None:
+        parser.error("--calibrate-moe-batches needs --run-dir")
     options = QuantizationOptions(
         table_dtype=args.table_dtype,
         dense_dtype=args.dense_dtype,
@@ -58,7 +63,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
             from torchrec_rankmixer.inference.from_run import export_from_run_dir
 
             result, ckpt = export_from_run_dir(
-                args.run_dir, args.output, options, args.step, args.artifact, names
+                args.run_dir, args.output, options, args.step, args.artifact, names,
+                calibrate_moe_batches=args.calibrate_moe_batches,
             )
             source_info = {"checkpoint": ckpt.path, "step": ckpt.step}
         else:

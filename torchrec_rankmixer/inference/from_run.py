@@ -14,7 +14,10 @@ nor a process group:
    (``dcp.load(..., no_dist=True)``; DCP reassembles table-wise and data-parallel shards
    written by any number of ranks). Training saved ``{"model": DMP(TrainModule)}``, so a
    model key ``k`` is stored as ``model.model.<k>``; the optimiser state is not read;
-3. :func:`export_model` quantizes and writes the artifact.
+3. for a Sparse-MoE model, the h_infer router biases are calibrated to the target active
+   ratio on ``calibrate_moe_batches`` training batches of the run's own data source
+   (:func:`torchrec_rankmixer.modules.moe_calibration.calibrate_on_batches`, docs/moe.md);
+4. :func:`export_model` quantizes and writes the artifact.
 """
 
 import os
@@ -33,6 +36,8 @@ RUN_CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 # training saves {"model": DMP(TrainModule).state_dict()}; TrainModule keeps the model in .model
 CHECKPOINT_MODEL_PREFIX = "model.model."
+# training batches on which a Sparse-MoE run's h_infer routers are calibrated before export
+DEFAULT_CALIBRATION_BATCHES = 16
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,7 @@ def export_from_run_dir(
     step: Optional[int] = None,
     artifact: str = "auto",
     dense_feature_names: Optional[Sequence[str]] = None,
+    calibrate_moe_batches: Optional[int] = None,
 ) -> Tuple[ExportResult, RunCheckpoint]:
     """Quantize and export the model of a ``rankmixer-train`` run (see module docstring).
 
@@ -223,10 +229,60 @@ def export_from_run_dir(
         artifact: ``"auto"``, ``"export"`` or ``"torchscript"``.
         dense_feature_names: dense column names; default: the run's ``data.dense_columns``
             (without bucketised ones) for file runs, ``dense_0 ..`` for synthetic runs.
+        calibrate_moe_batches: see :func:`calibrate_run_moe` (default: 16 training
+            batches for a Sparse-MoE model, none otherwise; 0 turns it off).
 
     Returns:
         (what export wrote, the checkpoint exported).
     """
     model, ckpt, run_names = load_run_model(run_dir, step)
+    calibrate_run_moe(model, ckpt.run_dir, calibrate_moe_batches)
     names = dense_feature_names if dense_feature_names is not None else run_names
     return export_model(model, output_dir, options, artifact, names), ckpt
+
+
+def _has_moe(model: nn.Module) -> bool:
+    from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+
+    return any(isinstance(m, PerTokenSparseMoE) for m in model.modules())
+
+
+def calibrate_run_moe(
+    model: nn.Module, run_dir: Union[str, os.PathLike], num_batches: Optional[int] = None
+) -> List[Dict[str, float]]:
+    """Calibrate a run model's MoE h_infer routers on the run's training batches.
+
+    Args:
+        model: the unsharded model from :func:`load_run_model`.
+        run_dir: the run directory (its ``config.yaml`` names the data source).
+        num_batches: training batches to calibrate on; ``None`` means
+            ``DEFAULT_CALIBRATION_BATCHES`` for a model with Sparse-MoE layers and nothing
+            otherwise; 0 turns calibration off.
+
+    Returns:
+        One record per calibrated MoE layer (``ratio_before``, ``ratio_after``, ...);
+        empty when nothing was calibrated.
+    """
+    if num_batches is None:
+        num_batches = DEFAULT_CALIBRATION_BATCHES if _has_moe(model) else 0
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
+        raise ValueError(f"calibrate_moe_batches ({num_batches!r}) must be an int >= 0")
+    if num_batches == 0:
+        return []
+    if not _has_moe(model):
+        raise ValueError(
+            f"calibrate_moe_batches ({num_batches}) was asked for, but the model of run "
+            f"{str(run_dir)!r} has no Sparse-MoE layer"
+        )
+    from torchrec_rankmixer.modules.moe_calibration import calibrate_on_batches
+    from torchrec_rankmixer.train.config import load_config
+    from torchrec_rankmixer.train.distributed import DistEnv
+    from torchrec_rankmixer.train.loop import make_source
+
+    cfg = load_config(os.path.join(run_dir, RUN_CONFIG_FILE))
+    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1,
+                  device=torch.device("cpu"), backend="gloo")
+    source = make_source(cfg, env)
+    batches = source.train_batches(cursor=0, rank=0, world_size=1, num=num_batches)
+    with torch.no_grad():
+        return calibrate_on_batches(model.eval(), batches)
