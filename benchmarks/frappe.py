@@ -23,9 +23,10 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import yaml
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,11 +76,13 @@ def tables_for(vocab_sizes: torch.Tensor) -> List[EmbeddingBagConfig]:
     ]
 
 
-def frappe_spec(variant: str) -> ModelSpec:
-    """Frappe sizes: one token per field (T=10), D=40 (4 per head), L=2, k=4."""
+def frappe_spec(variant: str, overrides: Optional[Dict[str, object]] = None) -> ModelSpec:
+    """Frappe sizes: one token per field (T=10), D=40 (4 per head), L=2, k=4; ``overrides``
+    are RankMixerConfig fields applied on top (``--rankmixer-set``, for tuning on valid)."""
+    config = rankmixer_variant(variant, d_model=40, num_tokens=10, num_layers=2)
     return ModelSpec(
         hidden=[400, 400, 400], dcn_layers=3, dcn_low_rank=64,
-        rankmixer=rankmixer_variant(variant, d_model=40, num_tokens=10, num_layers=2),
+        rankmixer=config.with_updates(**(overrides or {})),
         rankmixer_over=[256], feature_groups={f: [f] for f in FIELDS},
     )
 
@@ -100,10 +103,14 @@ def predict(model: nn.Module, ids: torch.Tensor, dense_in: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def run(data: Dict, name: str, variant: str, seed: int, max_epochs: int, log: bool = True) -> Dict:
+def run(
+    data: Dict, name: str, variant: str, seed: int, max_epochs: int, log: bool = True,
+    overrides: Optional[Dict[str, object]] = None,
+) -> Dict:
     """Train one model under the BARS protocol; returns the metrics row."""
     dense_in = 0 if name in ("rankmixer", "dnn") else 1  # TorchRec DLRM/DCN need a dense arch
-    model = build_model(name, tables_for(data["vocab"][0]), dense_in, frappe_spec(variant), seed)
+    spec = frappe_spec(variant, overrides)
+    model = build_model(name, tables_for(data["vocab"][0]), dense_in, spec, seed)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = nn.BCEWithLogitsLoss()
     train_ids, train_y = data["train"]
@@ -158,13 +165,25 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/frappe.jsonl", help="append one JSON line per run")
+    p.add_argument("--rankmixer-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="RankMixerConfig override for RankMixer, e.g. pooling=flatten (repeatable)")
     args = p.parse_args()
+    overrides: Dict[str, object] = {}
+    for item in args.rankmixer_set:
+        if "=" not in item:
+            p.error(f"--rankmixer-set {item!r} must be FIELD=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
     torch.set_num_threads(args.threads)
     data = load_frappe(args.data)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for seed in args.seeds:
         for name in args.models:
-            row = run(data, name, args.variant if name == "rankmixer" else "full", seed, args.max_epochs)
+            is_rm = name == "rankmixer"
+            row = run(data, name, args.variant if is_rm else "full", seed, args.max_epochs,
+                      overrides=overrides if is_rm else None)
+            if is_rm and overrides:
+                row["rankmixer_overrides"] = overrides
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
