@@ -82,6 +82,28 @@ def _read_header(path: str, delimiter: str) -> List[str]:
         return f.readline().rstrip("\r\n").split(delimiter)
 
 
+def file_schema(data) -> Tuple[List[str], List[str], FeaturePrep]:  # type: ignore[no-untyped-def]
+    """(sparse columns, dense columns, FeaturePrep) that a file run's ``data.*`` settings
+    define, without reading any file. Training (:class:`FileSource`) and export
+    (``inference/from_run.py``) both derive their table layout here, so they cannot drift.
+
+    Args:
+        data: the run's ``data`` settings (``format``, ``sparse_columns``,
+            ``dense_columns``, ``num_embeddings``, ``table_sizes``, ``id_transform``,
+            ``dense_transform``, ``bucket_boundaries``).
+
+    Returns:
+        The column lists (Criteo's 26 + 13 columns when ``format == "criteo"`` and none are
+        given) and the feature preparation built from them.
+    """
+    criteo = data.format == "criteo"
+    sparse = list(data.sparse_columns) or (CRITEO_SPARSE if criteo else [])
+    dense = list(data.dense_columns) or (CRITEO_DENSE if criteo else [])
+    prep = FeaturePrep(sparse, dense, data.num_embeddings, data.table_sizes,
+                       data.id_transform, data.dense_transform, data.bucket_boundaries)
+    return sparse, dense, prep
+
+
 class FileSource:
     """Batches from files for one rank (same interface as the synthetic source).
 
@@ -96,14 +118,10 @@ class FileSource:
         self.fmt, self.delimiter = d.format, d.delimiter
         self.batch_size, self.eval_batch_size = d.batch_size, d.eval_batch_size
         self.labels = [d.label_column] + ([d.label2_column] if cfg.model.task == "esmm" else [])
-        criteo = d.format == "criteo"
-        self.sparse = list(d.sparse_columns) or (CRITEO_SPARSE if criteo else [])
-        self.dense = list(d.dense_columns) or (CRITEO_DENSE if criteo else [])
         for f in [*d.train_files, *d.eval_files]:
             if not os.path.isfile(f):
                 raise ValueError(f"data file {f!r} does not exist")
-        self.prep = FeaturePrep(self.sparse, self.dense, d.num_embeddings, d.table_sizes,
-                                d.id_transform, d.dense_transform, d.bucket_boundaries)
+        self.sparse, self.dense, self.prep = file_schema(d)
         self.user_feature: Optional[str] = d.user_column
         if self.user_feature is not None and self.user_feature not in self.prep.feature_names:
             raise ValueError(

@@ -125,14 +125,9 @@ def _run_schema(cfg) -> Tuple[List, int, Optional[List[str]]]:  # type: ignore[n
     if d.format == "synthetic":
         source = SyntheticSource(cfg)
         return source.table_configs(cfg.model.embedding_dim), source.dense_in_features, None
-    from torchrec_rankmixer.data.features import FeaturePrep
-    from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
+    from torchrec_rankmixer.data.sources import file_schema
 
-    criteo = d.format == "criteo"  # FileSource's Criteo column defaults
-    sparse = list(d.sparse_columns) or (CRITEO_SPARSE if criteo else [])
-    dense = list(d.dense_columns) or (CRITEO_DENSE if criteo else [])
-    prep = FeaturePrep(sparse, dense, d.num_embeddings, d.table_sizes, d.id_transform,
-                       d.dense_transform, d.bucket_boundaries)
+    _, dense, prep = file_schema(d)  # the layout FileSource trained with
     names = [dense[i] for i in prep.kept_dense]
     return prep.table_configs(cfg.model.embedding_dim), prep.dense_in_features, names
 
