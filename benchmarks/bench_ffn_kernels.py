@@ -5,6 +5,13 @@ The upper bound is one shared FFN on all B*T rows: ``addmm([B*T, D], [D, kD])``,
 Every kernel's time is reported as ``bound_time / kernel_time`` (1.0 = as fast as the
 bound). Candidates are timed interleaved, round by round, in one process.
 
+The bound reads one [D, kD] + [kD, D] weight pair; T per-token FFNs must read T of them.
+At small B that traffic, not the FLOPs, sets the floor, so the script also times
+``stream``: reading the T weight sets once (forward) or twice plus writing their
+gradients (forward+backward), with no arithmetic to speak of. ``roofline =
+max(bound, stream)`` is the fastest any per-token kernel can be; ``auto / roofline``
+is reported beside the fraction of the single-GEMM bound.
+
 Usage::
 
     python benchmarks/bench_ffn_kernels.py                      # T=16 D=128 k=4, both dtypes
@@ -61,7 +68,17 @@ def make_case(B: int, T: int, D: int, k: int, dtype: torch.dtype, grad: bool) ->
             return torch.autograd.grad(fn(x, *params), [x, *params], dy)
         return fwd_bwd
 
-    fns: Dict[str, Callable[[], object]] = {"bound": runner(single_gemm_bound, sh)}
+    weights = [w.detach() for w in pt]
+
+    def stream() -> object:
+        """Minimal memory traffic of a per-token kernel: every weight read (and grad written)."""
+        with torch.no_grad():
+            out = [w.sum() for w in weights]
+            if grad:
+                out += [w.sum() for w in weights] + [w.clone() for w in weights]
+            return out
+
+    fns: Dict[str, Callable[[], object]] = {"bound": runner(single_gemm_bound, sh), "stream": stream}
     for kernel in KERNELS:
         fns[kernel] = runner(lambda *a, _k=kernel: per_token_ffn(*a, kernel=_k), pt)
     return fns
@@ -82,7 +99,8 @@ def main() -> None:
     T, D, k = args.tokens, args.d_model, args.ffn_mult
     print(f"# machine: {machine_line()}; T={T} D={D} k={k}", flush=True)
     rows = []
-    header = "| dtype | mode | B | bound ms | " + " | ".join(f"{n} (frac)" for n in KERNELS) + " | auto picks | auto/loop speed |"
+    header = ("| dtype | mode | B | bound ms | stream ms | " + " | ".join(f"{n} (frac)" for n in KERNELS)
+              + " | auto picks | auto/loop speed | auto / roofline |")
     print(header + "\n|" + "---|" * (header.count("|") - 1), flush=True)
     for dtype_name in args.dtypes:
         for mode in args.modes:
@@ -94,12 +112,14 @@ def main() -> None:
                 with torch.set_grad_enabled(grad):
                     picked = choose_kernel(probe, "auto")
                 frac = {n: times["bound"] / times[n] for n in KERNELS}
+                roofline = max(times["bound"], times["stream"])
                 rows.append({"dtype": dtype_name, "mode": mode, "B": B, "T": T, "D": D, "k": k,
                              "ms": {n: 1e3 * t for n, t in times.items()}, "frac_of_bound": frac,
-                             "auto_picks": picked})
+                             "auto_frac_of_roofline": roofline / times["auto"], "auto_picks": picked})
                 cells = " | ".join(f"{1e3 * times[n]:.3f} ({frac[n]:.2f})" for n in KERNELS)
-                print(f"| {dtype_name} | {mode} | {B} | {1e3 * times['bound']:.3f} | {cells} | "
-                      f"{picked} | {times['loop'] / times['auto']:.2f}x |", flush=True)
+                print(f"| {dtype_name} | {mode} | {B} | {1e3 * times['bound']:.3f} | "
+                      f"{1e3 * times['stream']:.3f} | {cells} | {picked} | "
+                      f"{times['loop'] / times['auto']:.2f}x | {roofline / times['auto']:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
