@@ -10,11 +10,12 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_rankmixer.modules.aux import collect_statistics
-from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model
+from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model, build_remapper
 from torchrec_rankmixer.train.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -30,6 +31,8 @@ from torchrec_rankmixer.train.distributed import (
     shard_model,
 )
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
+
+ID_REMAP_KEY = "id_remap"  # checkpoint entry of the managed-collision remapper
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
 
 
@@ -97,10 +100,11 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.source = make_source(cfg, self.env)
         self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
-        model = build_model(
-            cfg, self.source.table_configs(cfg.model.embedding_dim),
-            self.source.dense_in_features, self.env.device,
-        )
+        tables = self.source.table_configs(cfg.model.embedding_dim)
+        # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
+        group = None if self.env.backend == "gloo" else dist.new_group(backend="gloo")
+        self.remapper = build_remapper(cfg, tables, group)
+        model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -117,13 +121,25 @@ class Trainer:
         path = latest_checkpoint(self.run.checkpoints) if where == "latest" else where
         if path is None:
             raise ValueError(f"run.resume ('latest'): no checkpoint under {self.run.checkpoints!r}")
-        progress = load_checkpoint(path, self.model, self.optimizer)
+        progress = load_checkpoint(path, self.model, self.optimizer, self._extra_state())
         self.step, self.cursor = int(progress["step"]), int(progress["cursor"])
 
     def save(self) -> str:
         path = checkpoint_dir(self.run.checkpoints, self.step)
-        save_checkpoint(path, self.model, self.optimizer, {"step": self.step, "cursor": self.cursor})
+        save_checkpoint(path, self.model, self.optimizer, {"step": self.step, "cursor": self.cursor},
+                        self._extra_state())
         return path
+
+    def _extra_state(self) -> Optional[Dict[str, torch.nn.Module]]:
+        return {ID_REMAP_KEY: self.remapper} if self.remapper is not None else None
+
+    def _remapped(self, batches: Iterator[Batch], training: bool) -> Iterator[Batch]:
+        """``batches`` through the id remapper (profiling/evicting when ``training``; all
+        ranks consume the same number of batches, so its all-gathers stay in step)."""
+        if self.remapper is None:
+            return batches
+        self.remapper.train(training)
+        return map(self.remapper.remap_batch, batches)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
@@ -134,7 +150,7 @@ class Trainer:
     def evaluate(self) -> Dict[str, float]:
         """Metrics on the held-out set, computed over all ranks' predictions."""
         acc = MetricAccumulator(self.cfg.model.task)
-        batches = list(self.source.eval_batch_iter(self.env.rank, self.env.world_size))
+        batches = list(self._remapped(self.source.eval_batch_iter(self.env.rank, self.env.world_size), False))
         if not batches:
             return {}
         self.model.eval()
@@ -166,7 +182,7 @@ class Trainer:
         self.model.train()
         for end in self._boundaries(total):
             n = end - self.step
-            it = self.source.train_batches(self.cursor, env.rank, W, n)
+            it = self._remapped(self.source.train_batches(self.cursor, env.rank, W, n), True)
             for _ in range(n):
                 lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
                 with self._autocast():
