@@ -93,6 +93,21 @@ def test_unmanaged_features_pass_through_in_their_order():
         ours(_batch(3, keys=("x", "b")))
 
 
+def test_input_kjt_is_left_unchanged():
+    """The remap must not write into the input KJT's cached per-key dict (eval batches are
+    cached and remapped again at every evaluation)."""
+    ours = ManagedCollisionRemapper(_tables())
+    ours(_batch(1))
+    ours.eval()
+    kjt = _batch(2)
+    raw_a = kjt["a"].values().clone()  # fills the KJT's per-key cache
+    first = ours(kjt)
+    assert torch.equal(kjt["a"].values(), raw_a)
+    second = ours(kjt)
+    assert torch.equal(first.values(), second.values())
+    assert torch.equal(first["a"].values(), first.values()[: raw_a.numel()])
+
+
 def _one(ids):
     return KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor(ids), torch.ones(len(ids), dtype=torch.int32))
 

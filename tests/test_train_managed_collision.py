@@ -13,7 +13,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.train.build import SyntheticSource, build_remapper
 from torchrec_rankmixer.train.config import load_config
-from torchrec_rankmixer.train.loop import ID_REMAP_KEY, Trainer
+from torchrec_rankmixer.train.checkpoint import ID_REMAP_KEY
+from torchrec_rankmixer.train.loop import Trainer
 
 from train_helpers import destroy_group, free_port, tiny
 

@@ -215,7 +215,8 @@ class ManagedCollisionRemapper(nn.Module):
         if kjt.variable_stride_per_key():
             raise ValueError("ManagedCollisionRemapper does not support variable batch size per feature")
         device = kjt.device()
-        jts = kjt.to("cpu").to_dict() if device.type != "cpu" else kjt.to_dict()
+        # a copy: to_dict() may return the KJT's cached dict, which must not be changed
+        jts = dict((kjt.to("cpu") if device.type != "cpu" else kjt).to_dict())
         managed = KeyedJaggedTensor.from_jt_dict({f: jts[f] for f in self.feature_names})
         rank, world = self._world()
         if self.training and world > 1:

@@ -19,6 +19,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
 PROGRESS_FILE = "progress.json"
+ID_REMAP_KEY = "id_remap"  # checkpoint entry of the managed-collision remapper (replicated)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from torchrec_rankmixer.modules.aux import collect_statistics
 from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model, build_remapper
 from torchrec_rankmixer.train.checkpoint import (
+    ID_REMAP_KEY,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
@@ -31,8 +32,6 @@ from torchrec_rankmixer.train.distributed import (
     shard_model,
 )
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
-
-ID_REMAP_KEY = "id_remap"  # checkpoint entry of the managed-collision remapper
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
 
 
