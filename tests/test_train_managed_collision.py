@@ -108,6 +108,13 @@ def test_two_process_run_checkpoints_the_mapping_of_the_global_batches(tmp_path)
         assert torch.equal(saved[k], v), k
     assert int(saved["collection._managed_collision_modules.t_f0._current_iter_tensor"]) == steps
 
+    resumed = Trainer(load_config(overrides=overrides + [f"run.resume={ckpt}", f"train.steps={steps + 1}",
+                                                         "run.checkpoint_every=0", "run.name=one"]))
+    for k, v in reference.state_dict().items():  # the 2-process mapping, loaded on 1 process
+        assert torch.equal(resumed.remapper.state_dict()[k], v), k
+    assert resumed.fit().step == steps + 1
+    assert int(resumed.remapper.state_dict()["collection._managed_collision_modules.t_f0._current_iter_tensor"]) == steps + 1
+
 
 def _cat_jt(a, b):
     from torchrec.sparse.jagged_tensor import JaggedTensor

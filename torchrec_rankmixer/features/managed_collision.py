@@ -33,6 +33,8 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
+from torchrec_rankmixer.data.features import hash_ids
+
 EVICTION_POLICIES = ("distance_lfu", "lfu", "lru")
 
 
@@ -57,12 +59,6 @@ def make_eviction_policy(name: str, decay_exponent: float) -> MCHEvictionPolicy:
     raise ValueError(f"eviction_policy ({name!r}) must be one of {list(EVICTION_POLICIES)}")
 
 
-def _hash_input(values: torch.Tensor, input_hash_size: int) -> torch.Tensor:
-    from torchrec_rankmixer.data.features import hash_ids
-
-    return hash_ids(values, input_hash_size)
-
-
 def gather_kjt(kjt: KeyedJaggedTensor, group: Optional[dist.ProcessGroup]) -> Tuple[KeyedJaggedTensor, torch.Tensor]:
     """All-gather a KJT along the batch (rank 0's samples first) on every rank.
 
@@ -72,6 +68,16 @@ def gather_kjt(kjt: KeyedJaggedTensor, group: Optional[dist.ProcessGroup]) -> Tu
 
     Returns:
         (the global KJT with stride sum_r B_r, value counts [K, W] per key and rank).
+
+    Example (a world of one process)::
+
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([5, 6, 7]),
+        ...                                           torch.tensor([1, 0, 2, 0]))
+        >>> glob, counts = gather_kjt(kjt, None)
+        >>> glob.values().tolist(), glob.stride(), counts.tolist()
+        ([5, 6, 7], 2, [[1], [2]])
+        >>> dist.destroy_process_group()
     """
     world = dist.get_world_size(group)
     keys, stride = kjt.keys(), kjt.stride()
@@ -185,7 +191,7 @@ class ManagedCollisionRemapper(nn.Module):
                 eviction_policy=make_eviction_policy(eviction_policy, decay_exponent),
                 eviction_interval=eviction_interval,
                 input_hash_size=input_hash_size if input_hash_size is not None else (2**63) - 1,
-                input_hash_func=_hash_input if input_hash_size is not None else None,
+                input_hash_func=hash_ids if input_hash_size is not None else None,
                 name=t.name,
             )
         self.collection = ManagedCollisionCollection(modules, list(tables))

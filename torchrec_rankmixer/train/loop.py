@@ -101,7 +101,9 @@ class Trainer:
         self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
         tables = self.source.table_configs(cfg.model.embedding_dim)
         # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
-        group = None if self.env.backend == "gloo" else dist.new_group(backend="gloo")
+        group = None
+        if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
+            group = dist.new_group(backend="gloo")
         self.remapper = build_remapper(cfg, tables, group)
         model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
