@@ -116,11 +116,13 @@ def test_eviction_keeps_frequent_ids_and_admits_hot_newcomers():
     """zch 4: 3 id slots + the shared slot 3. LFU keeps the most frequent ids."""
     remap = ManagedCollisionRemapper(_tables((4,))[:1], eviction_policy="lfu")
     remap(_one([10, 10, 10, 20, 20, 30]))  # counts 10:3, 20:2, 30:1
+    assert remap.last_evictions == {}  # free rows filled: nothing evicted
     remap.eval()
     slots = remap(_one([10, 20, 30, 40])).values().tolist()
     assert sorted(slots[:3]) == [0, 1, 2] and slots[3] == 3  # 40 unseen: shared slot
     remap.train()
     remap(_one([40] * 5))  # 40 (count 5) evicts the least frequent id, 30
+    assert {k: v.tolist() for k, v in remap.last_evictions.items()} == {"t_a": [slots[2]]}
     remap.eval()
     after = remap(_one([10, 20, 30, 40])).values().tolist()
     assert after[:2] == slots[:2]  # kept ids keep their slot

@@ -53,12 +53,13 @@ def _snapshot(trainer: Trainer) -> dict:
 
 def test_resume_is_exact_with_managed_collision(tmp_path):
     """6 steps straight == 3 steps + checkpoint + resume 3 (model, optimisers, id mapping),
-    with eviction_interval 3 (the checkpoint falls on an eviction step)."""
+    with LRU evictions at every step (8-row tables, about 30 ids each) and evicted rows
+    reset before the forward of the batch that evicted them (the pipeline remaps ahead)."""
     train = tmp_path / "train.csv"
     _write_csv(train)
     base = tiny(tmp_path, "data.format=csv", f"data.train_files=[{train}]", f"data.eval_files=[{train}]",
                 "data.sparse_columns=[user, item, ctx]", "data.user_column=user", "data.num_embeddings=8",
-                "data.id_transform=managed_collision", "data.managed_collision.eviction_interval=3",
+                "data.id_transform=managed_collision", "data.managed_collision.eviction_policy=lru",
                 "model.num_tokens=3", "model.d_model=12", "train.steps=6", "train.eval_every=0",
                 "run.plots=false")
     straight = Trainer(load_config(overrides=base + ["run.name=straight"]))
@@ -66,6 +67,7 @@ def test_resume_is_exact_with_managed_collision(tmp_path):
     want = _snapshot(straight)
     assert {"ctr_auc", "ctr_gauc"} <= set(summary.metrics)
     assert all(int(v) == 0 for v in straight.remapper.collection.open_slots().values())  # tables full
+    assert straight.evicted_rows > 0  # rows were handed to new ids (and reset)
     destroy_group()
 
     Trainer(load_config(overrides=base + ["run.name=split", "train.steps=3", "run.checkpoint_every=3"])).fit()

@@ -143,6 +143,10 @@ class ManagedCollisionRemapper(nn.Module):
         KJT with keys K (managed and other features, any order), stride B -> the same KJT
         with the managed features' values remapped (lengths unchanged).
 
+    After each training call, ``last_evictions`` maps each table to the rows whose id was
+    evicted and given to a newcomer (the trainer resets those rows, see
+    :func:`torchrec_rankmixer.train.evictions.reset_rows`).
+
     Example::
 
         >>> t = EmbeddingBagConfig(name="t_a", embedding_dim=4, num_embeddings=4, feature_names=["a"])
@@ -199,6 +203,8 @@ class ManagedCollisionRemapper(nn.Module):
         self.settings = {"eviction_policy": eviction_policy, "eviction_interval": eviction_interval,
                          "decay_exponent": decay_exponent, "input_hash_size": input_hash_size}
         self.process_group = process_group
+        # rows whose id the last training call evicted, per table (identical on every rank)
+        self.last_evictions: Dict[str, torch.Tensor] = {}
         self.register_load_state_dict_post_hook(_restart_profiling)
 
     @property
@@ -225,13 +231,18 @@ class ManagedCollisionRemapper(nn.Module):
         jts = dict((kjt.to("cpu") if device.type != "cpu" else kjt).to_dict())
         managed = KeyedJaggedTensor.from_jt_dict({f: jts[f] for f in self.feature_names})
         rank, world = self._world()
-        if self.training and world > 1:
-            glob, counts = gather_kjt(managed, self.process_group)
-            self._reserve_history(glob)
-            remapped = local_values(self.collection(glob).values(), counts, rank)
-        else:
-            if self.training:
+        if self.training:
+            occupied = {name: _occupied_rows(m) for name, m in self.mch_modules.items()}
+            if world > 1:
+                glob, counts = gather_kjt(managed, self.process_group)
+                self._reserve_history(glob)
+                remapped = local_values(self.collection(glob).values(), counts, rank)
+            else:
                 self._reserve_history(managed)
+                remapped = self.collection(managed).values()
+            self.last_evictions = _evicted_rows(self.collection.evict(), occupied)
+        else:
+            self.last_evictions = {}
             remapped = self.collection(managed).values()
         offset = 0
         for f in self.feature_names:  # managed KJT order: feature by feature
@@ -276,6 +287,24 @@ def _grow_history(mch: MCHManagedCollisionModule, incoming: int) -> None:
             mch.register_buffer("_history_" + name, buf, persistent=False)
             mch._history_metadata[name] = buf
     mch._input_history_buffer_size = size
+
+
+def _occupied_rows(mch: MCHManagedCollisionModule) -> torch.Tensor:
+    """Rows that hold an id (TorchRec marks free ones with the int64-max sentinel)."""
+    taken = mch._mch_sorted_raw_ids != torch.iinfo(torch.int64).max
+    return mch._mch_remapped_ids_mapping[taken]
+
+
+def _evicted_rows(evictions: Dict[str, Optional[torch.Tensor]], occupied: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Per table, the rows TorchRec reassigned that held an id before (free rows filled
+    for the first time are not evictions)."""
+    out = {}
+    for table, rows in evictions.items():
+        if rows is not None and rows.numel():
+            rows = rows[torch.isin(rows, occupied[table])]
+            if rows.numel():
+                out[table] = rows.to(torch.int64)
+    return out
 
 
 def _restart_profiling(module: nn.Module, incompatible_keys: object) -> None:

@@ -116,6 +116,7 @@ class ManagedCollisionSettings:
     eviction_interval: int = 1
     decay_exponent: float = 1.0
     input_hash_size: Optional[int] = None
+    reset_evicted_rows: bool = True
 
     def validate(self) -> None:
         _choice("data.managed_collision.eviction_policy", self.eviction_policy, EVICTION_POLICIES)

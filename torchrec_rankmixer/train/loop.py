@@ -2,6 +2,7 @@
 number of processes, periodic evaluation and checkpoints, a run directory."""
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -32,6 +33,7 @@ from torchrec_rankmixer.train.distributed import (
     shard_model,
 )
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
+from torchrec_rankmixer.train.evictions import reset_rows
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
 
 
@@ -105,6 +107,8 @@ class Trainer:
         if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
             group = dist.new_group(backend="gloo")
         self.remapper = build_remapper(cfg, tables, group)
+        self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
+        self._evictions_done, self.evicted_rows = 0, 0
         model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
@@ -136,11 +140,38 @@ class Trainer:
 
     def _remapped(self, batches: Iterator[Batch], training: bool) -> Iterator[Batch]:
         """``batches`` through the id remapper (profiling/evicting when ``training``; all
-        ranks consume the same number of batches, so its all-gathers stay in step)."""
+        ranks consume the same number of batches, so its all-gathers stay in step). In
+        training, each batch's evictions are queued in batch order (see :meth:`_reset_evicted`)."""
         if self.remapper is None:
             return batches
-        self.remapper.train(training)
-        return map(self.remapper.remap_batch, batches)
+        remapper = self.remapper.train(training)
+        if not training:
+            return map(remapper.remap_batch, batches)
+        self._evictions, self._evictions_done = [], 0
+
+        def remap_and_record() -> Iterator[Batch]:
+            for batch in batches:
+                out = remapper.remap_batch(batch)
+                self._evictions.append(remapper.last_evictions)
+                yield out
+
+        it = remap_and_record()
+        first = next(it, None)  # remapped now, so its evictions are known before its forward
+        return it if first is None else itertools.chain([first], it)
+
+    def _reset_evicted(self, upto: int) -> None:
+        """Before the forward of this segment's batch ``upto``: zero the rows that the remap
+        of batches <= ``upto`` gave to new ids (TorchRec's sharded MC-EBC resets them before
+        the lookup of the batch that evicted them; the pipeline has remapped batch ``upto``
+        already, one or two batches ahead of its forward)."""
+        if self.remapper is None:
+            return
+        while self._evictions_done <= upto and self._evictions_done < len(self._evictions):
+            evicted = self._evictions[self._evictions_done]
+            self._evictions_done += 1
+            self.evicted_rows += sum(int(r.numel()) for r in evicted.values())
+            if evicted and self.cfg.data.managed_collision.reset_evicted_rows:
+                reset_rows(self.model, self.optimizer, evicted)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
@@ -184,7 +215,8 @@ class Trainer:
         for end in self._boundaries(total):
             n = end - self.step
             it = self._remapped(self.source.train_batches(self.cursor, env.rank, W, n), True)
-            for _ in range(n):
+            for k in range(n):
+                self._reset_evicted(k)
                 lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
                 with self._autocast():
                     out = self.pipeline.progress(it)
@@ -197,6 +229,8 @@ class Trainer:
                     record = {"step": self.step, "train_loss": last_loss, "lr": lr}
                     record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
                     record.update(self._window_statistics())
+                    if self.remapper is not None:
+                        record["id_remap_evicted_rows"] = self.evicted_rows  # since start/resume
                     self.run.log(record)
                     running, count = torch.zeros_like(running), 0
                     bar.set_postfix(loss=f"{last_loss:.4f}")
