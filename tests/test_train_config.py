@@ -134,3 +134,24 @@ def test_override_into_non_section():
     d = {"model": 3}
     with pytest.raises(ValueError, match="is not a section"):
         apply_override(d, "model.d_model=4")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.managed_collision.eviction_policy=fifo"], "data.managed_collision.eviction_policy ('fifo') must be one of"),
+    (["data.managed_collision.eviction_interval=0"], "data.managed_collision.eviction_interval (0) must be > 0"),
+    (["data.managed_collision.decay_exponent=0"], "data.managed_collision.decay_exponent (0.0) must be > 0"),
+    (["data.managed_collision.input_hash_size=1"], "data.managed_collision.input_hash_size (1) must be >= 2"),
+    (["data.id_transform=managed_collision", "data.synthetic.num_embeddings=1"],
+     "data.synthetic.num_embeddings (1) must be >= 2 with data.id_transform='managed_collision'"),
+    (["data.id_transform=managed_collision", "data.format=csv", "data.train_files=[x.csv]",
+      "data.sparse_columns=[a]", "data.table_sizes={a: 1}"], "data.table_sizes.a (1) must be >= 2"),
+    (["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=4",
+      "run.checkpoint_every=6"], "run.checkpoint_every (6) must be a multiple of data.managed_collision.eviction_interval (4)"),
+])
+def test_managed_collision_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError) as err:
+        load_config(overrides=overrides)
+    assert message in str(err.value)
+    ok = load_config(overrides=["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=2",
+                                "run.checkpoint_every=4"])
+    assert ok.data.managed_collision.eviction_interval == 2

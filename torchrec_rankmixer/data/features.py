@@ -1,7 +1,9 @@
 """Feature preparation shared by the file readers: raw rows -> TorchRec ``Batch``.
 
 * Raw 64-bit ids are hashed (splitmix64, stable across runs and machines) or taken
-  modulo into each feature's table, or kept as they are (``none``: must be in range).
+  modulo into each feature's table, or kept as they are (``none``: must be in range;
+  ``managed_collision``: any int64, remapped later by the trainer's
+  :class:`~torchrec_rankmixer.features.managed_collision.ManagedCollisionRemapper`).
 * Dense features are normalised (``log1p`` of the value clamped at 0, as for Criteo) or,
   for features with a boundaries list, bucketised into ids and embedded as a sparse
   feature ``<name>_bucket`` with ``len(boundaries) + 1`` rows.
@@ -129,7 +131,8 @@ class FeaturePrep:
         dense_features: raw dense columns, in the order of ``Rows.dense``.
         num_embeddings: default table rows.
         table_sizes: rows per feature (overrides ``num_embeddings``).
-        id_transform: ``"hash"``, ``"mod"`` or ``"none"``.
+        id_transform: ``"hash"``, ``"mod"``, ``"none"`` or ``"managed_collision"`` (raw
+            ids pass through; the table rows are the managed tables' zch sizes).
         dense_transform: ``"log1p"`` or ``"none"`` (for dense features not bucketised).
         bucket_boundaries: dense feature -> increasing boundaries (bucketised + embedded).
 
@@ -191,6 +194,8 @@ class FeaturePrep:
     def ids(self, name: str, raw: torch.Tensor) -> torch.Tensor:
         """Table ids for raw ids of feature ``name`` (ValueError if ``none`` and out of range)."""
         rows = self.rows[name]
+        if self.id_transform == "managed_collision":
+            return raw  # remapped into [0, rows) by the trainer's ManagedCollisionRemapper
         if self.id_transform == "hash":
             return hash_ids(raw, rows)
         if self.id_transform == "mod":

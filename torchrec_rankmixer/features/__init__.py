@@ -1,6 +1,8 @@
-"""Tokenization over TorchRec embeddings, and behaviour-sequence pooling (imports TorchRec)."""
+"""Tokenization over TorchRec embeddings, behaviour-sequence pooling, and managed-collision
+id remapping (imports TorchRec)."""
 
 from torchrec_rankmixer.features.grouping import TokenPlan, plan_tokens
+from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
 from torchrec_rankmixer.features.sequence import (
     MaxSequencePooling,
     MeanSequencePooling,
@@ -11,6 +13,7 @@ from torchrec_rankmixer.features.sequence_arch import SequenceArch, build_sequen
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
 
 __all__ = [
+    "ManagedCollisionRemapper",
     "MaxSequencePooling",
     "MeanSequencePooling",
     "SemanticTokenizer",

@@ -192,6 +192,7 @@ def build_metadata(
         "output": {"shape": ["B", spec.num_logits], "dtype": "float32", "kind": "logits"},
         "feature_names": spec.feature_names,
         "num_embeddings": spec.num_embeddings,
+        "raw_id_features": list(getattr(module.id_remap, "raw_id_features", [])),
         "dense_feature_names": list(dense_feature_names),
         "num_logits": spec.num_logits,
         "quantization": options.to_dict(),
@@ -237,6 +238,7 @@ def export_model(
     options: QuantizationOptions = QuantizationOptions(),
     artifact: str = "auto",
     dense_feature_names: Optional[Sequence[str]] = None,
+    id_remap: Optional[nn.Module] = None,
 ) -> ExportResult:
     """Quantize and export a DLRM_RankMixer.
 
@@ -250,6 +252,9 @@ def export_model(
             ``"torchscript"``.
         dense_feature_names: names of the dense columns for file scoring (default
             ``dense_0 .. dense_{n-1}``).
+        id_remap: a frozen managed-collision remap
+            (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) built into the
+            artifact: its features then take raw ids (metadata ``raw_id_features``).
     """
     if artifact not in ARTIFACT_TYPES:
         raise ValueError(f"artifact ({artifact!r}) must be one of {list(ARTIFACT_TYPES)}")
@@ -267,7 +272,7 @@ def export_model(
     clash = sorted(set(names) & set(spec.feature_names))
     if clash:
         raise ValueError(f"dense_feature_names {clash} are also sparse feature names")
-    module = build_inference_model(float_model, options)
+    module = build_inference_model(float_model, options, id_remap)
     drop_table_views(module)
     os.makedirs(output_dir, exist_ok=True)
     fallback_reason: Optional[str] = None

@@ -17,7 +17,10 @@ nor a process group:
 3. for a Sparse-MoE model, the h_infer router biases are calibrated to the target active
    ratio on ``calibrate_moe_batches`` training batches of the run's own data source
    (:func:`torchrec_rankmixer.modules.moe_calibration.calibrate_on_batches`, docs/moe.md);
-4. :func:`export_model` quantizes and writes the artifact.
+4. for a run with ``data.id_transform=managed_collision``, the id mapping is read from the
+   checkpoint's ``id_remap`` entry (:func:`load_run_id_remap`) and frozen into the artifact
+   (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`): its features take raw ids;
+5. :func:`export_model` quantizes and writes the artifact.
 """
 
 import os
@@ -158,6 +161,37 @@ def _load_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict({k[len(CHECKPOINT_MODEL_PREFIX):]: v for k, v in wanted.items()}, strict=True)
 
 
+def load_run_id_remap(run_dir: Union[str, os.PathLike], step: Optional[int] = None) -> Optional[nn.Module]:
+    """The run's :class:`~torchrec_rankmixer.features.managed_collision.ManagedCollisionRemapper`
+    with the checkpoint's mapping (eval mode: read-only), or None when the run did not use
+    ``data.id_transform=managed_collision``.
+
+    Args:
+        run_dir: a run directory or one of its checkpoint directories.
+        step: training step (None: the latest complete checkpoint).
+    """
+    from torchrec_rankmixer.train.build import build_remapper
+    from torchrec_rankmixer.train.checkpoint import ID_REMAP_KEY
+    from torchrec_rankmixer.train.config import load_config
+
+    ckpt = find_run_checkpoint(run_dir, step)
+    cfg = load_config(os.path.join(ckpt.run_dir, RUN_CONFIG_FILE))
+    remapper = build_remapper(cfg, _run_schema(cfg)[0])
+    if remapper is None:
+        return None
+    metadata = dcp.FileSystemReader(ckpt.path).read_metadata().state_dict_metadata
+    state = {k: v.clone() for k, v in remapper.state_dict().items()}
+    missing = sorted(k for k in state if f"{ID_REMAP_KEY}.{k}" not in metadata)
+    if missing:
+        raise ValueError(
+            f"checkpoint {ckpt.path!r} lacks the id mapping of a data.id_transform='managed_collision' "
+            f"run ({len(missing)} entries, e.g. {ID_REMAP_KEY}.{missing[0]})"
+        )
+    dcp.load({ID_REMAP_KEY: state}, checkpoint_id=ckpt.path, no_dist=True)
+    remapper.load_state_dict(state)
+    return remapper.eval()
+
+
 def load_run_model(
     run_dir: Union[str, os.PathLike], step: Optional[int] = None, validate_inputs: bool = True
 ) -> Tuple[nn.Module, RunCheckpoint, Optional[List[str]]]:
@@ -230,10 +264,14 @@ def export_from_run_dir(
     Returns:
         (what export wrote, the checkpoint exported).
     """
+    from torchrec_rankmixer.inference.id_remap import RawIdRemap
+
     model, ckpt, run_names = load_run_model(run_dir, step)
-    calibrate_run_moe(model, ckpt.run_dir, calibrate_moe_batches)
+    remapper = load_run_id_remap(ckpt.path)
+    calibrate_run_moe(model, ckpt.run_dir, calibrate_moe_batches, remapper)
     names = dense_feature_names if dense_feature_names is not None else run_names
-    return export_model(model, output_dir, options, artifact, names), ckpt
+    id_remap = RawIdRemap.from_remapper(remapper, model.feature_names) if remapper is not None else None
+    return export_model(model, output_dir, options, artifact, names, id_remap), ckpt
 
 
 def _has_moe(model: nn.Module) -> bool:
@@ -243,7 +281,8 @@ def _has_moe(model: nn.Module) -> bool:
 
 
 def calibrate_run_moe(
-    model: nn.Module, run_dir: Union[str, os.PathLike], num_batches: Optional[int] = None
+    model: nn.Module, run_dir: Union[str, os.PathLike], num_batches: Optional[int] = None,
+    id_remap: Optional[nn.Module] = None,
 ) -> List[Dict[str, float]]:
     """Calibrate a run model's MoE h_infer routers on the run's training batches.
 
@@ -253,6 +292,8 @@ def calibrate_run_moe(
         num_batches: training batches to calibrate on; ``None`` means
             ``DEFAULT_CALIBRATION_BATCHES`` for a model with Sparse-MoE layers and nothing
             otherwise; 0 turns calibration off.
+        id_remap: the run's remapper (:func:`load_run_id_remap`) for managed-collision
+            runs, whose batches hold raw ids; None otherwise.
 
     Returns:
         One record per calibrated MoE layer (``ratio_before``, ``ratio_after``, ...);
@@ -279,5 +320,7 @@ def calibrate_run_moe(
                   device=torch.device("cpu"), backend="gloo")
     source = make_source(cfg, env)
     batches = source.train_batches(cursor=0, rank=0, world_size=1, num=num_batches)
+    if id_remap is not None:
+        batches = map(id_remap.eval().remap_batch, batches)
     with torch.no_grad():
         return calibrate_on_batches(model.eval(), batches)

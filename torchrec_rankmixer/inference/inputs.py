@@ -33,6 +33,7 @@ class InputSchema:
     feature_names: Tuple[str, ...]
     num_embeddings: Tuple[int, ...]
     dense_feature_names: Tuple[str, ...]
+    raw_id_features: Tuple[str, ...] = ()  # take any int64 id (the artifact remaps them)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "InputSchema":
@@ -40,6 +41,7 @@ class InputSchema:
             tuple(metadata["feature_names"]),
             tuple(metadata["num_embeddings"]),
             tuple(metadata["dense_feature_names"]),
+            tuple(metadata.get("raw_id_features", ())),
         )
 
     @property
@@ -57,7 +59,12 @@ class InputSchema:
             raise ValueError(f"missing sparse features {missing}")
 
     def check(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> None:
-        """The model's checks (ids in range, finite dense, shapes) on artifact tensors."""
+        """The model's checks (ids in range, finite dense, shapes) on artifact tensors; ids of
+        ``raw_id_features`` may be any int64 (the artifact maps them to rows)."""
+        if self.raw_id_features and lengths.dim() == 2 and int(lengths.sum()) == values.numel():
+            per_feature = lengths.to(torch.int64).sum(dim=1)  # (F,)
+            raw = torch.tensor([f in self.raw_id_features for f in self.feature_names])
+            values = torch.where(torch.repeat_interleave(raw, per_feature), 0, values)  # row 0: in range
         kjt = KeyedJaggedTensor(keys=list(self.feature_names), values=values, lengths=lengths.reshape(-1))
         check_model_inputs(
             dense, kjt, list(self.feature_names), list(self.num_embeddings), self.dense_in_features

@@ -137,6 +137,8 @@ class RankMixerInferenceModule(nn.Module):
         model: the quantized DLRM_RankMixer (``validate_inputs=False``, eval mode).
         feature_names: the sparse features, in the order of ``lengths``' rows.
         dense_dtype: dtype the dense input is cast to before the dense arch.
+        id_remap: optional :class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`
+            applied to ``values`` first (managed-collision runs: those features take raw ids).
 
     Shapes:
         dense [B, dense_in], values [N], lengths [F, B] -> logits [B, num_logits] (fp32).
@@ -144,15 +146,21 @@ class RankMixerInferenceModule(nn.Module):
     Example: see :func:`build_inference_model`, which builds it.
     """
 
-    def __init__(self, model: nn.Module, feature_names: List[str], dense_dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: nn.Module, feature_names: List[str], dense_dtype: torch.dtype,
+        id_remap: Optional[nn.Module] = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.feature_names = list(feature_names)
         self.dense_dtype = dense_dtype
+        self.id_remap = id_remap
 
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
+        if self.id_remap is not None:  # a Python constant when traced/exported
+            values = self.id_remap(values, lengths)  # raw ids -> table rows
         kjt = KeyedJaggedTensor(
             keys=self.feature_names, values=values, lengths=lengths.reshape(-1)
         )  # stride B = lengths.shape[1]
@@ -167,7 +175,8 @@ def _eval_mode(module: nn.Module) -> nn.Module:
 
 
 def build_inference_model(
-    model: nn.Module, options: QuantizationOptions = QuantizationOptions()
+    model: nn.Module, options: QuantizationOptions = QuantizationOptions(),
+    id_remap: Optional[nn.Module] = None,
 ) -> RankMixerInferenceModule:
     """Quantize a trained (float, unsharded) DLRM_RankMixer for inference.
 
@@ -177,6 +186,8 @@ def build_inference_model(
         model: a DLRM_RankMixer (for sharded models, rebuild a plain one first, see
             :func:`torchrec_rankmixer.inference.export.export_model`).
         options: dtypes of tables and dense part.
+        id_remap: optional frozen managed-collision remap
+            (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) put in front.
 
     Returns:
         :class:`RankMixerInferenceModule` in eval mode.
@@ -194,10 +205,10 @@ def build_inference_model(
     """
     # TorchRec's int4 tensor subclass cannot be moved under inference_mode
     with torch.inference_mode(False), torch.no_grad():
-        return _build(unwrap_model(model), options)
+        return _build(unwrap_model(model), options, id_remap)
 
 
-def _build(source: nn.Module, options: QuantizationOptions) -> RankMixerInferenceModule:
+def _build(source: nn.Module, options: QuantizationOptions, id_remap: Optional[nn.Module] = None) -> RankMixerInferenceModule:
     ebc = getattr(getattr(source, "sparse_arch", None), "embedding_bag_collection", None)
     if not isinstance(ebc, EmbeddingBagCollection):
         raise ValueError(
@@ -230,7 +241,11 @@ def _build(source: nn.Module, options: QuantizationOptions) -> RankMixerInferenc
     out_dtype = table_out if options.table_dtype != "fp32" else torch.float32
     if out_dtype != dense_dtype:
         work.sparse_arch = CastingSparseArch(work.sparse_arch.embedding_bag_collection, dense_dtype)
-    return _eval_mode(RankMixerInferenceModule(work, list(source.feature_names), dense_dtype))
+    if id_remap is not None and list(id_remap.feature_names) != list(source.feature_names):
+        raise ValueError(
+            f"id_remap features {list(id_remap.feature_names)} must be the model's {list(source.feature_names)}"
+        )
+    return _eval_mode(RankMixerInferenceModule(work, list(source.feature_names), dense_dtype, id_remap))
 
 
 def table_bytes(module: nn.Module) -> int:

@@ -12,6 +12,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
+from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
 from torchrec_rankmixer.models.dlrm_rankmixer import (
     DEFAULT_MAX_SPARSE_TOKENS,
     DEFAULT_MIN_D_MODEL,
@@ -125,6 +126,36 @@ def build_model(cfg: TrainConfig, tables: List[EmbeddingBagConfig], dense_in: in
     if m.task == "esmm":
         attach_esmm_towers(model, list(m.tower_layer_sizes))
     return model
+
+
+def build_remapper(
+    cfg: TrainConfig, tables: List[EmbeddingBagConfig], process_group: Optional[torch.distributed.ProcessGroup] = None
+) -> Optional[ManagedCollisionRemapper]:
+    """The managed-collision remapper of a run (None unless ``data.id_transform`` is
+    ``managed_collision``). It manages the tables of raw-id features: every table for
+    synthetic data, the ``data.sparse_columns`` tables for files (not ``<dense>_bucket``).
+
+    Example::
+
+        >>> from torchrec_rankmixer.train.config import load_config
+        >>> cfg = load_config(overrides=["data.id_transform=managed_collision"])
+        >>> remap = build_remapper(cfg, SyntheticSource(cfg).table_configs(8))
+        >>> remap.feature_names[:2], remap.settings["eviction_policy"]
+        (['f0', 'f1'], 'distance_lfu')
+    """
+    d = cfg.data
+    if d.id_transform != "managed_collision":
+        return None
+    if d.format == "synthetic":
+        managed = list(tables)
+    else:
+        from torchrec_rankmixer.data.sources import file_schema
+
+        raw = set(file_schema(d)[0])
+        managed = [t for t in tables if all(f in raw for f in t.feature_names)]
+    mc = d.managed_collision
+    return ManagedCollisionRemapper(managed, mc.eviction_policy, mc.eviction_interval, mc.decay_exponent,
+                                    mc.input_hash_size, process_group)
 
 
 @dataclass

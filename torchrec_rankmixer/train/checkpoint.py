@@ -19,6 +19,7 @@ from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
 PROGRESS_FILE = "progress.json"
+ID_REMAP_KEY = "id_remap"  # checkpoint entry of the managed-collision remapper (replicated)
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -59,10 +60,24 @@ def _init_dense_state(optimizer: CombinedOptimizer) -> None:
             opt.init_state()
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer: CombinedOptimizer, progress: Dict[str, Any]) -> None:
-    """Collective: every rank calls it. ``progress`` must be JSON-serialisable."""
-    _init_dense_state(optimizer)
+def _state(model: nn.Module, optimizer: CombinedOptimizer, extra: Optional[Dict[str, nn.Module]]) -> Dict[str, Any]:
     state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    for name, module in (extra or {}).items():
+        if name in state:
+            raise ValueError(f"extra checkpoint entry {name!r} clashes with 'model'/'optim'")
+        state[name] = module.state_dict()
+    return state
+
+
+def save_checkpoint(
+    path: str, model: nn.Module, optimizer: CombinedOptimizer, progress: Dict[str, Any],
+    extra: Optional[Dict[str, nn.Module]] = None,
+) -> None:
+    """Collective: every rank calls it. ``progress`` must be JSON-serialisable. ``extra``:
+    more modules saved under their own key (replicated state, e.g. ``{"id_remap": ...}``;
+    DCP writes one copy)."""
+    _init_dense_state(optimizer)
+    state = _state(model, optimizer, extra)
     dcp.save(state, checkpoint_id=path)
     dist.barrier()
     if dist.get_rank() == 0:
@@ -73,16 +88,20 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: CombinedOptimizer, p
     dist.barrier()
 
 
-def load_checkpoint(path: str, model: nn.Module, optimizer: CombinedOptimizer) -> Dict[str, Any]:
-    """Collective: load model and optimiser state in place (resharding if needed) and
-    return the saved progress dict."""
+def load_checkpoint(
+    path: str, model: nn.Module, optimizer: CombinedOptimizer, extra: Optional[Dict[str, nn.Module]] = None
+) -> Dict[str, Any]:
+    """Collective: load model and optimiser state in place (resharding if needed), and the
+    ``extra`` modules saved with :func:`save_checkpoint`; return the saved progress dict."""
     progress_path = os.path.join(path, PROGRESS_FILE)
     if not os.path.isfile(progress_path):
         raise ValueError(f"run.resume ({path!r}) is not a complete checkpoint (no {PROGRESS_FILE})")
     _init_dense_state(optimizer)
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    state = _state(model, optimizer, extra)
     dcp.load(state, checkpoint_id=path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
+    for name, module in (extra or {}).items():
+        module.load_state_dict(state[name])
     with open(progress_path) as f:
         return json.load(f)

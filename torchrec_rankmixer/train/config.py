@@ -20,7 +20,8 @@ TASKS = ("ctr", "esmm")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 DENSE_TRANSFORMS = ("log1p", "none")
-ID_TRANSFORMS = ("hash", "mod", "none")
+ID_TRANSFORMS = ("hash", "mod", "none", "managed_collision")
+EVICTION_POLICIES = ("distance_lfu", "lfu", "lru")
 OWN_RANKMIXER_FIELDS = {"d_model", "num_tokens", "num_layers", "ffn_mult", "dropout"}
 
 
@@ -105,6 +106,27 @@ class SyntheticSettings:
 
 
 @dataclass
+class ManagedCollisionSettings:
+    """``data.id_transform=managed_collision``: TorchRec ZCH remapping of raw ids
+    (:class:`~torchrec_rankmixer.features.managed_collision.ManagedCollisionRemapper`);
+    each managed table's rows (``data.num_embeddings`` / ``data.table_sizes``, synthetic:
+    ``data.synthetic.num_embeddings``) are its ``zch_size``."""
+
+    eviction_policy: str = "distance_lfu"
+    eviction_interval: int = 1
+    decay_exponent: float = 1.0
+    input_hash_size: Optional[int] = None
+    reset_evicted_rows: bool = True
+
+    def validate(self) -> None:
+        _choice("data.managed_collision.eviction_policy", self.eviction_policy, EVICTION_POLICIES)
+        _positive("data.managed_collision.eviction_interval", self.eviction_interval)
+        _positive("data.managed_collision.decay_exponent", self.decay_exponent)
+        if self.input_hash_size is not None and self.input_hash_size < 2:
+            raise ValueError(f"data.managed_collision.input_hash_size ({self.input_hash_size}) must be >= 2")
+
+
+@dataclass
 class DataSettings:
     """Where batches come from (see docs/training.md, section ``data``)."""
 
@@ -123,6 +145,7 @@ class DataSettings:
     num_embeddings: int = 100_000
     table_sizes: Dict[str, int] = field(default_factory=dict)
     id_transform: str = "hash"
+    managed_collision: ManagedCollisionSettings = field(default_factory=ManagedCollisionSettings)
     dense_transform: str = "log1p"
     bucket_boundaries: Dict[str, List[float]] = field(default_factory=dict)
     delimiter: str = ","
@@ -135,6 +158,16 @@ class DataSettings:
         _non_negative("data.eval_batches", self.eval_batches)
         _choice("data.dense_transform", self.dense_transform, DENSE_TRANSFORMS)
         _choice("data.id_transform", self.id_transform, ID_TRANSFORMS)
+        self.managed_collision.validate()
+        if self.id_transform == "managed_collision":
+            sizes = {"synthetic.num_embeddings": self.synthetic.num_embeddings} if self.format == "synthetic" else {
+                "num_embeddings": self.num_embeddings, **{f"table_sizes.{k}": v for k, v in self.table_sizes.items()}}
+            for key, rows in sizes.items():
+                if rows < 2:
+                    raise ValueError(
+                        f"data.{key} ({rows}) must be >= 2 with data.id_transform='managed_collision' "
+                        "(one id slot plus the shared slot of unadmitted ids)"
+                    )
         if not 0.0 <= self.max_malformed_fraction <= 1.0:
             raise ValueError(
                 f"data.max_malformed_fraction ({self.max_malformed_fraction}) must be in [0, 1]"
@@ -285,6 +318,14 @@ class TrainConfig:
             section.validate()
         if self.model.task == "esmm" and self.data.format != "synthetic" and not self.data.label2_column:
             raise ValueError("model.task ('esmm') needs data.label2_column (the conversion label)")
+        interval = self.data.managed_collision.eviction_interval
+        if (self.data.id_transform == "managed_collision" and self.run.checkpoint_every
+                and self.run.checkpoint_every % interval):
+            raise ValueError(
+                f"run.checkpoint_every ({self.run.checkpoint_every}) must be a multiple of "
+                f"data.managed_collision.eviction_interval ({interval}), so that checkpoints hold "
+                "no ids pending in the eviction history (exact resume)"
+            )
         if self.model.task == "ctr" and self.model.cvr_loss_weight > 0:
             raise ValueError(
                 f"model.cvr_loss_weight ({self.model.cvr_loss_weight}) needs model.task='esmm'"

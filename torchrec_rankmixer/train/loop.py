@@ -2,6 +2,7 @@
 number of processes, periodic evaluation and checkpoints, a run directory."""
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -10,12 +11,14 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_rankmixer.modules.aux import collect_statistics
-from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model
+from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model, build_remapper
 from torchrec_rankmixer.train.checkpoint import (
+    ID_REMAP_KEY,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
@@ -30,6 +33,7 @@ from torchrec_rankmixer.train.distributed import (
     shard_model,
 )
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
+from torchrec_rankmixer.train.evictions import reset_rows
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
 
 
@@ -97,10 +101,15 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.source = make_source(cfg, self.env)
         self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
-        model = build_model(
-            cfg, self.source.table_configs(cfg.model.embedding_dim),
-            self.source.dense_in_features, self.env.device,
-        )
+        tables = self.source.table_configs(cfg.model.embedding_dim)
+        # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
+        group = None
+        if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
+            group = dist.new_group(backend="gloo")
+        self.remapper = build_remapper(cfg, tables, group)
+        self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
+        self._evictions_done, self.evicted_rows = 0, 0
+        model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -117,13 +126,52 @@ class Trainer:
         path = latest_checkpoint(self.run.checkpoints) if where == "latest" else where
         if path is None:
             raise ValueError(f"run.resume ('latest'): no checkpoint under {self.run.checkpoints!r}")
-        progress = load_checkpoint(path, self.model, self.optimizer)
+        progress = load_checkpoint(path, self.model, self.optimizer, self._extra_state())
         self.step, self.cursor = int(progress["step"]), int(progress["cursor"])
 
     def save(self) -> str:
         path = checkpoint_dir(self.run.checkpoints, self.step)
-        save_checkpoint(path, self.model, self.optimizer, {"step": self.step, "cursor": self.cursor})
+        save_checkpoint(path, self.model, self.optimizer, {"step": self.step, "cursor": self.cursor},
+                        self._extra_state())
         return path
+
+    def _extra_state(self) -> Optional[Dict[str, torch.nn.Module]]:
+        return {ID_REMAP_KEY: self.remapper} if self.remapper is not None else None
+
+    def _remapped(self, batches: Iterator[Batch], training: bool) -> Iterator[Batch]:
+        """``batches`` through the id remapper (profiling/evicting when ``training``; all
+        ranks consume the same number of batches, so its all-gathers stay in step). In
+        training, each batch's evictions are queued in batch order (see :meth:`_reset_evicted`)."""
+        if self.remapper is None:
+            return batches
+        remapper = self.remapper.train(training)
+        if not training:
+            return map(remapper.remap_batch, batches)
+        self._evictions, self._evictions_done = [], 0
+
+        def remap_and_record() -> Iterator[Batch]:
+            for batch in batches:
+                out = remapper.remap_batch(batch)
+                self._evictions.append(remapper.last_evictions)
+                yield out
+
+        it = remap_and_record()
+        first = next(it, None)  # remapped now, so its evictions are known before its forward
+        return it if first is None else itertools.chain([first], it)
+
+    def _reset_evicted(self, upto: int) -> None:
+        """Before the forward of this segment's batch ``upto``: zero the rows that the remap
+        of batches <= ``upto`` gave to new ids (TorchRec's sharded MC-EBC resets them before
+        the lookup of the batch that evicted them; the pipeline has remapped batch ``upto``
+        already, one or two batches ahead of its forward)."""
+        if self.remapper is None:
+            return
+        while self._evictions_done <= upto and self._evictions_done < len(self._evictions):
+            evicted = self._evictions[self._evictions_done]
+            self._evictions_done += 1
+            self.evicted_rows += sum(int(r.numel()) for r in evicted.values())
+            if evicted and self.cfg.data.managed_collision.reset_evicted_rows:
+                reset_rows(self.model, self.optimizer, evicted)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
@@ -134,7 +182,7 @@ class Trainer:
     def evaluate(self) -> Dict[str, float]:
         """Metrics on the held-out set, computed over all ranks' predictions."""
         acc = MetricAccumulator(self.cfg.model.task)
-        batches = list(self.source.eval_batch_iter(self.env.rank, self.env.world_size))
+        batches = list(self._remapped(self.source.eval_batch_iter(self.env.rank, self.env.world_size), False))
         if not batches:
             return {}
         self.model.eval()
@@ -166,8 +214,9 @@ class Trainer:
         self.model.train()
         for end in self._boundaries(total):
             n = end - self.step
-            it = self.source.train_batches(self.cursor, env.rank, W, n)
-            for _ in range(n):
+            it = self._remapped(self.source.train_batches(self.cursor, env.rank, W, n), True)
+            for k in range(n):
+                self._reset_evicted(k)
                 lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
                 with self._autocast():
                     out = self.pipeline.progress(it)
@@ -180,6 +229,8 @@ class Trainer:
                     record = {"step": self.step, "train_loss": last_loss, "lr": lr}
                     record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
                     record.update(self._window_statistics())
+                    if self.remapper is not None:
+                        record["id_remap_evicted_rows"] = self.evicted_rows  # since start/resume
                     self.run.log(record)
                     running, count = torch.zeros_like(running), 0
                     bar.set_postfix(loss=f"{last_loss:.4f}")
