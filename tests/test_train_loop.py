@@ -136,3 +136,17 @@ def test_moe_through_model_rankmixer_logs_routing_statistics(tmp_path):
     recs = [json.loads(x) for x in open(os.path.join(tmp_path, "moe", "metrics.jsonl"))]
     assert recs[0]["train_aux"] == 0.0
     assert 0.0 < recs[0]["encoder.blocks.0.ffn.active_ratio"] <= 1.0
+
+
+def test_final_checkpoint_by_default_and_opt_out(tmp_path):
+    """With checkpoint_every=0 a finished run still has its last step checkpointed (so it can
+    be exported or resumed); run.save_final=false writes none."""
+    base = tiny(tmp_path, "train.steps=2", "train.eval_every=0", "run.plots=false")
+    Trainer(load_config(overrides=base + ["run.name=default"])).fit()
+    destroy_group()
+    ckpts = os.path.join(tmp_path, "default", "checkpoints")
+    assert os.listdir(ckpts) == ["step_00000002"]
+    assert json.load(open(os.path.join(ckpts, "step_00000002", "progress.json")))["step"] == 2
+    Trainer(load_config(overrides=base + ["run.name=none", "run.save_final=false"])).fit()
+    assert not os.path.exists(os.path.join(tmp_path, "none", "checkpoints")) or not os.listdir(
+        os.path.join(tmp_path, "none", "checkpoints"))

@@ -280,6 +280,7 @@ class RunSettings:
     out_dir: str = "runs"
     name: Optional[str] = None
     checkpoint_every: int = 0
+    save_final: bool = True
     resume: Optional[str] = None
     tensorboard: bool = True
     plots: bool = True

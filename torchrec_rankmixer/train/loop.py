@@ -240,7 +240,7 @@ class Trainer:
                 if metrics:
                     self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
             every = cfg.run.checkpoint_every
-            if every and (self.step % every == 0 or self.step == total):
+            if (every and self.step % every == 0) or (self.step == total and (every or cfg.run.save_final)):
                 self.save()
         bar.close()
         if cfg.run.plots:
