@@ -4,7 +4,6 @@ resumed on 1 process. One multi-process run is shared by every assertion here.""
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,21 +12,9 @@ from torchrec_rankmixer.train.config import load_config
 from torchrec_rankmixer.train.loop import Trainer
 from torchrec_rankmixer.utils.metrics import binary_auc, group_auc, normalized_entropy, prob_logloss
 
-from train_helpers import destroy_group, free_port, tiny
+from train_helpers import ROOT, destroy_group, tiny, torchrun_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
-
-
-def _torchrun_train(overrides):
-    """``rankmixer-train`` under torchrun with 2 CPU processes (gloo); returns its stdout."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "-m", "torchrec_rankmixer.train"] + [f"--set={o}" for o in overrides]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +24,7 @@ def two_rank_run(tmp_path_factory):
     overrides = tiny(out, f"train.steps={STEPS}", "train.eval_every=4", "run.checkpoint_every=4",
                      "run.name=two", "sharding.sharding_types=[table_wise]",
                      "sharding.constraints={t_f3: [data_parallel]}")
-    stdout = _torchrun_train(overrides)
+    stdout = torchrun_train(overrides)
     return os.path.join(out, "two"), stdout, overrides
 
 
@@ -123,7 +110,7 @@ def test_two_rank_resume_is_exact(two_rank_run, tmp_path):
     optimiser and dense optimiser state) is bit-identical."""
     run_dir, _, overrides = two_rank_run
     half = os.path.join(run_dir, "checkpoints", "step_00000004")
-    _torchrun_train(overrides + [f"run.out_dir={tmp_path}", "run.name=resumed", f"run.resume={half}"])
+    torchrun_train(overrides + [f"run.out_dir={tmp_path}", "run.name=resumed", f"run.resume={half}"])
     resumed_ckpt = os.path.join(tmp_path, "resumed", "checkpoints", f"step_{STEPS:08d}")
     assert json.load(open(os.path.join(resumed_ckpt, "progress.json"))) == {
         "step": STEPS, "cursor": 2 * STEPS, "world_size": 2}

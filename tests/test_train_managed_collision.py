@@ -3,8 +3,6 @@
 checkpointed mapping equals one remapper fed the global batches."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,9 +14,8 @@ from torchrec_rankmixer.train.config import load_config
 from torchrec_rankmixer.train.checkpoint import ID_REMAP_KEY
 from torchrec_rankmixer.train.loop import Trainer
 
-from train_helpers import destroy_group, free_port, tiny
+from train_helpers import destroy_group, tiny, torchrun_train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -87,13 +84,7 @@ def test_two_process_run_checkpoints_the_mapping_of_the_global_batches(tmp_path)
                      "run.name=mc2", "run.plots=false", "data.id_transform=managed_collision",
                      "data.managed_collision.eviction_policy=lru", "data.synthetic.num_embeddings=24",
                      "sharding.sharding_types=[table_wise]", "sharding.constraints={t_f3: [data_parallel]}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "-m", "torchrec_rankmixer.train"] + [f"--set={o}" for o in overrides]
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "eval_ctr_auc" in proc.stdout
+    assert "eval_ctr_auc" in torchrun_train(overrides)
 
     cfg = load_config(overrides=overrides)
     source = SyntheticSource(cfg)

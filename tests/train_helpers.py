@@ -1,6 +1,9 @@
 """Shared settings and helpers for the training tests (tiny model, few steps)."""
 
+import os
 import socket
+import subprocess
+import sys
 from typing import List
 
 import torch.distributed as dist
@@ -29,3 +32,19 @@ def free_port() -> int:
 def destroy_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torchrun_train(overrides: List[str], nproc: int = 2) -> str:
+    """``rankmixer-train`` under torchrun with ``nproc`` CPU processes (gloo); returns stdout
+    and fails the test with the tail of stderr if the run fails."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           "-m", "torchrec_rankmixer.train"] + [f"--set={o}" for o in overrides]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun rankmixer-train failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout
