@@ -121,9 +121,9 @@ class RankMixerConfig:
     moe_l1_ki: float = 0.01
     moe_balance_coef: float = 0.01
     moe_dense_path_prob: float = 0.5
-    moe_offset_rate: float = 0.0
+    moe_offset_rate: float = 0.01
     moe_offset_per: str = "expert"
-    moe_train_gate: str = "relu"
+    moe_train_gate: str = "softplus"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):

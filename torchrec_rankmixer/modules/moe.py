@@ -97,9 +97,9 @@ class PerTokenSparseMoE(nn.Module):
         l1_ki: float = 0.01,
         balance_coef: float = 0.01,
         dense_path_prob: float = 0.5,
-        offset_rate: float = 0.0,
+        offset_rate: float = 0.01,
         offset_per: str = "expert",
-        train_gate: str = "relu",
+        train_gate: str = "softplus",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
