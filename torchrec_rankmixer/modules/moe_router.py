@@ -240,9 +240,9 @@ def update_ratio_offset(
     Example::
 
         >>> o = torch.zeros(1, 2)
-        >>> update_ratio_offset(o, torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]), 0.5, 0.1)
+        >>> update_ratio_offset(o, torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]), 0.5, 0.25)
         >>> o.tolist()  # expert 0 always on (down), expert 1 never (up)
-        [[-0.10000000149011958, 0.10000000149011958]]
+        [[-0.25, 0.25]]
     """
     _check_choice("per", per, MOE_OFFSET_PER)
     active = (gates > 0).float()  # (B, T, E)
