@@ -41,12 +41,15 @@ class PerTokenSparseMoE(nn.Module):
     Token t owns E GELU experts ``f_te: D -> h -> D`` and its own router(s); output
     ``y[b, t] = sum_e g[b, t, e] * f_te(x[b, t])``. Routers (``router``):
 
-    - ``"dtsi"`` (paper): h_infer and h_train, gates ``g = ReLU(h(x))``. Training
+    - ``"dtsi"`` (paper): h_infer and h_train, gates ``ReLU(h_infer(x) + o)`` and
+      ``softplus(h_train(x))`` (``train_gate``; o the ratio offset). Training
       computes every expert (dense); each (sample, token) uses h_train's gates with
       probability ``dense_path_prob`` and h_infer's otherwise, so both routers get the
       task gradient; the adaptive L1 (:class:`AdaptiveL1`) acts on h_infer only.
-      Inference uses only h_infer and runs only its active experts.
-    - ``"relu"``: one ReLU router with the adaptive L1 (ablation: no h_train).
+      Inference uses only h_infer and runs only its active experts. The ratio offset
+      ``o`` (a buffer of ``router_infer``) moves by ``offset_rate * sign(target - r)``
+      after each training forward (:func:`update_ratio_offset`).
+    - ``"relu"``: one ReLU router with the adaptive L1 and the ratio offset (ablation: no h_train).
     - ``"topk"``: vanilla top-k softmax with a load-balancing loss (baseline).
 
     Penalties are trained by gradient injection (no auxiliary loss to add; see
@@ -64,6 +67,10 @@ class PerTokenSparseMoE(nn.Module):
         l1_ki: integral gain of the L1 controller.
         balance_coef: load-balancing loss weight (top-k).
         dense_path_prob: DTSI probability of routing a (sample, token) by h_train in training.
+        offset_rate: ReLU routers: step of the non-gradient ratio offset on h_infer's
+            logits (``o += rate * sign(target - r)`` per training forward); 0: none.
+        offset_per: ``"expert"`` (r per (token, expert)) or ``"token"`` (r per token).
+        train_gate: DTSI h_train gate, ``"softplus"`` (dense) or ``"relu"``.
         device: where to allocate (``"meta"`` works).
 
     Shapes:
