@@ -35,6 +35,7 @@ def build(data: SyntheticClickData, router: str, target: float, args: argparse.N
         use_moe=True, moe_router=router, moe_num_experts=args.experts,
         moe_expert_hidden=args.hidden, moe_target_active_ratio=target,
         moe_l1_kp=args.l1_kp, moe_l1_ki=args.l1_ki, moe_dense_path_prob=args.dense_path_prob,
+        moe_offset_rate=args.offset_rate, moe_offset_per=args.offset_per, moe_train_gate=args.train_gate,
     )
     emb = args.embedding_dim
     ebc = EmbeddingBagCollection(tables=data.table_configs(emb))
@@ -135,6 +136,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--l1-kp", type=float, default=0.5)
     p.add_argument("--l1-ki", type=float, default=0.01)
     p.add_argument("--dense-path-prob", type=float, default=0.5)
+    p.add_argument("--offset-rate", type=float, default=0.01, help="moe_offset_rate")
+    p.add_argument("--offset-per", default="expert", choices=["expert", "token"], help="moe_offset_per")
+    p.add_argument("--train-gate", default="softplus", choices=["relu", "softplus"], help="moe_train_gate")
     p.add_argument("--calibrate-batches", type=int, default=16,
                    help="held-out training batches for the router-bias calibration (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared box)")

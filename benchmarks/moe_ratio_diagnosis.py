@@ -27,9 +27,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset-rate", type=float, default=0.01, help="moe_offset_rate (0: the earlier L1-only control)")
+    p.add_argument("--train-gate", default="softplus", choices=["relu", "softplus"], help="moe_train_gate")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    args = argparse.Namespace(experts=8, hidden=64, l1_kp=0.5, l1_ki=0.01, dense_path_prob=0.5, embedding_dim=16)
+    args = argparse.Namespace(experts=8, hidden=64, l1_kp=0.5, l1_ki=0.01, dense_path_prob=0.5, embedding_dim=16,
+                              offset_rate=a.offset_rate, offset_per="expert", train_gate=a.train_gate)
     torch.manual_seed(a.seed)
     data = SyntheticClickData(seed=a.seed)
     model = build(data, "dtsi", a.target, args)

@@ -59,9 +59,9 @@ def test_dtsi_training_gives_task_gradient_to_both_routers() -> None:
 def test_train_path_mixes_routers_with_dense_path_prob() -> None:
     moe = _moe(dense_path_prob=0.0).train()
     x = torch.randn(32, T, D)
+    g = torch.relu(moe.router_infer(x)).detach()  # before the forward moves the ratio offset
     torch.manual_seed(1)
     y = moe(x)
-    g = torch.relu(moe.router_infer(x))
     torch.testing.assert_close(y, moe_experts_reference(x, g, moe.w1, moe.b1, moe.w2, moe.b2), rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert moe.router_train.weight.grad is None  # p = 0: h_train unused
@@ -136,6 +136,10 @@ def test_dtsi_counts_two_routers_in_training_params() -> None:
         ("moe_balance_coef", -0.1, "moe_balance_coef"),
         ("moe_dense_path_prob", 1.0, "moe_dense_path_prob"),
         ("moe_l1_ki", float("nan"), "moe_l1_ki"),
+        ("moe_offset_rate", -0.01, "moe_offset_rate"),
+        ("moe_offset_rate", "fast", "moe_offset_rate"),
+        ("moe_offset_per", "layer", "moe_offset_per"),
+        ("moe_train_gate", "sigmoid", "moe_train_gate"),
     ],
 )
 def test_bad_moe_config_raises(field: str, value: object, match: str) -> None:
@@ -155,6 +159,12 @@ def test_bad_moe_combinations_raise() -> None:
         PerTokenSparseMoE(2, 8, num_experts=0)
     with pytest.raises(ValueError, match="dense_path_prob"):
         PerTokenSparseMoE(2, 8, dense_path_prob=-0.1)
+    with pytest.raises(ValueError, match="offset_rate"):
+        PerTokenSparseMoE(2, 8, offset_rate=-1.0)
+    with pytest.raises(ValueError, match="offset_per"):
+        PerTokenSparseMoE(2, 8, offset_per="batch")
+    with pytest.raises(ValueError, match="train_gate"):
+        PerTokenSparseMoE(2, 8, train_gate="gelu")
 
 
 def test_configure_inference_errors_and_model_helper() -> None:
@@ -178,3 +188,37 @@ def test_meta_device_and_state_dict_keeps_controller_state() -> None:
     fresh.load_state_dict(moe.state_dict())
     assert fresh.l1.coef.item() == pytest.approx(0.123)
     assert fresh.l1.integral.item() == pytest.approx(0.1)
+
+
+def test_ratio_offset_moves_in_training_only_and_is_checkpointed() -> None:
+    moe = _moe(offset_rate=0.1, target_active_ratio=0.25).train()
+    x = torch.randn(32, T, D)
+    active = (moe.router_infer(x) > 0).float().mean(0)  # (T, E) before the step
+    moe(x).sum().backward()
+    torch.testing.assert_close(moe.router_infer.offset, 0.1 * torch.sign(0.25 - active))
+    assert "ratio_offset_mean" in moe.statistics()
+    moe.eval()
+    saved = moe.router_infer.offset.clone()
+    y = moe(x)  # eval: no update, and the offset is part of h_infer's logits
+    assert torch.equal(moe.router_infer.offset, saved)
+    gates = torch.relu(moe.router_infer(x))
+    torch.testing.assert_close(y, moe_experts_reference(x, gates, moe.w1, moe.b1, moe.w2, moe.b2), rtol=1e-5, atol=1e-5)
+    fresh = _moe(offset_rate=0.1)
+    fresh.load_state_dict(moe.state_dict())
+    assert torch.equal(fresh.router_infer.offset, saved)
+    assert _moe(offset_rate=0.0).router_infer.offset is None  # offset_rate 0: no buffer
+    assert _moe("topk", offset_rate=0.1, target_active_ratio=0.5).router_infer.offset is None
+
+
+def test_softplus_train_gate_makes_the_dense_gated_path_dense() -> None:
+    moe = _moe(train_gate="softplus", dense_path_prob=0.5).eval()
+    with torch.no_grad():
+        moe.router_train.bias.fill_(-20.0)  # ReLU would switch every h_train gate off
+    x = torch.randn(10, T, D)
+    moe.configure_inference(execution="dense", router="train")
+    gates = torch.nn.functional.softplus(moe.router_train(x))
+    assert (gates > 0).all()
+    torch.testing.assert_close(moe(x), moe_experts_reference(x, gates, moe.w1, moe.b1, moe.w2, moe.b2), rtol=1e-5, atol=1e-5)
+    moe.train()
+    moe(x)
+    assert moe.statistics()["train_router_active_ratio"] == 1.0

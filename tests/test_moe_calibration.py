@@ -1,14 +1,19 @@
 """Post-training calibration of the h_infer router bias (modules/moe_calibration.py)."""
 
+import os
+import socket
 from types import SimpleNamespace
 from typing import List
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from torchrec_rankmixer import PerTokenSparseMoE, RankMixerConfig, RankMixerEncoder
 from torchrec_rankmixer.modules.moe import configure_moe_inference, reset_moe_statistics
 from torchrec_rankmixer.modules.moe_calibration import (
+    all_gather_rows,
     bias_shift_for_ratio,
     calibrate_moe_routers,
     calibrate_on_batches,
@@ -136,3 +141,35 @@ def test_calibrate_on_dlrm_batches_hits_target_on_eval_batches() -> None:
     for moe in _moes(model):
         ratio = float(moe.expert_utilisation().mean())
         assert abs(ratio - 0.125) <= 0.2 * 0.125, ratio
+
+
+def _gather_worker(rank: int, port: int, path: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        enc = _encoder(target=0.5)  # same weights on both ranks (seeded)
+        x = torch.randn(24 + 8 * rank, 4, 8, generator=torch.Generator().manual_seed(rank))
+        calibrate_moe_routers(enc, lambda: enc(x), gather=all_gather_rows)
+        torch.save([m.router_infer.bias.detach() for m in _moes(enc)], f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_calibration_gives_every_rank_the_shift_of_all_rows(tmp_path) -> None:
+    """Two gloo processes with different (and differently sized) calibration batches: the
+    all-gathered logits give both ranks the same biases, equal to calibrating on the
+    concatenation of both ranks' rows in one process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = str(tmp_path / "bias")
+    mp.start_processes(_gather_worker, args=(port, path), nprocs=2, start_method="spawn")
+    rank0, rank1 = torch.load(f"{path}.0"), torch.load(f"{path}.1")
+    enc = _encoder(target=0.5)
+    x = torch.cat([torch.randn(24 + 8 * r, 4, 8, generator=torch.Generator().manual_seed(r)) for r in range(2)])
+    calibrate_moe_routers(enc, lambda: enc(x))
+    for b0, b1, m in zip(rank0, rank1, _moes(enc)):
+        assert torch.equal(b0, b1)
+        torch.testing.assert_close(b0, m.router_infer.bias.detach())
+    assert all_gather_rows(torch.ones(2, 3)).shape == (2, 3)  # no process group: identity

@@ -10,6 +10,7 @@ from torchrec_rankmixer.modules.moe_router import (
     TokenRouter,
     inject_gradient,
     topk_softmax_gates,
+    update_ratio_offset,
 )
 
 
@@ -126,3 +127,52 @@ def test_topk_gates_and_load_balance_gradient() -> None:
     (0.5 * 8 * (frac * probs.mean(0)).sum(-1).mean()).backward()
     expected = torch.autograd.grad(torch.softmax(logits, -1), logits, probs.grad)[0]
     torch.testing.assert_close(lb_only, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_ratio_offset_steps_by_sign_per_expert_and_per_token() -> None:
+    # token 0: expert 0 on in 3 of 4 rows, expert 1 in 1 of 4, expert 2 in 2 of 4 (= target)
+    on = torch.tensor([[1.0, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]]).view(4, 1, 3)
+    offset = torch.zeros(1, 3)
+    update_ratio_offset(offset, on, target=0.5, rate=0.25, per="expert")
+    assert offset.tolist() == [[-0.25, 0.25, 0.0]]
+    offset = torch.zeros(1, 3)
+    update_ratio_offset(offset, on, target=0.25, rate=0.25, per="token")  # token ratio 0.5
+    assert offset.tolist() == [[-0.25, -0.25, -0.25]]
+    with pytest.raises(ValueError, match="per"):
+        update_ratio_offset(offset, on, target=0.5, rate=0.1, per="layer")
+
+
+def test_router_offset_is_a_buffer_added_to_the_logits() -> None:
+    torch.manual_seed(0)
+    router = TokenRouter(num_tokens=2, d_model=4, num_experts=3, offset=True)
+    assert "offset" in dict(router.named_buffers()) and "offset" not in dict(router.named_parameters())
+    x = torch.randn(5, 2, 4)
+    before = router(x)
+    with torch.no_grad():
+        router.offset[1, 2] = 0.5
+    delta = router(x) - before
+    assert torch.allclose(delta[:, 1, 2], torch.full((5,), 0.5)) and delta[:, 0].abs().max() == 0
+    assert TokenRouter(2, 4, 3).offset is None
+
+
+def test_offset_and_l1_hold_ratio_on_a_toy_router() -> None:
+    """The ratio offset plus the adaptive L1 on the toy router of the test above."""
+    for target in (0.5, 0.125):
+        torch.manual_seed(0)
+        router = TokenRouter(num_tokens=2, d_model=8, num_experts=8, offset=True)
+        l1 = AdaptiveL1(target=target, kp=0.5, ki=0.01)
+        opt = torch.optim.Adam(router.parameters(), lr=0.02)
+        tw = torch.randn(8)
+        ratios = []
+        for _ in range(200):
+            x = torch.randn(64, 2, 8)
+            gates = l1(router(x))
+            update_ratio_offset(router.offset, gates, target, rate=0.05)
+            loss = ((gates.sum(-1) - (x @ tw).abs()) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ratios.append((gates > 0).float().mean().item())
+        tail = sum(ratios[-50:]) / 50
+        assert abs(tail - target) <= 0.1 * target, (target, tail)
+        assert router.offset.abs().max() > 0  # the offset took part

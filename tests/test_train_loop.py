@@ -150,3 +150,33 @@ def test_final_checkpoint_by_default_and_opt_out(tmp_path):
     Trainer(load_config(overrides=base + ["run.name=none", "run.save_final=false"])).fit()
     assert not os.path.exists(os.path.join(tmp_path, "none", "checkpoints")) or not os.listdir(
         os.path.join(tmp_path, "none", "checkpoints"))
+
+
+def test_final_eval_of_a_moe_run_is_calibrated(tmp_path):
+    """rankmixer-train calibrates the h_infer routers after the last step, before the final
+    eval and checkpoint; ``train.calibrate_moe_batches=0`` turns it off."""
+    moe = "model.rankmixer={use_moe: true, moe_num_experts: 4, moe_target_active_ratio: 0.25}"
+    base = tiny(tmp_path, moe, "train.steps=4", "train.eval_every=0", "run.plots=false",
+                "train.calibrate_moe_batches=3", "run.checkpoint_every=4")
+    trainer = Trainer(load_config(overrides=base + ["run.name=cal"]))
+    inner = trainer.model.module.model
+    trainer.fit()
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "cal", "metrics.jsonl"))]
+    calib = [r for r in recs if "moe_calib_0_ratio_after" in r]
+    assert len(calib) == 1 and calib[0]["step"] == 4
+    assert calib[0]["moe_calib_0_ratio_after"] == pytest.approx(0.25, abs=0.02)
+    # the final eval comes after the calibration in the log
+    assert recs.index(calib[0]) < max(i for i, r in enumerate(recs) if "eval_ctr_auc" in r)
+    destroy_group()
+    off = Trainer(load_config(overrides=base + ["run.name=nocal", "train.calibrate_moe_batches=0"]))
+    off.fit()
+    assert off.calibrate_moe() == []
+    # same training; the calibrated run's router bias differs by one shift per token
+    shift = (inner.encoder.blocks[0].ffn.router_infer.bias
+             - off.model.module.model.encoder.blocks[0].ffn.router_infer.bias).detach()  # (T, E)
+    assert shift.abs().max() > 0
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "nocal", "metrics.jsonl"))]
+    assert not any("moe_calib_0_ratio_after" in r for r in recs)
+    with pytest.raises(ValueError, match="train.calibrate_moe_batches"):
+        load_config(overrides=base + ["train.calibrate_moe_batches=-1"])

@@ -2,6 +2,7 @@
 (raw 64-bit ids from a CSV, tables small enough to evict) and a 2-process torchrun run whose
 checkpointed mapping equals one remapper fed the global batches."""
 
+import json
 import os
 
 import pytest
@@ -113,3 +114,27 @@ def _cat_jt(a, b):
     from torchrec.sparse.jagged_tensor import JaggedTensor
 
     return JaggedTensor(values=torch.cat([a.values(), b.values()]), lengths=torch.cat([a.lengths(), b.lengths()]))
+
+
+def test_moe_calibration_sees_remapped_ids(tmp_path):
+    """The end-of-training Sparse-MoE calibration runs its batches through the (read-only)
+    id remapper like eval does: raw ids far outside the tables must not reach the EBC."""
+    moe = "model.rankmixer={use_moe: true, moe_num_experts: 4, moe_target_active_ratio: 0.5}"
+    cfg = load_config(overrides=tiny(tmp_path, moe, "train.steps=2", "train.eval_every=0", "run.plots=false",
+                                     "train.calibrate_moe_batches=2", "data.id_transform=managed_collision",
+                                     "data.managed_collision.input_hash_size=1000000000", "run.name=mcmoe"))
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    assert summary.metrics["ctr_auc"] == summary.metrics["ctr_auc"]  # finite, eval ran
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "mcmoe", "metrics.jsonl"))]
+    assert any("moe_calib_0_ratio_after" in r for r in recs)
+    seen = []
+    remap = trainer.remapper.remap_batch
+
+    def spy(batch):
+        seen.append(trainer.remapper.training)
+        return remap(batch)
+
+    trainer.remapper.remap_batch = spy
+    assert trainer.calibrate_moe()  # calibrates again, on 2 batches
+    assert seen == [False, False]  # every calibration batch remapped, read-only

@@ -17,6 +17,8 @@ TOKEN_MIXERS: Tuple[str, ...] = (
 ROUTING_ABLATIONS: Tuple[str, ...] = ("all_concat_mlp", "all_share")
 FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
 MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
+MOE_OFFSET_PER: Tuple[str, ...] = ("expert", "token")
+MOE_TRAIN_GATES: Tuple[str, ...] = ("relu", "softplus")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -119,6 +121,9 @@ class RankMixerConfig:
     moe_l1_ki: float = 0.01
     moe_balance_coef: float = 0.01
     moe_dense_path_prob: float = 0.5
+    moe_offset_rate: float = 0.01
+    moe_offset_per: str = "expert"
+    moe_train_gate: str = "softplus"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
@@ -159,6 +164,9 @@ class RankMixerConfig:
         _check_float("moe_l1_ki", self.moe_l1_ki, 0.0, float("inf"), "()")
         _check_float("moe_balance_coef", self.moe_balance_coef, 0.0, float("inf"), "[)")
         _check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
+        _check_float("moe_offset_rate", self.moe_offset_rate, 0.0, float("inf"), "[)")
+        _check_choice("moe_offset_per", self.moe_offset_per, MOE_OFFSET_PER)
+        _check_choice("moe_train_gate", self.moe_train_gate, MOE_TRAIN_GATES)
         if self.use_moe and self.ffn_type != "per_token":
             raise ValueError(f"use_moe=True needs ffn_type='per_token' (got {self.ffn_type!r})")
         if self.use_moe and self.token_mixer in ROUTING_ABLATIONS:

@@ -10,13 +10,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchrec_rankmixer.config import (
+    MOE_OFFSET_PER,
     MOE_ROUTERS,
+    MOE_TRAIN_GATES,
     RankMixerConfig,
     _check_choice,
     _check_float,
     _check_positive_int,
 )
-from torchrec_rankmixer.modules.moe_router import AdaptiveL1, TokenRouter, topk_softmax_gates
+from torchrec_rankmixer.modules.moe_router import (
+    AdaptiveL1,
+    TokenRouter,
+    topk_softmax_gates,
+    update_ratio_offset,
+)
 from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
 from torchrec_rankmixer.ops.moe import SPARSE_KERNELS, moe_experts_dense, moe_experts_sparse
 
@@ -34,12 +41,15 @@ class PerTokenSparseMoE(nn.Module):
     Token t owns E GELU experts ``f_te: D -> h -> D`` and its own router(s); output
     ``y[b, t] = sum_e g[b, t, e] * f_te(x[b, t])``. Routers (``router``):
 
-    - ``"dtsi"`` (paper): h_infer and h_train, gates ``g = ReLU(h(x))``. Training
+    - ``"dtsi"`` (paper): h_infer and h_train, gates ``ReLU(h_infer(x) + o)`` and
+      ``softplus(h_train(x))`` (``train_gate``; o the ratio offset). Training
       computes every expert (dense); each (sample, token) uses h_train's gates with
       probability ``dense_path_prob`` and h_infer's otherwise, so both routers get the
       task gradient; the adaptive L1 (:class:`AdaptiveL1`) acts on h_infer only.
-      Inference uses only h_infer and runs only its active experts.
-    - ``"relu"``: one ReLU router with the adaptive L1 (ablation: no h_train).
+      Inference uses only h_infer and runs only its active experts. The ratio offset
+      ``o`` (a buffer of ``router_infer``) moves by ``offset_rate * sign(target - r)``
+      after each training forward (:func:`update_ratio_offset`).
+    - ``"relu"``: one ReLU router with the adaptive L1 and the ratio offset (ablation: no h_train).
     - ``"topk"``: vanilla top-k softmax with a load-balancing loss (baseline).
 
     Penalties are trained by gradient injection (no auxiliary loss to add; see
@@ -57,6 +67,10 @@ class PerTokenSparseMoE(nn.Module):
         l1_ki: integral gain of the L1 controller.
         balance_coef: load-balancing loss weight (top-k).
         dense_path_prob: DTSI probability of routing a (sample, token) by h_train in training.
+        offset_rate: ReLU routers: step of the non-gradient ratio offset on h_infer's
+            logits (``o += rate * sign(target - r)`` per training forward); 0: none.
+        offset_per: ``"expert"`` (r per (token, expert)) or ``"token"`` (r per token).
+        train_gate: DTSI h_train gate, ``"softplus"`` (dense) or ``"relu"``.
         device: where to allocate (``"meta"`` works).
 
     Shapes:
@@ -90,6 +104,9 @@ class PerTokenSparseMoE(nn.Module):
         l1_ki: float = 0.01,
         balance_coef: float = 0.01,
         dense_path_prob: float = 0.5,
+        offset_rate: float = 0.01,
+        offset_per: str = "expert",
+        train_gate: str = "softplus",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -102,6 +119,9 @@ class PerTokenSparseMoE(nn.Module):
         _check_float("l1_ki", l1_ki, 0.0, float("inf"), "()")
         _check_float("balance_coef", balance_coef, 0.0, float("inf"), "[)")
         _check_float("dense_path_prob", dense_path_prob, 0.0, 1.0, "[)")
+        _check_float("offset_rate", offset_rate, 0.0, float("inf"), "[)")
+        _check_choice("offset_per", offset_per, MOE_OFFSET_PER)
+        _check_choice("train_gate", train_gate, MOE_TRAIN_GATES)
         self.top_k = round(target_active_ratio * num_experts)
         if router == "topk" and self.top_k < 1:
             raise ValueError(
@@ -112,11 +132,13 @@ class PerTokenSparseMoE(nn.Module):
         self.num_tokens, self.d_model, self.num_experts, self.expert_hidden = T, D, E, h
         self.router, self.target_active_ratio = router, float(target_active_ratio)
         self.balance_coef, self.dense_path_prob = float(balance_coef), float(dense_path_prob)
+        self.offset_rate = float(offset_rate) if router != "topk" else 0.0
+        self.offset_per, self.train_gate = offset_per, train_gate
         self.w1 = nn.Parameter(torch.empty(T, E, D, h, device=device))
         self.b1 = nn.Parameter(torch.empty(T, E, h, device=device))
         self.w2 = nn.Parameter(torch.empty(T, E, h, D, device=device))
         self.b2 = nn.Parameter(torch.empty(T, E, D, device=device))
-        self.router_infer = TokenRouter(T, D, E, device=device)
+        self.router_infer = TokenRouter(T, D, E, offset=self.offset_rate > 0, device=device)
         self.router_train: Optional[TokenRouter] = (
             TokenRouter(T, D, E, device=device) if router == "dtsi" else None
         )
@@ -137,7 +159,8 @@ class PerTokenSparseMoE(nn.Module):
             router=config.moe_router, target_active_ratio=config.moe_target_active_ratio,
             l1_kp=config.moe_l1_kp, l1_ki=config.moe_l1_ki,
             balance_coef=config.moe_balance_coef, dense_path_prob=config.moe_dense_path_prob,
-            device=device,
+            offset_rate=config.moe_offset_rate, offset_per=config.moe_offset_per,
+            train_gate=config.moe_train_gate, device=device,
         )
 
     def reset_parameters(self) -> None:
@@ -174,7 +197,16 @@ class PerTokenSparseMoE(nn.Module):
             gates, self._balance = topk_softmax_gates(logits, self.top_k, coef)
             return gates
         assert self.l1 is not None  # every ReLU router has one (__init__)
-        return self.l1(logits)  # ReLU gates, penalty trained by gradient injection
+        gates = self.l1(logits)  # ReLU gates, penalty trained by gradient injection
+        if self.training and self.router_infer.offset is not None:
+            update_ratio_offset(self.router_infer.offset, gates, self.target_active_ratio,
+                                self.offset_rate, self.offset_per)
+        return gates
+
+    def _train_gates(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.router_train is not None  # DTSI only
+        logits = self.router_train(x)  # (B, T, E)
+        return F.relu(logits) if self.train_gate == "relu" else F.softplus(logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = (self.w1, self.b1, self.w2, self.b2)
@@ -184,13 +216,13 @@ class PerTokenSparseMoE(nn.Module):
         if self.training:
             used = gates
             if self.router_train is not None and self.dense_path_prob > 0:
-                g_train = F.relu(self.router_train(x))  # (B, T, E)
+                g_train = self._train_gates(x)  # (B, T, E)
                 self._train_ratio = (g_train > 0).float().mean().detach()
                 pick = torch.rand(x.shape[0], x.shape[1], 1, device=x.device) < self.dense_path_prob
                 used = torch.where(pick, g_train, gates)  # (B, T, E)
             return moe_experts_dense(x, used, *experts)
         if self.eval_router == "train" and self.router_train is not None:
-            return moe_experts_dense(x, F.relu(self.router_train(x)), *experts)
+            return moe_experts_dense(x, self._train_gates(x), *experts)
         if self.execution == "dense":
             return moe_experts_dense(x, gates, *experts)
         return moe_experts_sparse(x, gates, *experts, kernel=self.sparse_kernel)
@@ -228,6 +260,7 @@ class PerTokenSparseMoE(nn.Module):
         ``dead_experts`` (experts never active): over the window since
         :meth:`reset_statistics`. ``gate_l1``: mean sum of a token's gates (last
         forward). ``l1_coef`` / ``l1_integral`` (ReLU routers' controller state),
+        ``ratio_offset_mean`` (mean of h_infer's ratio offset, when ``offset_rate > 0``),
         ``train_router_active_ratio`` (DTSI, last training forward), ``balance_loss``
         (top-k, last forward).
         """
@@ -239,6 +272,8 @@ class PerTokenSparseMoE(nn.Module):
         stats.update({f"active_ratio_t{t}": float(r) for t, r in enumerate(ratio)})
         stats.update(expert_util_min=float(util.min()), expert_util_max=float(util.max()),
                      dead_experts=float((util == 0).sum()))
+        if self.router_infer.offset is not None:
+            stats["ratio_offset_mean"] = float(self.router_infer.offset.mean())
         if self.l1 is not None:
             stats["l1_coef"] = float(self.l1.coef)
             stats["l1_integral"] = float(self.l1.integral)

@@ -13,6 +13,7 @@ inference.
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from torchrec_rankmixer.config import _check_float
@@ -53,11 +54,43 @@ def bias_shift_for_ratio(logits: torch.Tensor, target: float) -> torch.Tensor:
     return (-cut).to(logits.dtype)
 
 
+def all_gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``local`` [N_r, ...] along dim 0 (rank order), on all ranks.
+
+    Ranks may hold different N_r (rows are padded for the collective and trimmed after).
+    Without an initialised process group (or with one process) it returns ``local``.
+
+    Args:
+        local: this rank's rows, [N_r, ...]; the trailing dims must agree across ranks.
+
+    Returns:
+        [sum_r N_r, ...], identical on every rank.
+
+    Example::
+
+        >>> all_gather_rows(torch.ones(2, 3)).shape  # single process: unchanged
+        torch.Size([2, 3])
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    world = dist.get_world_size()
+    n = torch.tensor([local.shape[0]], device=local.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    most = int(max(int(s) for s in sizes))
+    padded = local.new_zeros((most,) + tuple(local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
+
+
 @torch.no_grad()
 def calibrate_moe_routers(
     model: nn.Module,
     run_batches: Callable[[], None],
     target: Optional[float] = None,
+    gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> List[Dict[str, float]]:
     """Shift every ReLU-routed MoE's h_infer bias so its eval active ratio hits the target.
 
@@ -74,6 +107,10 @@ def calibrate_moe_routers(
             ``lambda: [model(b.dense_features, b.sparse_features) for b in batches]``.
         target: ratio to calibrate to; ``None`` uses each module's
             ``target_active_ratio``.
+        gather: maps this process's logits [N, T, E] to the logits the shift is
+            computed on. Data-parallel training passes :func:`all_gather_rows`, so every
+            rank computes the same shift from all ranks' batches and the replicas of the
+            router bias stay equal. ``None``: this process's logits only.
 
     Returns:
         One dict per calibrated module: ``ratio_before``, ``ratio_after`` (on the
@@ -105,6 +142,8 @@ def calibrate_moe_routers(
         if not captured:
             raise ValueError("run_batches did not run the model's MoE layers (no logits captured)")
         logits = torch.cat(captured)  # (N_rows, T, E)
+        if gather is not None:
+            logits = gather(logits)
         goal = moe.target_active_ratio if target is None else target
         shift = bias_shift_for_ratio(logits, goal)  # (T,)
         moe.router_infer.bias.add_(shift.unsqueeze(-1).to(moe.router_infer.bias.dtype))

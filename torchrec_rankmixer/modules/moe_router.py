@@ -8,12 +8,13 @@ loss computed from the model's output (ours, TorchRec's ``DLRMTrain``, a
 remember. Why this and not an auxiliary loss: docs/moe.md.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrec_rankmixer.config import MOE_OFFSET_PER, _check_choice
 from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
 
 INTEGRAL_MAX = 50.0
@@ -55,16 +56,18 @@ def inject_gradient(x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
 
 
 class TokenRouter(nn.Module):
-    """One linear router per token: logits[b, t] = x[b, t] @ W[t] + c[t].
+    """One linear router per token: logits[b, t] = x[b, t] @ W[t] + c[t] (+ o[t]).
 
     Args:
         num_tokens: T.
         d_model: D.
         num_experts: E.
+        offset: also add ``o`` [T, E], a buffer moved by :func:`update_ratio_offset`
+            (the non-gradient ratio control of docs/moe.md), not by the optimiser.
         device: where to allocate.
 
     Shapes:
-        x: [B, T, D] -> logits [B, T, E]. weight [T, D, E], bias [T, E].
+        x: [B, T, D] -> logits [B, T, E]. weight [T, D, E], bias [T, E], offset [T, E].
 
     Example::
 
@@ -73,12 +76,17 @@ class TokenRouter(nn.Module):
     """
 
     def __init__(
-        self, num_tokens: int, d_model: int, num_experts: int,
+        self, num_tokens: int, d_model: int, num_experts: int, offset: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_tokens, d_model, num_experts, device=device))
         self.bias = nn.Parameter(torch.empty(num_tokens, num_experts, device=device))
+        self.offset: Optional[torch.Tensor]
+        if offset:
+            self.register_buffer("offset", torch.zeros(num_tokens, num_experts, device=device))
+        else:
+            self.offset = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -88,7 +96,8 @@ class TokenRouter(nn.Module):
         nn.init.zeros_(self.bias)  # start with about half the experts active
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight)  # (T, B, E)
+        bias = self.bias if self.offset is None else self.bias + self.offset  # (T, E)
+        logits = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1), self.weight)  # (T, B, E)
         return logits.transpose(0, 1)  # (B, T, E)
 
 
@@ -207,3 +216,35 @@ def topk_softmax_gates(
     return gates, balance
 
 
+
+
+
+@torch.no_grad()
+def update_ratio_offset(
+    offset: torch.Tensor, gates: torch.Tensor, target: float, rate: float, per: str = "expert"
+) -> None:
+    """One sign step of the non-gradient ratio control: ``o += rate * sign(target - r)``.
+
+    The auxiliary-loss-free balancing rule applied to the active ratio: ``r`` is the
+    batch's fraction of non-zero gates per (token, expert) (``per="expert"``: every
+    expert of token t is held near the target usage, which also revives dead experts)
+    or per token (``per="token"``: one offset per token, the same for its E experts).
+
+    Args:
+        offset: [T, E] buffer, updated in place.
+        gates: [B, T, E] gates of the batch.
+        target: target active fraction, in (0, 1].
+        rate: step size in logit units, >= 0.
+        per: ``"expert"`` or ``"token"``.
+
+    Example::
+
+        >>> o = torch.zeros(1, 2)
+        >>> update_ratio_offset(o, torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]), 0.5, 0.25)
+        >>> o.tolist()  # expert 0 always on (down), expert 1 never (up)
+        [[-0.25, 0.25]]
+    """
+    _check_choice("per", per, MOE_OFFSET_PER)
+    active = (gates > 0).float()  # (B, T, E)
+    ratio = active.mean(0) if per == "expert" else active.mean(dim=(0, 2)).unsqueeze(-1)  # (T, E|1)
+    offset.add_(rate * torch.sign(target - ratio))

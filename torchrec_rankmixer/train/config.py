@@ -262,9 +262,11 @@ class TrainSettings:
     progress_bar: bool = True
     validate_inputs: bool = False
     num_threads: Optional[int] = None
+    calibrate_moe_batches: int = 16
 
     def validate(self) -> None:
         _positive("train.steps", self.steps)
+        _non_negative("train.calibrate_moe_batches", self.calibrate_moe_batches)
         if self.num_threads is not None:
             _positive("train.num_threads", self.num_threads)
         _non_negative("train.eval_every", self.eval_every)

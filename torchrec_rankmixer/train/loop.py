@@ -16,6 +16,8 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from torchrec_rankmixer.modules.aux import collect_statistics
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+from torchrec_rankmixer.modules.moe_calibration import all_gather_rows, calibrate_moe_routers
 from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model, build_remapper
 from torchrec_rankmixer.train.checkpoint import (
     ID_REMAP_KEY,
@@ -192,6 +194,37 @@ class Trainer:
         self.model.train()
         return acc.compute()
 
+    def calibrate_moe(self) -> List[Dict[str, float]]:
+        """Calibrate the Sparse-MoE h_infer router biases to the target active ratio.
+
+        Runs after the last training step, before the final evaluation and checkpoint
+        (docs/moe.md, "calibration"): each rank runs ``train.calibrate_moe_batches`` of
+        its next, not yet trained on, training batches in eval mode; the router logits
+        are all-gathered, so every rank applies the same bias shift and the replicated
+        router stays identical across ranks. No-op without ReLU-routed MoE layers or
+        with ``train.calibrate_moe_batches=0``. Logs one record (``moe_calib_*``).
+        """
+        num = self.cfg.train.calibrate_moe_batches
+        moes = [m for m in self.model.modules() if isinstance(m, PerTokenSparseMoE) and m.router != "topk"]
+        if num == 0 or not moes:
+            return []
+        env = self.env
+        # read-only remap (no profiling/eviction) when ids are managed-collision remapped
+        # read-only remap (no profiling/eviction) when ids are managed-collision remapped
+        batches = list(self._remapped(self.source.train_batches(self.cursor, env.rank, env.world_size, num), False))
+
+        def run() -> None:
+            with self._autocast():
+                _drain(self.pipeline, iter(batches), len(batches))
+
+        report = calibrate_moe_routers(self.model, run, gather=all_gather_rows)
+        self.model.train()
+        record: Dict[str, float] = {"step": self.step}
+        for i, r in enumerate(report):
+            record.update({f"moe_calib_{i}_{k}": v for k, v in r.items()})
+        self.run.log(record)
+        return report
+
     # ------------------------------------------------------------------ train
     def _boundaries(self, total: int) -> List[int]:
         t = self.cfg.train
@@ -235,6 +268,8 @@ class Trainer:
                     running, count = torch.zeros_like(running), 0
                     bar.set_postfix(loss=f"{last_loss:.4f}")
                 bar.update(1)
+            if self.step == total:
+                self.calibrate_moe()
             if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
                 metrics = self.evaluate()
                 if metrics:
