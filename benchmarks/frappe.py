@@ -76,14 +76,19 @@ def tables_for(vocab_sizes: torch.Tensor) -> List[EmbeddingBagConfig]:
     ]
 
 
-def frappe_spec(variant: str, overrides: Optional[Dict[str, object]] = None) -> ModelSpec:
-    """Frappe sizes: one token per field (T=10), D=40 (4 per head), L=2, k=4; ``overrides``
-    are RankMixerConfig fields applied on top (``--rankmixer-set``, for tuning on valid)."""
+def frappe_spec(
+    variant: str, overrides: Optional[Dict[str, object]] = None,
+    rankmixer_over: Optional[List[int]] = None,
+) -> ModelSpec:
+    """Frappe sizes: one token per field (T=10), D=40 (4 per head), L=2, k=4, OverArch
+    [256, 1]; ``overrides`` are RankMixerConfig fields applied on top (``--rankmixer-set``)
+    and ``rankmixer_over`` replaces the OverArch hidden sizes (``--rankmixer-over``), both
+    for tuning on valid."""
     config = rankmixer_variant(variant, d_model=40, num_tokens=10, num_layers=2)
     return ModelSpec(
         hidden=[400, 400, 400], dcn_layers=3, dcn_low_rank=64,
         rankmixer=config.with_updates(**(overrides or {})),
-        rankmixer_over=[256], feature_groups={f: [f] for f in FIELDS},
+        rankmixer_over=list(rankmixer_over or [256]), feature_groups={f: [f] for f in FIELDS},
     )
 
 
@@ -105,17 +110,19 @@ def predict(model: nn.Module, ids: torch.Tensor, dense_in: int) -> torch.Tensor:
 
 def run(
     data: Dict, name: str, variant: str, seed: int, max_epochs: int, log: bool = True,
-    overrides: Optional[Dict[str, object]] = None,
+    overrides: Optional[Dict[str, object]] = None, lr: float = LR,
+    rankmixer_over: Optional[List[int]] = None,
 ) -> Dict:
-    """Train one model under the BARS protocol; returns the metrics row."""
+    """Train one model under the BARS protocol; returns the metrics row. ``lr`` other
+    than :data:`LR` departs from BARS (tuning only; the row records it)."""
     dense_in = 0 if name in ("rankmixer", "dnn") else 1  # TorchRec DLRM/DCN need a dense arch
-    spec = frappe_spec(variant, overrides)
+    spec = frappe_spec(variant, overrides, rankmixer_over)
     model = build_model(name, tables_for(data["vocab"][0]), dense_in, spec, seed)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     train_ids, train_y = data["train"]
     gen = torch.Generator().manual_seed(seed)
-    best_auc, best_state, best_epoch, strikes, lr = -1.0, None, 0, 0, LR
+    best_auc, best_state, best_epoch, strikes = -1.0, None, 0, 0
     history = []
     t_start = time.time()
     for epoch in range(1, max_epochs + 1):
@@ -152,6 +159,7 @@ def run(
         "test_logloss": binary_logloss(test_logits, data["test"][1]),
         "dense_params": dense_param_count(model), "seconds": round(time.time() - t_start, 1),
         "valid_history": history,
+        **({"encoder_flops": spec.rankmixer.flops_per_sample(exact=True)} if name == "rankmixer" else {}),
     }
 
 
@@ -167,7 +175,16 @@ def main() -> None:
     p.add_argument("--out", default="results/frappe.jsonl", help="append one JSON line per run")
     p.add_argument("--rankmixer-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="RankMixerConfig override for RankMixer, e.g. pooling=flatten (repeatable)")
+    p.add_argument("--rankmixer-lr", type=float, default=LR,
+                   help=f"Adam lr for RankMixer only (default {LR:g} = BARS; anything else is "
+                        "a labelled departure, recorded in the row)")
+    p.add_argument("--rankmixer-over", type=int, nargs="+", default=None, metavar="SIZE",
+                   help="RankMixer OverArch hidden sizes (default 256)")
     args = p.parse_args()
+    if args.rankmixer_lr <= 0:
+        p.error(f"--rankmixer-lr ({args.rankmixer_lr}) must be > 0")
+    if args.rankmixer_over is not None and min(args.rankmixer_over) < 1:
+        p.error(f"--rankmixer-over ({args.rankmixer_over}) must hold positive sizes")
     overrides: Dict[str, object] = {}
     for item in args.rankmixer_set:
         if "=" not in item:
@@ -181,9 +198,15 @@ def main() -> None:
         for name in args.models:
             is_rm = name == "rankmixer"
             row = run(data, name, args.variant if is_rm else "full", seed, args.max_epochs,
-                      overrides=overrides if is_rm else None)
+                      overrides=overrides if is_rm else None,
+                      lr=args.rankmixer_lr if is_rm else LR,
+                      rankmixer_over=args.rankmixer_over if is_rm else None)
             if is_rm and overrides:
                 row["rankmixer_overrides"] = overrides
+            if is_rm and args.rankmixer_lr != LR:
+                row["lr"] = args.rankmixer_lr
+            if is_rm and args.rankmixer_over is not None:
+                row["rankmixer_over"] = args.rankmixer_over
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

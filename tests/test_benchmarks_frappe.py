@@ -1,0 +1,101 @@
+"""benchmarks/frappe.py (BARS protocol runner) and benchmarks/report.py (its tables),
+on a tiny random stand-in for Frappe (the real data is never needed by tests)."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from benchmarks import frappe, report
+
+
+def _fake_frappe(rows: int = 256, seed: int = 0) -> dict:
+    """Same layout as load_frappe's output: ids already remapped (0 = OOV)."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = torch.tensor([5, 7, 3, 3, 2, 2, 2, 4, 3, 6])
+
+    def split(n: int) -> tuple:
+        ids = torch.stack([torch.randint(0, int(v) + 1, (n,), generator=g) for v in vocab], 1)
+        labels = (ids[:, 0] % 2 == ids[:, 1] % 2).float()  # learnable from user x item
+        return ids, labels
+
+    return {"train": split(rows), "valid": split(128), "test": split(128), "vocab": (vocab, torch.empty(0))}
+
+
+def test_frappe_spec_applies_overrides_and_over_arch() -> None:
+    spec = frappe.frappe_spec("shared_ffn", {"pooling": "flatten", "d_model": 80}, [64, 32])
+    assert spec.rankmixer.ffn_type == "shared"  # the variant
+    assert spec.rankmixer.pooling == "flatten" and spec.rankmixer.d_model == 80  # overrides on top
+    assert spec.rankmixer_over == [64, 32]
+    assert frappe.frappe_spec("full").rankmixer_over == [256]  # default
+
+
+def test_run_rankmixer_row_records_protocol_and_flops() -> None:
+    data = _fake_frappe()
+    row = frappe.run(data, "rankmixer", "full", seed=1, max_epochs=2, log=False,
+                     lr=3e-3, rankmixer_over=[16])
+    assert row["model"] == "rankmixer" and row["epochs_run"] <= 2
+    assert 1 <= row["best_epoch"] <= row["epochs_run"] == len(row["valid_history"])
+    assert row["valid_auc"] == max(row["valid_history"]) or abs(row["valid_auc"] - max(row["valid_history"])) < 1e-5
+    assert 0.0 <= row["test_auc"] <= 1.0 and row["test_logloss"] > 0
+    assert row["encoder_flops"] == frappe.frappe_spec("full").rankmixer.flops_per_sample(exact=True)
+
+
+def test_run_baseline_has_no_encoder_flops() -> None:
+    row = frappe.run(_fake_frappe(), "dnn", "full", seed=1, max_epochs=1, log=False)
+    assert "encoder_flops" not in row and row["epochs_run"] == 1
+
+
+def test_early_stopping_restores_best_and_stops_after_two_strikes() -> None:
+    data = _fake_frappe(rows=64)
+    row = frappe.run(data, "dnn", "full", seed=3, max_epochs=40, log=False)
+    hist = row["valid_history"]
+    assert row["epochs_run"] < 40  # 1 step per epoch on random-ish labels: valid AUC stalls
+    running_best, strikes = -1.0, 0
+    for auc in hist:
+        if auc > running_best:
+            running_best = auc
+        else:
+            strikes += 1
+    assert strikes == 2 and hist[-1] <= running_best  # stopped at the second strike
+    assert hist[row["best_epoch"] - 1] == max(hist)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rankmixer-lr", "0"], "--rankmixer-lr"),
+    (["--rankmixer-over", "0"], "--rankmixer-over"),
+    (["--rankmixer-set", "pooling"], "FIELD=VALUE"),
+])
+def test_cli_rejects_bad_tuning_flags(argv, message, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["frappe.py", "/nonexistent", *argv])
+    with pytest.raises(SystemExit):
+        frappe.main()
+    assert message in capsys.readouterr().err
+
+
+def _row(model: str, seed: int, test_auc: float, variant: str = "full", **extra: object) -> dict:
+    return {"model": model, "variant": variant, "seed": seed, "best_epoch": 3, "valid_auc": test_auc,
+            "test_auc": test_auc, "test_logloss": 0.2, "dense_params": 1000, **extra}
+
+
+def test_report_merges_files_last_wins(tmp_path, capsys) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps(r) for r in [_row("dcnv2", 1, 0.90), _row("dcnv2", 2, 0.92)]) + "\n")
+    b.write_text(json.dumps(_row("dcnv2", 1, 0.94)) + "\n" + json.dumps(_row("rankmixer", 1, 0.95)) + "\n")
+    rows = report.read(str(a), str(b))
+    assert len(rows) == 3
+    assert {r["test_auc"] for r in rows if r["model"] == "dcnv2"} == {0.94, 0.92}
+    report.frappe_table(rows)
+    out = capsys.readouterr().out
+    assert "| dcnv2 | 1,2 |" in out and "0.9300 ± 0.0141" in out and "0.9845" in out
+
+
+def test_report_frappe_ablation_delta_is_relative_to_full(tmp_path, capsys) -> None:
+    rows = [_row("rankmixer", 1, 0.80, encoder_flops=100),
+            _row("rankmixer", 1, 0.79, variant="no_mixing", encoder_flops=100),
+            _row("rankmixer", 1, 0.80, variant="self_attention", encoder_flops=150)]
+    report.ablation_table(rows, key="test_auc")
+    out = capsys.readouterr().out
+    assert "| no_mixing | 1 | 0.7900 | -1.25% | -0.50% | yes | +0.0% |" in out
+    assert "| self_attention | 1 | 0.8000 | +0.00% | -0.03% | no | +50.0% |" in out
