@@ -47,25 +47,58 @@ def test_run_baseline_has_no_encoder_flops() -> None:
     assert "encoder_flops" not in row and row["epochs_run"] == 1
 
 
-def test_early_stopping_restores_best_and_stops_after_two_strikes() -> None:
-    data = _fake_frappe(rows=64)
-    row = frappe.run(data, "dnn", "full", seed=3, max_epochs=40, log=False)
+def _drive(schedule: "frappe.PlateauSchedule", aucs: list) -> list:
+    """(improved, stop, lr after the step) per epoch until stop."""
+    out = []
+    for auc in aucs:
+        improved, stop = schedule.step(auc)
+        out.append((improved, stop, schedule.lr))
+        if stop:
+            break
+    return out
+
+
+def test_fuxictr_schedule_resets_stalls_on_improvement() -> None:
+    # FuxiCTR: a stall divides the lr by 10, an improvement resets the count; stop at 2 in a row.
+    steps = _drive(frappe.PlateauSchedule(1e-3, "fuxictr"), [0.90, 0.89, 0.91, 0.90, 0.92, 0.91, 0.91, 0.99])
+    assert [s[1] for s in steps] == [False] * 6 + [True]  # the 2nd consecutive stall stops
+    assert [s[0] for s in steps] == [True, False, True, False, True, False, False]
+    assert steps[-2][2] == pytest.approx(1e-6)  # three stalls: 1e-3 -> 1e-4 -> 1e-5 -> 1e-6
+    floor = frappe.PlateauSchedule(1e-5, "fuxictr")
+    _drive(floor, [0.5, 0.4, 0.6, 0.5, 0.7, 0.6])
+    assert floor.lr == frappe.MIN_LR  # never below 1e-6
+
+
+def test_fuxictr_schedule_needs_min_delta_to_count_as_improvement() -> None:
+    steps = _drive(frappe.PlateauSchedule(1e-3, "fuxictr"), [0.9, 0.9 + 1e-7])
+    assert steps[1][:2] == (False, False)
+
+
+def test_v0_schedule_counts_stalls_cumulatively() -> None:
+    # The earlier rule (kept to reproduce recorded results): stalls are never reset.
+    steps = _drive(frappe.PlateauSchedule(1e-3, "v0"), [0.90, 0.89, 0.91, 0.92, 0.91, 0.99])
+    assert [s[1] for s in steps] == [False, False, False, False, True]
+
+
+def test_schedule_rejects_unknown_protocol() -> None:
+    with pytest.raises(ValueError, match="protocol"):
+        frappe.PlateauSchedule(1e-3, "bars")
+
+
+def test_early_stopping_restores_best_epoch() -> None:
+    row = frappe.run(_fake_frappe(rows=64), "dnn", "full", seed=3, max_epochs=40, log=False)
     hist = row["valid_history"]
-    assert row["epochs_run"] < 40  # 1 step per epoch on random-ish labels: valid AUC stalls
-    running_best, strikes = -1.0, 0
-    for auc in hist:
-        if auc > running_best:
-            running_best = auc
-        else:
-            strikes += 1
-    assert strikes == 2 and hist[-1] <= running_best  # stopped at the second strike
+    assert row["protocol"] == "fuxictr" and row["epochs_run"] < 40  # valid AUC stalls
     assert hist[row["best_epoch"] - 1] == max(hist)
+    assert all(h < max(hist) + 1e-6 for h in hist[row["best_epoch"]:])  # nothing later beat it
+    assert len(hist) - row["best_epoch"] == frappe.PATIENCE  # stopped at 2 stalls in a row
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--rankmixer-lr", "0"], "--rankmixer-lr"),
     (["--rankmixer-over", "0"], "--rankmixer-over"),
     (["--rankmixer-set", "pooling"], "FIELD=VALUE"),
+    (["--protocol", "bars"], "--protocol"),
 ])
 def test_cli_rejects_bad_tuning_flags(argv, message, monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["frappe.py", "/nonexistent", *argv])
