@@ -21,7 +21,7 @@ from benchmarks.variants import PAPER_DELTA_PCT, VARIANTS  # noqa: E402
 
 def read(*paths: str) -> List[Dict]:
     """JSON lines from one or more files; a run repeated with the same (model, tag/variant,
-    seed) counts once, the last one read wins (runs are deterministic, so a repeat is the
+    seed, Frappe stopping protocol) counts once, the last one read wins (runs are deterministic, so a repeat is the
     same number, not a new sample)."""
     rows: Dict[tuple, Dict] = {}
     for path in paths:
@@ -29,7 +29,7 @@ def read(*paths: str) -> List[Dict]:
             for line in f:
                 if line.strip():
                     r = json.loads(line)
-                    rows[(r["model"], r.get("tag", r.get("variant")), r["seed"])] = r
+                    rows[(r["model"], r.get("tag", r.get("variant")), r["seed"], r.get("protocol"))] = r
     return list(rows.values())
 
 
@@ -42,17 +42,18 @@ FRAPPE_PUBLISHED = {"dnn": 0.9833, "dcnv2": 0.9845}
 
 
 def frappe_table(rows: List[Dict]) -> None:
-    """Per model: seeds, dense params, best epochs, valid/test AUC and test logloss as
-    mean ± std over seeds, and the published test AUC."""
+    """Per model and stopping protocol (rows without one ran the earlier ``v0`` rule):
+    seeds, dense params, best epochs, valid/test AUC and test logloss as mean ± std over
+    seeds, and the published test AUC."""
     by = defaultdict(list)
     for r in rows:
-        by[(r["model"], r["variant"])].append(r)
-    print("| model | seeds | dense params | best epoch (per seed) | valid AUC | test AUC | "
-          "test logloss | published test AUC |\n|---|---|---|---|---|---|---|---|")
-    for (model, variant), rs in sorted(by.items()):
+        by[(r["model"], r["variant"], r.get("protocol", "v0"))].append(r)
+    print("| model | seeds | protocol | dense params | best epoch (per seed) | valid AUC | test AUC | "
+          "test logloss | published test AUC |\n|---|---|---|---|---|---|---|---|---|")
+    for (model, variant, protocol), rs in sorted(by.items()):
         rs = sorted(rs, key=lambda r: r["seed"])
         print(f"| {model}{'' if variant == 'full' else '/' + variant} | "
-              f"{','.join(str(r['seed']) for r in rs)} | {rs[0]['dense_params']:,} | "
+              f"{','.join(str(r['seed']) for r in rs)} | {protocol} | {rs[0]['dense_params']:,} | "
               f"{', '.join(str(r['best_epoch']) for r in rs)} | {mean_std([r['valid_auc'] for r in rs])} | "
               f"{mean_std([r['test_auc'] for r in rs])} | {mean_std([r['test_logloss'] for r in rs])} | "
               f"{FRAPPE_PUBLISHED.get(model, '')} |")

@@ -121,7 +121,18 @@ def test_report_merges_files_last_wins(tmp_path, capsys) -> None:
     assert {r["test_auc"] for r in rows if r["model"] == "dcnv2"} == {0.94, 0.92}
     report.frappe_table(rows)
     out = capsys.readouterr().out
-    assert "| dcnv2 | 1,2 |" in out and "0.9300 ± 0.0141" in out and "0.9845" in out
+    assert "| dcnv2 | 1,2 | v0 |" in out and "0.9300 ± 0.0141" in out and "0.9845" in out
+
+
+def test_report_keeps_protocols_apart(tmp_path, capsys) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(_row("dcnv2", 1, 0.90)) + "\n"
+                    + json.dumps(_row("dcnv2", 1, 0.95, protocol="fuxictr")) + "\n")
+    rows = report.read(str(path))
+    assert sorted(r["test_auc"] for r in rows) == [0.90, 0.95]  # not deduplicated across protocols
+    report.frappe_table(rows)
+    out = capsys.readouterr().out
+    assert "| dcnv2 | 1 | fuxictr |" in out and "| dcnv2 | 1 | v0 |" in out
 
 
 def test_report_frappe_ablation_delta_is_relative_to_full(tmp_path, capsys) -> None:
