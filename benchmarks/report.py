@@ -19,15 +19,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.variants import PAPER_DELTA_PCT, VARIANTS  # noqa: E402
 
 
-def read(path: str) -> List[Dict]:
-    """JSON lines; a run repeated with the same (model, tag/variant, seed) counts once
-    (runs are deterministic, so a repeat is the same number, not a new sample)."""
+def read(*paths: str) -> List[Dict]:
+    """JSON lines from one or more files; a run repeated with the same (model, tag/variant,
+    seed, Frappe stopping protocol) counts once, the last one read wins (runs are deterministic, so a repeat is the
+    same number, not a new sample)."""
     rows: Dict[tuple, Dict] = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows[(r["model"], r.get("tag", r.get("variant")), r["seed"])] = r
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    rows[(r["model"], r.get("tag", r.get("variant")), r["seed"], r.get("protocol"))] = r
     return list(rows.values())
 
 
@@ -35,15 +37,26 @@ def mean_std(xs: List[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
 
+# Published test AUCs on Frappe_x1 (BARS leaderboard); FinalMLP is the leaderboard's best.
+FRAPPE_PUBLISHED = {"dnn": 0.9833, "dcnv2": 0.9845}
+
+
 def frappe_table(rows: List[Dict]) -> None:
+    """Per model and stopping protocol (rows without one ran the earlier ``v0`` rule):
+    seeds, dense params, best epochs, valid/test AUC and test logloss as mean ± std over
+    seeds, and the published test AUC."""
     by = defaultdict(list)
     for r in rows:
-        by[(r["model"], r["variant"])].append(r)
-    print("| model | seeds | dense params | best epoch | test AUC | test logloss |\n|---|---|---|---|---|---|")
-    for (model, variant), rs in sorted(by.items()):
-        print(f"| {model}{'' if variant == 'full' else '/' + variant} | {len(rs)} | {rs[0]['dense_params']:,} | "
-              f"{[r['best_epoch'] for r in rs]} | {mean_std([r['test_auc'] for r in rs])} | "
-              f"{mean_std([r['test_logloss'] for r in rs])} |")
+        by[(r["model"], r["variant"], r.get("protocol", "v0"))].append(r)
+    print("| model | seeds | protocol | dense params | best epoch (per seed) | valid AUC | test AUC | "
+          "test logloss | published test AUC |\n|---|---|---|---|---|---|---|---|---|")
+    for (model, variant, protocol), rs in sorted(by.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        print(f"| {model}{'' if variant == 'full' else '/' + variant} | "
+              f"{','.join(str(r['seed']) for r in rs)} | {protocol} | {rs[0]['dense_params']:,} | "
+              f"{', '.join(str(r['best_epoch']) for r in rs)} | {mean_std([r['valid_auc'] for r in rs])} | "
+              f"{mean_std([r['test_auc'] for r in rs])} | {mean_std([r['test_logloss'] for r in rs])} | "
+              f"{FRAPPE_PUBLISHED.get(model, '')} |")
 
 
 def ablation_table(rows: List[Dict], key: str = "auc") -> None:
@@ -113,13 +126,14 @@ def scaling(rows: List[Dict], plot: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--frappe", default=None)
+    p.add_argument("--frappe", nargs="+", default=None, metavar="FILE",
+                   help="benchmarks/frappe.py outputs (several files are merged)")
     p.add_argument("--ablations", default=None)
     p.add_argument("--scaling", default=None)
     p.add_argument("--plot", default="docs/img/scaling_synthetic.png")
     args = p.parse_args()
     if args.frappe:
-        rows = read(args.frappe)
+        rows = read(*args.frappe)
         frappe_table([r for r in rows if r["variant"] == "full"])
         if any(r["variant"] != "full" for r in rows):
             ablation_table([r for r in rows if r["model"] == "rankmixer"], key="test_auc")

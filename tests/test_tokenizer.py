@@ -22,6 +22,7 @@ def test_batched_matches_loop_forward_and_grad(kwargs: dict) -> None:
     torch.manual_seed(0)
     fast = SemanticTokenizer(DIMS, 8, dense_in_features=5, num_dense_tokens=2, **kwargs)
     ref = SemanticTokenizer(DIMS, 8, dense_in_features=5, num_dense_tokens=2, kernel="loop", **kwargs)
+    torch.nn.init.normal_(fast.bias)  # biases start at 0; make the forward check cover them
     ref.load_state_dict(fast.state_dict())
     kt, dense = _kt(), torch.randn(3, 5)
     kt_values = kt.values().clone().requires_grad_()
@@ -37,6 +38,22 @@ def test_batched_matches_loop_forward_and_grad(kwargs: dict) -> None:
     torch.testing.assert_close(values2.grad, kt_values.grad, atol=1e-5, rtol=1e-5)
     for (n, p), (_, q) in zip(fast.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=n)
+
+
+def test_sparse_biases_start_at_zero_so_small_embeddings_still_vary_after_layernorm() -> None:
+    # TorchRec starts a large table's rows at ~uniform(+-sqrt(1/n)): std ~0.01. A random
+    # bias would make each token almost constant across samples, and the LayerNorm after
+    # it would normalise the bias instead of the feature (docs/benchmarks.md, section 4).
+    torch.manual_seed(0)
+    tok = SemanticTokenizer(DIMS, 8, groups=GROUPS)
+    assert torch.count_nonzero(tok.bias) == 0
+    tok.bias.data.normal_()
+    tok.reset_parameters()
+    assert torch.count_nonzero(tok.bias) == 0  # reset_parameters restores the zero init
+    kt = _kt(batch=256)
+    small = KeyedTensor(kt.keys(), kt.length_per_key(), 0.01 * kt.values())
+    normed = torch.nn.functional.layer_norm(tok(small), (8,))  # (B, T, D)
+    assert normed.std(dim=0).mean() > 0.5  # per-sample signal survives the norm
 
 
 def test_group_token_depends_only_on_its_features() -> None:
