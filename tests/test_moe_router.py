@@ -82,24 +82,32 @@ def test_integral_is_clamped() -> None:
     assert l1.integral.item() == INTEGRAL_MAX == l1.coef.item()
 
 
+def _toy_router_tail_ratio(router: TokenRouter, l1: AdaptiveL1, offset_rate: float = 0.0) -> float:
+    """Train ``router`` for 200 steps on a regression that wants some gate mass, with the
+    adaptive L1 (and the ratio offset when ``offset_rate`` > 0); mean active ratio of the
+    last 50 steps."""
+    opt = torch.optim.Adam(router.parameters(), lr=0.02)
+    tw = torch.randn(8)
+    ratios = []
+    for _ in range(200):
+        x = torch.randn(64, 2, 8)
+        gates = l1(router(x))
+        if offset_rate:
+            update_ratio_offset(router.offset, gates, l1.target, rate=offset_rate)
+        loss = ((gates.sum(-1) - (x @ tw).abs()) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ratios.append((gates > 0).float().mean().item())
+    return sum(ratios[-50:]) / 50
+
+
 def test_controller_holds_ratio_near_target_on_a_toy_router() -> None:
     """A router trained by a regression that wants some gate mass, plus the adaptive L1."""
     for target in (0.5, 0.125):
         torch.manual_seed(0)
         router = TokenRouter(num_tokens=2, d_model=8, num_experts=8)
-        l1 = AdaptiveL1(target=target, kp=2.0, ki=0.1)
-        opt = torch.optim.Adam(router.parameters(), lr=0.02)
-        tw = torch.randn(8)
-        ratios = []
-        for _ in range(200):
-            x = torch.randn(64, 2, 8)
-            gates = l1(router(x))
-            loss = ((gates.sum(-1) - (x @ tw).abs()) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ratios.append((gates > 0).float().mean().item())
-        tail = sum(ratios[-50:]) / 50
+        tail = _toy_router_tail_ratio(router, AdaptiveL1(target=target, kp=2.0, ki=0.1))
         assert abs(tail - target) <= 0.1 * target, (target, tail)
 
 
@@ -160,19 +168,6 @@ def test_offset_and_l1_hold_ratio_on_a_toy_router() -> None:
     for target in (0.5, 0.125):
         torch.manual_seed(0)
         router = TokenRouter(num_tokens=2, d_model=8, num_experts=8, offset=True)
-        l1 = AdaptiveL1(target=target, kp=0.5, ki=0.01)
-        opt = torch.optim.Adam(router.parameters(), lr=0.02)
-        tw = torch.randn(8)
-        ratios = []
-        for _ in range(200):
-            x = torch.randn(64, 2, 8)
-            gates = l1(router(x))
-            update_ratio_offset(router.offset, gates, target, rate=0.05)
-            loss = ((gates.sum(-1) - (x @ tw).abs()) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ratios.append((gates > 0).float().mean().item())
-        tail = sum(ratios[-50:]) / 50
+        tail = _toy_router_tail_ratio(router, AdaptiveL1(target=target, kp=0.5, ki=0.01), offset_rate=0.05)
         assert abs(tail - target) <= 0.1 * target, (target, tail)
         assert router.offset.abs().max() > 0  # the offset took part

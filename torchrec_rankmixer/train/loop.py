@@ -210,7 +210,6 @@ class Trainer:
             return []
         env = self.env
         # read-only remap (no profiling/eviction) when ids are managed-collision remapped
-        # read-only remap (no profiling/eviction) when ids are managed-collision remapped
         batches = list(self._remapped(self.source.train_batches(self.cursor, env.rank, env.world_size, num), False))
 
         def run() -> None:
