@@ -27,6 +27,7 @@ from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_con
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_inference, reset_moe_statistics
 from torchrec_rankmixer.modules.moe_calibration import calibrate_on_batches
 from torchrec_rankmixer.train.simple import EVAL_OFFSET, evaluate, train_simple
+from torchrec_rankmixer.utils.metrics import binary_auc
 
 
 def build(data: SyntheticClickData, router: str, target: float, args: argparse.Namespace) -> DLRM_RankMixer:
@@ -36,6 +37,7 @@ def build(data: SyntheticClickData, router: str, target: float, args: argparse.N
         moe_expert_hidden=args.hidden, moe_target_active_ratio=target,
         moe_l1_kp=args.l1_kp, moe_l1_ki=args.l1_ki, moe_dense_path_prob=args.dense_path_prob,
         moe_offset_rate=args.offset_rate, moe_offset_per=args.offset_per, moe_train_gate=args.train_gate,
+        moe_path_draw=args.path_draw,
     )
     emb = args.embedding_dim
     ebc = EmbeddingBagCollection(tables=data.table_configs(emb))
@@ -49,6 +51,20 @@ def _eval_logits(model: torch.nn.Module, batches: List) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return torch.cat([model(b.dense_features, b.sparse_features)[:, 0] for b in batches])
+
+
+def _labels(batches: List) -> torch.Tensor:
+    return torch.cat([b.labels for b in batches])
+
+
+def paired_gap_se(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, rounds: int = 200) -> float:
+    """Bootstrap standard error of AUC(a) - AUC(b) over the same resampled eval rows."""
+    g = torch.Generator().manual_seed(0)
+    n, gaps = labels.numel(), []
+    for _ in range(rounds):
+        i = torch.randint(0, n, (n,), generator=g)
+        gaps.append(binary_auc(a[i], labels[i]) - binary_auc(b[i], labels[i]))
+    return float(torch.tensor(gaps).std())
 
 
 def _perturbation(model: torch.nn.Module, batches: List, which: str) -> float:
@@ -101,7 +117,8 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
         report = calibrate_on_batches(model, calib)
         row["calib_max_abs_shift"] = max(r["max_abs_shift"] for r in report)
     reset_moe_statistics(model)
-    row["auc_sparse"] = evaluate(model, evals)[0]
+    sparse_logits = _eval_logits(model, evals)
+    row["auc_sparse"] = binary_auc(sparse_logits, _labels(evals))
     moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
     utils = torch.stack([m.expert_utilisation() for m in moes])  # (L, T, E)
     row["infer_active_ratio"] = float(utils.mean())
@@ -111,7 +128,10 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
     row["auc_dense_same_gates"] = evaluate(model, evals)[0]
     if router == "dtsi":
         configure_moe_inference(model, execution="dense", router="train")
-        row["auc_dense_gated_htrain"] = evaluate(model, evals)[0]
+        dense_logits = _eval_logits(model, evals)
+        row["auc_dense_gated_htrain"] = binary_auc(dense_logits, _labels(evals))
+        row["gap"] = row["auc_sparse"] - row["auc_dense_gated_htrain"]  # type: ignore[operator]
+        row["gap_se"] = paired_gap_se(sparse_logits, dense_logits, _labels(evals))
     configure_moe_inference(model, execution="sparse")
     row["perturb_h_infer"] = _perturbation(model, evals[:2], "router_infer")
     row["perturb_h_train"] = _perturbation(model, evals[:2], "router_train") if router == "dtsi" else None
@@ -139,6 +159,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--offset-rate", type=float, default=0.01, help="moe_offset_rate")
     p.add_argument("--offset-per", default="expert", choices=["expert", "token"], help="moe_offset_per")
     p.add_argument("--train-gate", default="softplus", choices=["relu", "softplus"], help="moe_train_gate")
+    p.add_argument("--path-draw", default="sample", choices=["sample", "token"], help="moe_path_draw")
     p.add_argument("--calibrate-batches", type=int, default=16,
                    help="held-out training batches for the router-bias calibration (0: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared box)")

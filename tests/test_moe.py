@@ -67,6 +67,66 @@ def test_train_path_mixes_routers_with_dense_path_prob() -> None:
     assert moe.router_train.weight.grad is None  # p = 0: h_train unused
 
 
+def _both_paths(moe: PerTokenSparseMoE, x: torch.Tensor):
+    """(h_train-gated, h_infer-gated) reference outputs, [B, T, D] each."""
+    ws = (moe.w1, moe.b1, moe.w2, moe.b2)
+    g_train = torch.nn.functional.softplus(moe.router_train(x))
+    return (moe_experts_reference(x, g_train, *ws).detach(),
+            moe_experts_reference(x, torch.relu(moe.router_infer(x)), *ws).detach())
+
+
+@pytest.mark.parametrize("path_draw", ["sample", "token"])
+def test_path_draw_routes_whole_samples_or_single_tokens(path_draw: str) -> None:
+    moe = _moe(path_draw=path_draw, offset_rate=0.0).train()
+    x = torch.randn(200, T, D)
+    y_train, y_infer = _both_paths(moe, x)
+    y = moe(x).detach()
+    by_train = torch.isclose(y, y_train, atol=1e-5).all(-1)  # (B, T)
+    by_infer = torch.isclose(y, y_infer, atol=1e-5).all(-1)
+    assert (by_train | by_infer).all()  # every (sample, token) took one of the two paths
+    mixed = by_train.any(1) & by_infer.any(1) & ~(by_train.all(1) | by_infer.all(1))
+    if path_draw == "sample":
+        assert not mixed.any()
+        assert 60 < int(by_train.all(1).sum()) < 140  # p = 1/2 of 200 samples
+    else:
+        assert mixed.any()
+
+
+def test_encoder_shares_one_path_draw_across_moe_layers() -> None:
+    """Each training sample runs exactly one of the two models that are evaluated."""
+    cfg = RankMixerConfig(d_model=D, num_tokens=4, num_layers=3, use_moe=True, moe_num_experts=E,
+                          moe_expert_hidden=H, moe_offset_rate=0.0, moe_target_active_ratio=0.5)
+    torch.manual_seed(0)
+    enc = RankMixerEncoder(cfg)
+    x = torch.randn(100, 4, D)
+    enc.eval()
+    with torch.no_grad():
+        y_infer = enc(x)
+        configure_moe_inference(enc, execution="dense", router="train")
+        y_train = enc(x)
+    seen = []
+    moes = [m for m in enc.modules() if isinstance(m, PerTokenSparseMoE)]
+    for m in moes:
+        m.register_forward_pre_hook(lambda mod, _: seen.append(mod._path_mask))
+    enc.train()
+    y = enc(x).detach()
+    assert len(seen) == 3 and all(s is seen[0] for s in seen)  # one [B] draw for all layers
+    assert all(m._path_mask is None for m in moes)  # cleared after the forward
+    pick = seen[0]
+    torch.testing.assert_close(y[pick], y_train[pick], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y[~pick], y_infer[~pick], rtol=1e-4, atol=1e-5)
+    assert 0 < int(pick.sum()) < 100
+
+
+def test_set_path_mask_errors() -> None:
+    moe = _moe().train()
+    with pytest.raises(ValueError, match="bool"):
+        moe.set_path_mask(torch.ones(4))
+    moe.set_path_mask(torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="4 rows, the batch has 5"):
+        moe(torch.randn(5, T, D))
+
+
 def test_topk_trains_with_k_experts_and_load_balance() -> None:
     moe = _moe("topk", target_active_ratio=0.5).train()
     moe(torch.randn(16, T, D)).sum().backward()
@@ -140,6 +200,7 @@ def test_dtsi_counts_two_routers_in_training_params() -> None:
         ("moe_offset_rate", "fast", "moe_offset_rate"),
         ("moe_offset_per", "layer", "moe_offset_per"),
         ("moe_train_gate", "sigmoid", "moe_train_gate"),
+        ("moe_path_draw", "layer", "moe_path_draw"),
     ],
 )
 def test_bad_moe_config_raises(field: str, value: object, match: str) -> None:
@@ -165,6 +226,8 @@ def test_bad_moe_combinations_raise() -> None:
         PerTokenSparseMoE(2, 8, offset_per="batch")
     with pytest.raises(ValueError, match="train_gate"):
         PerTokenSparseMoE(2, 8, train_gate="gelu")
+    with pytest.raises(ValueError, match="path_draw"):
+        PerTokenSparseMoE(2, 8, path_draw="batch")
 
 
 def test_configure_inference_errors_and_model_helper() -> None:

@@ -160,6 +160,7 @@ def _run(rank: int, port: int, out_dir: str) -> None:
     dist.all_gather(gathered, dense)
     report["dense_max_rank_diff"] = float((gathered[0] - gathered[1]).abs().max())
     torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     dist.destroy_process_group()
 
 

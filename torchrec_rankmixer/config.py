@@ -19,6 +19,7 @@ FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
 MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
 MOE_OFFSET_PER: Tuple[str, ...] = ("expert", "token")
 MOE_TRAIN_GATES: Tuple[str, ...] = ("relu", "softplus")
+MOE_PATH_DRAWS: Tuple[str, ...] = ("sample", "token")
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -85,8 +86,11 @@ class RankMixerConfig:
         moe_l1_kp: proportional gain of the L1 controller (ReLU routers), >= 0.
         moe_l1_ki: integral gain of the L1 controller, > 0 (docs/moe.md).
         moe_balance_coef: load-balancing loss weight (top-k), >= 0.
-        moe_dense_path_prob: DTSI: probability that a (sample, token) in training uses
+        moe_dense_path_prob: DTSI: probability that a training sample is routed by
             h_train's gates instead of h_infer's, in [0, 1).
+        moe_path_draw: DTSI: ``"sample"`` (one draw per sample, shared by every MoE
+            layer of the encoder, so each sample trains exactly one of the two models
+            that are evaluated) or ``"token"`` (one draw per (sample, token) and layer).
 
     Example::
 
@@ -124,6 +128,7 @@ class RankMixerConfig:
     moe_offset_rate: float = 0.01
     moe_offset_per: str = "expert"
     moe_train_gate: str = "softplus"
+    moe_path_draw: str = "sample"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
@@ -167,6 +172,7 @@ class RankMixerConfig:
         _check_float("moe_offset_rate", self.moe_offset_rate, 0.0, float("inf"), "[)")
         _check_choice("moe_offset_per", self.moe_offset_per, MOE_OFFSET_PER)
         _check_choice("moe_train_gate", self.moe_train_gate, MOE_TRAIN_GATES)
+        _check_choice("moe_path_draw", self.moe_path_draw, MOE_PATH_DRAWS)
         if self.use_moe and self.ffn_type != "per_token":
             raise ValueError(f"use_moe=True needs ffn_type='per_token' (got {self.ffn_type!r})")
         if self.use_moe and self.token_mixer in ROUTING_ABLATIONS:

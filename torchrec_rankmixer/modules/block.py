@@ -5,6 +5,7 @@ from torch import nn
 
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.modules.ffn_factory import build_ffn, build_token_mixer
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, clear_dtsi_paths, draw_dtsi_paths
 
 
 def _norm(config: RankMixerConfig, device: torch.device | str | None) -> nn.Module:
@@ -89,9 +90,20 @@ class RankMixerEncoder(nn.Module):
         return self.config.output_dim
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after all blocks (and the final norm), before pooling: [B, T, D]."""
-        for block in self.blocks:
-            x = block(x)
+        """Tokens after all blocks (and the final norm), before pooling: [B, T, D].
+
+        In training, a Sparse-MoE model draws each sample's DTSI path once here, for
+        all its layers (docs/moe.md, "Path draw").
+        """
+        # symbolic tracing (TorchRec's pipelines trace the training model) sees no draw
+        sharing = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        moes = [m for m in self.blocks.modules() if isinstance(m, PerTokenSparseMoE)] if sharing else []
+        draw_dtsi_paths(moes, x)
+        try:
+            for block in self.blocks:
+                x = block(x)  # (B, T, D)
+        finally:
+            clear_dtsi_paths(moes)
         return self.final_norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Formulation, controller and the penalty mechanism are written down in docs/moe.md.
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torch import nn
 
 from torchrec_rankmixer.config import (
     MOE_OFFSET_PER,
+    MOE_PATH_DRAWS,
     MOE_ROUTERS,
     MOE_TRAIN_GATES,
     RankMixerConfig,
@@ -43,9 +44,12 @@ class PerTokenSparseMoE(nn.Module):
 
     - ``"dtsi"`` (paper): h_infer and h_train, gates ``ReLU(h_infer(x) + o)`` and
       ``softplus(h_train(x))`` (``train_gate``; o the ratio offset). Training
-      computes every expert (dense); each (sample, token) uses h_train's gates with
-      probability ``dense_path_prob`` and h_infer's otherwise, so both routers get the
-      task gradient; the adaptive L1 (:class:`AdaptiveL1`) acts on h_infer only.
+      computes every expert (dense); each sample (``path_draw="sample"``; or each
+      (sample, token), ``"token"``) uses h_train's gates with probability
+      ``dense_path_prob`` and h_infer's otherwise, so both routers get the task
+      gradient. Inside a :class:`RankMixerEncoder` the per-sample draw is shared by
+      all its MoE layers (:meth:`set_path_mask`), so a sample trains either the whole
+      h_train model or the whole h_infer model; the adaptive L1 (:class:`AdaptiveL1`) acts on h_infer only.
       Inference uses only h_infer and runs only its active experts. The ratio offset
       ``o`` (a buffer of ``router_infer``) moves by ``offset_rate * sign(target - r)``
       after each training forward (:func:`update_ratio_offset`).
@@ -66,7 +70,9 @@ class PerTokenSparseMoE(nn.Module):
         l1_kp: proportional gain of the L1 controller (ReLU routers).
         l1_ki: integral gain of the L1 controller.
         balance_coef: load-balancing loss weight (top-k).
-        dense_path_prob: DTSI probability of routing a (sample, token) by h_train in training.
+        dense_path_prob: DTSI probability of routing a training sample by h_train.
+        path_draw: DTSI: ``"sample"`` (one draw per sample) or ``"token"`` (per
+            (sample, token)).
         offset_rate: ReLU routers: step of the non-gradient ratio offset on h_infer's
             logits (``o += rate * sign(target - r)`` per training forward); 0: none.
         offset_per: ``"expert"`` (r per (token, expert)) or ``"token"`` (r per token).
@@ -107,6 +113,7 @@ class PerTokenSparseMoE(nn.Module):
         offset_rate: float = 0.01,
         offset_per: str = "expert",
         train_gate: str = "softplus",
+        path_draw: str = "sample",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -122,6 +129,7 @@ class PerTokenSparseMoE(nn.Module):
         _check_float("offset_rate", offset_rate, 0.0, float("inf"), "[)")
         _check_choice("offset_per", offset_per, MOE_OFFSET_PER)
         _check_choice("train_gate", train_gate, MOE_TRAIN_GATES)
+        _check_choice("path_draw", path_draw, MOE_PATH_DRAWS)
         self.top_k = round(target_active_ratio * num_experts)
         if router == "topk" and self.top_k < 1:
             raise ValueError(
@@ -133,7 +141,8 @@ class PerTokenSparseMoE(nn.Module):
         self.router, self.target_active_ratio = router, float(target_active_ratio)
         self.balance_coef, self.dense_path_prob = float(balance_coef), float(dense_path_prob)
         self.offset_rate = float(offset_rate) if router != "topk" else 0.0
-        self.offset_per, self.train_gate = offset_per, train_gate
+        self.offset_per, self.train_gate, self.path_draw = offset_per, train_gate, path_draw
+        self._path_mask: Optional[torch.Tensor] = None
         self.w1 = nn.Parameter(torch.empty(T, E, D, h, device=device))
         self.b1 = nn.Parameter(torch.empty(T, E, h, device=device))
         self.w2 = nn.Parameter(torch.empty(T, E, h, D, device=device))
@@ -160,7 +169,7 @@ class PerTokenSparseMoE(nn.Module):
             l1_kp=config.moe_l1_kp, l1_ki=config.moe_l1_ki,
             balance_coef=config.moe_balance_coef, dense_path_prob=config.moe_dense_path_prob,
             offset_rate=config.moe_offset_rate, offset_per=config.moe_offset_per,
-            train_gate=config.moe_train_gate, device=device,
+            train_gate=config.moe_train_gate, path_draw=config.moe_path_draw, device=device,
         )
 
     def reset_parameters(self) -> None:
@@ -189,6 +198,32 @@ class PerTokenSparseMoE(nn.Module):
         self.execution, self.eval_router, self.sparse_kernel = execution, router, sparse_kernel
         return self
 
+    @property
+    def draws_dtsi_paths(self) -> bool:
+        """True when training routes each sample by one of the two DTSI routers."""
+        return self.router_train is not None and self.dense_path_prob > 0
+
+    def set_path_mask(self, mask: Optional[torch.Tensor]) -> None:
+        """Fix the DTSI path of each sample for the following training forwards.
+
+        :class:`RankMixerEncoder` draws one [B] bool mask per training forward (True:
+        route the sample by h_train) and gives it to every MoE layer, then clears it
+        (``None``: each forward draws its own, per ``path_draw``).
+        """
+        if mask is not None and (mask.dim() != 1 or mask.dtype != torch.bool):
+            raise ValueError(f"path mask must be a [B] bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+        self._path_mask = mask
+
+    def _path_pick(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, 1] or [B, T, 1] bool: which rows use h_train's gates in training."""
+        B, T = x.shape[0], x.shape[1]
+        if self._path_mask is not None:
+            if self._path_mask.shape[0] != B:
+                raise ValueError(f"path mask has {self._path_mask.shape[0]} rows, the batch has {B}")
+            return self._path_mask.view(B, 1, 1)
+        shape = (B, 1, 1) if self.path_draw == "sample" else (B, T, 1)
+        return torch.rand(shape, device=x.device) < self.dense_path_prob
+
     # ------------------------------------------------------------------ forward
     def _infer_gates(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.router_infer(x)  # (B, T, E)
@@ -215,11 +250,10 @@ class PerTokenSparseMoE(nn.Module):
             self._record(gates)
         if self.training:
             used = gates
-            if self.router_train is not None and self.dense_path_prob > 0:
+            if self.draws_dtsi_paths:
                 g_train = self._train_gates(x)  # (B, T, E)
                 self._train_ratio = (g_train > 0).float().mean().detach()
-                pick = torch.rand(x.shape[0], x.shape[1], 1, device=x.device) < self.dense_path_prob
-                used = torch.where(pick, g_train, gates)  # (B, T, E)
+                used = torch.where(self._path_pick(x), g_train, gates)  # (B, T, E)
             return moe_experts_dense(x, used, *experts)
         if self.eval_router == "train" and self.router_train is not None:
             return moe_experts_dense(x, self._train_gates(x), *experts)
@@ -304,6 +338,26 @@ def configure_moe_inference(
     for m in mods:
         m.configure_inference(execution, router, sparse_kernel)
     return len(mods)
+
+
+def draw_dtsi_paths(modules: List[PerTokenSparseMoE], x: torch.Tensor) -> None:
+    """Give every DTSI MoE in ``modules`` the same per-sample path draw for this forward.
+
+    Args:
+        modules: MoE layers of one model (those with ``path_draw="sample"`` take part).
+        x: the batch entering the first layer, [B, ...] (sets B and the device).
+    """
+    shared = [m for m in modules if m.draws_dtsi_paths and m.path_draw == "sample"]
+    if shared:
+        mask = torch.rand(x.shape[0], device=x.device) < shared[0].dense_path_prob  # (B,)
+        for m in shared:
+            m.set_path_mask(mask)
+
+
+def clear_dtsi_paths(modules: List[PerTokenSparseMoE]) -> None:
+    """Undo :func:`draw_dtsi_paths`."""
+    for m in modules:
+        m.set_path_mask(None)
 
 
 def reset_moe_statistics(model: nn.Module) -> None:
