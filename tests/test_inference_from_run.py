@@ -150,7 +150,7 @@ def test_error_paths(run, tmp_path):
         load_run_model(copy)
 
 
-def test_config_mismatch_and_esmm_are_rejected(run, tmp_path):
+def test_config_mismatch_is_rejected(run, tmp_path):
     run_dir, _ = run
     copy = _copy_run(run_dir, tmp_path)
     cfg_path = os.path.join(copy, "config.yaml")
@@ -159,10 +159,31 @@ def test_config_mismatch_and_esmm_are_rejected(run, tmp_path):
     yaml.safe_dump(data, open(cfg_path, "w"))
     with pytest.raises(ValueError, match="does not match the run's config.yaml: .*t_f0.weight has shape"):
         load_run_model(copy)
-    data["model"]["embedding_dim"], data["model"]["task"] = 8, "esmm"
-    yaml.safe_dump(data, open(cfg_path, "w"))
-    with pytest.raises(ValueError, match="model.task \\('esmm'\\) of run .* cannot be exported yet"):
-        load_run_model(copy)
+
+
+def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path) -> None:
+    """A CTR + CVR (ESMM) run exports; the artifact scores as the trained model."""
+    from torchrec_rankmixer.inference.predictor import Predictor
+
+    destroy_group()
+    cfg = load_config(overrides=tiny(
+        tmp_path, "train.steps=2", "train.eval_every=0", "data.eval_batches=0",
+        "run.plots=false", "run.checkpoint_every=2", "run.name=esmm", "model.task=esmm",
+        "model.cvr_loss_weight=0.5"))
+    Trainer(cfg).fit()
+    destroy_group()
+    run_dir = os.path.join(tmp_path, "esmm")
+    model, ckpt, _ = load_run_model(run_dir)
+    assert ckpt.step == 2 and type(model.over_arch).__name__ == "TaskTowers"
+    result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    assert result.metadata["task"] == "esmm"
+    args = _inputs(model)
+    with torch.no_grad():
+        want = model(args[0], _kjt(args))  # (B, 2): CTR, CVR logits
+    got = Predictor(result.path).run(*args)
+    assert got.shape == (16, 2)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)  # int8 tables by default
+    assert not torch.allclose(got[:, 0], got[:, 1])  # two towers, not one logit twice
 
 
 def test_moe_run_is_calibrated_before_export(tmp_path) -> None:

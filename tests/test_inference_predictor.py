@@ -8,6 +8,7 @@ import torch
 from inference_helpers import DATA, artifact_inputs, small_model
 from torchrec_rankmixer.inference.export import export_model
 from torchrec_rankmixer.inference.predictor import Predictor, read_table, write_table
+from torchrec_rankmixer.inference.quantize import QuantizationOptions
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,40 @@ def test_model_without_dense_input_pt2(tmp_path):
         args = p.schema.to_tensors(sparse)
         assert args[0].shape == (len(sparse["f0"]), 0)
         assert torch.equal(p.predict(sparse), result.module(*args))
+
+
+@pytest.mark.parametrize("artifact", ["auto", "torchscript"])
+def test_esmm_model_exports_and_scores_ctr_cvr_ctcvr(tmp_path, artifact):
+    """An ESMM (CTR + CVR towers) model: the artifact matches the float model and the
+    predictor names its outputs, with CTCVR = CTR x CVR."""
+    model = small_model(seed=5, task="esmm", over_arch_layer_sizes=(12, 1))
+    result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), artifact=artifact)
+    assert result.metadata["task"] == "esmm" and result.metadata["num_logits"] == 2
+    assert result.metadata["output"]["shape"] == ["B", 2]
+    p = Predictor(result.path)
+    assert p.task == "esmm"
+    dense, ids, _ = DATA.sample(6, 3)
+    sparse = {f"f{j}": ids[:, j] for j in range(4)}
+    logits = p.predict(sparse, dense)
+    with torch.no_grad():
+        want = model(DATA.batch(6, 3).dense_features, DATA.batch(6, 3).sparse_features)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    probs = p.probabilities(sparse, dense)
+    torch.testing.assert_close(probs["ctr"], torch.sigmoid(want[:, 0]))
+    torch.testing.assert_close(probs["cvr"], torch.sigmoid(want[:, 1]))
+    torch.testing.assert_close(probs["ctcvr"], probs["ctr"] * probs["cvr"])
+    table, _, _ = _table(6, index=3, with_label=True)
+    out = p.predict_table(table, passthrough=["label"])
+    assert out.column_names == ["label", "logit_ctr", "logit_cvr", "probability_ctr",
+                                "probability_cvr", "probability_ctcvr"]
+    torch.testing.assert_close(torch.tensor(out.column("probability_ctcvr").to_pylist()),
+                               probs["ctcvr"], rtol=1e-6, atol=1e-7)
+    assert Predictor(tmp_path).metadata["model_spec"]["task"] == "esmm"
+
+
+def test_ctr_predictor_probabilities(exported):
+    p = Predictor(exported.path)
+    dense, ids, _ = DATA.sample(4, 1)
+    probs = p.probabilities({f"f{j}": ids[:, j] for j in range(4)}, dense)
+    assert p.task == "ctr" and sorted(probs) == ["ctr"]
+    torch.testing.assert_close(probs["ctr"], torch.sigmoid(exported.module(*artifact_inputs(4, 1))[:, 0]))

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from torchrec import KeyedJaggedTensor
 
 from inference_helpers import small_model, small_spec
 from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.heads import TaskTowers
 
 
 def test_json_round_trip_is_plain_json():
@@ -80,3 +82,29 @@ def test_from_dict_errors():
 def test_from_model_rejects_other_models():
     with pytest.raises(ValueError, match="is not a DLRM_RankMixer"):
         ModelSpec.from_model(torch.nn.Linear(2, 2))
+
+
+def test_esmm_spec_round_trips_through_model_and_json():
+    spec = small_spec(task="esmm", over_arch_layer_sizes=(12, 1))
+    assert spec.num_logits == 2
+    model = spec.build()
+    assert type(model.over_arch).__name__ == "TaskTowers" and len(model.over_arch.towers) == 2
+    assert ModelSpec.from_model(model) == spec
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    dense, values, lengths = torch.rand(5, 3), torch.randint(0, 50, (40,)), torch.full((4, 5), 2)
+    kjt = KeyedJaggedTensor.from_lengths_sync(spec.feature_names, values, lengths.flatten())
+    assert model.eval()(dense, kjt).shape == (5, 2)
+
+
+def test_spec_without_task_key_loads_as_ctr_and_bad_tasks_raise():
+    data = small_spec().to_dict()
+    del data["task"]  # a spec written before ESMM export existed
+    assert ModelSpec.from_dict(data).task == "ctr"
+    with pytest.raises(ValueError, match=r"task \('cvr'\) must be one of \['ctr', 'esmm'\]"):
+        small_spec(task="cvr")
+    with pytest.raises(ValueError, match=r"over_arch_layer_sizes \(\[16, 2\]\) are the ESMM towers"):
+        small_spec(task="esmm", over_arch_layer_sizes=(16, 2))
+    model = small_model()
+    model.over_arch = TaskTowers(16, [8], num_tasks=3)
+    with pytest.raises(ValueError, match="over_arch has 3 task towers"):
+        ModelSpec.from_model(model)

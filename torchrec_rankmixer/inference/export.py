@@ -195,6 +195,7 @@ def build_metadata(
         "raw_id_features": list(getattr(module.id_remap, "raw_id_features", [])),
         "dense_feature_names": list(dense_feature_names),
         "num_logits": spec.num_logits,
+        "task": spec.task,
         "quantization": options.to_dict(),
         "sizes_bytes": {
             "tables_float": table_bytes(float_model),

@@ -226,11 +226,6 @@ def load_run_model(
 
     ckpt = find_run_checkpoint(run_dir, step)
     cfg = load_config(os.path.join(ckpt.run_dir, RUN_CONFIG_FILE))
-    if cfg.model.task != "ctr":
-        raise ValueError(
-            f"model.task ({cfg.model.task!r}) of run {ckpt.run_dir!r} cannot be exported yet: "
-            "the inference ModelSpec has no ESMM task towers (only 'ctr')"
-        )
     tables, dense_in, dense_names = _run_schema(cfg)
     # training's builder (EBC on meta) -> spec -> a plain CPU model with the same keys
     spec = ModelSpec.from_model(build_model(cfg, tables, dense_in, torch.device("cpu")))

@@ -11,6 +11,7 @@ import torch
 
 from torchrec_rankmixer.inference.artifact import load_artifact
 from torchrec_rankmixer.inference.inputs import InputSchema, columns_to_inputs
+from torchrec_rankmixer.models.heads import task_scores
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -59,6 +60,11 @@ class Predictor:
         self.schema = InputSchema.from_metadata(metadata)
 
     @property
+    def task(self) -> str:
+        """``"ctr"`` or ``"esmm"`` (logits [B, 2] = CTR, CVR), from the artifact's metadata."""
+        return str(self.metadata.get("task", "ctr"))
+
+    @property
     def feature_names(self) -> List[str]:
         return list(self.schema.feature_names)
 
@@ -76,6 +82,10 @@ class Predictor:
         """Logits [B, num_logits] for ``{feature: ids}`` and dense rows [B, Dd] (checked)."""
         return self.run(*self.schema.to_tensors(sparse, dense))
 
+    def probabilities(self, sparse: Mapping[str, Any], dense: Optional[Any] = None) -> Dict[str, torch.Tensor]:
+        """Named probabilities [B] each: ``ctr``; for ESMM also ``cvr`` and ``ctcvr`` = ctr * cvr."""
+        return task_scores(self.predict(sparse, dense), self.task)
+
     def predict_kjt(self, sparse: Any, dense: Optional[Any] = None) -> torch.Tensor:
         """Logits for a TorchRec KeyedJaggedTensor (keys in any order) + dense [B, Dd]."""
         return self.run(*self.schema.kjt_to_tensors(sparse, dense))
@@ -88,7 +98,9 @@ class Predictor:
 
         Columns: every sparse feature, every dense feature, and the ``passthrough``
         columns (ids, labels: copied to the output). Any other column is an error.
-        Scores: ``logit``/``probability`` (one task) or ``logit_<i>``/``probability_<i>``.
+        Scores: ``logit``/``probability`` (one logit); ESMM: ``logit_ctr``, ``logit_cvr``,
+        ``probability_ctr``, ``probability_cvr``, ``probability_ctcvr``; any other
+        multi-logit model: ``logit_<i>``/``probability_<i>``.
         """
         import pyarrow as pa
 
@@ -120,6 +132,12 @@ class Predictor:
         scores = torch.cat(logits)  # (rows, num_logits)
         out = {c: table.column(c) for c in passthrough}
         n = scores.shape[1]
+        if self.task == "esmm":
+            for name, column in (("logit_ctr", scores[:, 0]), ("logit_cvr", scores[:, 1])):
+                out[name] = pa.array(column.tolist(), type=pa.float32())
+            for name, prob in task_scores(scores, "esmm").items():
+                out[f"probability_{name}"] = pa.array(prob.tolist(), type=pa.float32())
+            return pa.table(out)
         for i in range(n):
             suffix = "" if n == 1 else f"_{i}"
             out[f"logit{suffix}"] = pa.array(scores[:, i].tolist(), type=pa.float32())
@@ -143,7 +161,7 @@ class Predictor:
         summary: Dict[str, Any] = {"rows": result.num_rows, "output": None}
         if label_column:
             labels = torch.tensor(result.column(label_column).to_pylist(), dtype=torch.float64)
-            first = "logit" if "logit" in result.column_names else "logit_0"
+            first = next(c for c in ("logit", "logit_ctr", "logit_0") if c in result.column_names)
             logits = torch.tensor(result.column(first).to_pylist(), dtype=torch.float64)
             summary["auc"] = binary_auc(logits, labels)
             summary["logloss"] = binary_logloss(logits, labels)

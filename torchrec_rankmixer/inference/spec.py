@@ -30,6 +30,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.grouping import plan_tokens
+from torchrec_rankmixer.models.heads import TASKS, TaskTowers, attach_esmm_towers
 
 SPEC_VERSION = 1
 
@@ -96,12 +97,15 @@ class ModelSpec:
         tables: the embedding tables, in EmbeddingBagCollection order.
         dense_in_features: dense input width (0: no dense input).
         dense_arch_layer_sizes: DenseArch MLP sizes (empty when there is no dense input).
-        over_arch_layer_sizes: OverArch sizes; the last is the number of logits.
+        over_arch_layer_sizes: OverArch sizes; the last is the number of logits. With
+            ``task="esmm"``: the sizes of each of the two task towers (last must be 1).
         rankmixer_config: every :class:`RankMixerConfig` field, by name.
         tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (None: groups if
             ``feature_groups`` else auto, as in the model).
         feature_groups: group -> feature names (``"groups"``/``"split"`` modes) or None.
         num_dense_tokens: tokens made from the dense arch output.
+        task: ``"ctr"`` (one logit) or ``"esmm"`` (CTR and CVR towers replace the
+            over-arch: logits [B, 2] = (CTR, CVR); CTCVR = sigmoid(CTR) * sigmoid(CVR)).
 
     Example::
 
@@ -123,6 +127,7 @@ class ModelSpec:
     tokenization: Optional[str] = None
     feature_groups: Optional[Mapping[str, Tuple[str, ...]]] = None
     num_dense_tokens: int = 1
+    task: str = "ctr"
 
     def __post_init__(self) -> None:
         if len(self.tables) == 0:
@@ -131,6 +136,13 @@ class ModelSpec:
         object.__setattr__(self, "tables", tables)
         object.__setattr__(self, "dense_arch_layer_sizes", tuple(self.dense_arch_layer_sizes))
         object.__setattr__(self, "over_arch_layer_sizes", tuple(self.over_arch_layer_sizes))
+        if self.task not in TASKS:
+            raise ValueError(f"task ({self.task!r}) must be one of {list(TASKS)}")
+        if self.task == "esmm" and self.over_arch_layer_sizes[-1:] != (1,):
+            raise ValueError(
+                f"over_arch_layer_sizes ({list(self.over_arch_layer_sizes)}) are the ESMM towers' "
+                "sizes and must end in 1 (one logit per tower)"
+            )
         if self.feature_groups is not None:
             pairs = (
                 self.feature_groups.items()
@@ -169,7 +181,7 @@ class ModelSpec:
 
     @property
     def num_logits(self) -> int:
-        return self.over_arch_layer_sizes[-1]
+        return 2 if self.task == "esmm" else self.over_arch_layer_sizes[-1]
 
     # ------------------------------------------------------------------ build
     def build(self, device: Optional[torch.device] = None, validate_inputs: bool = True) -> nn.Module:
@@ -184,7 +196,7 @@ class ModelSpec:
         from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
 
         ebc = EmbeddingBagCollection(tables=[t.to_config() for t in self.tables], device=device)
-        return DLRM_RankMixer(
+        model = DLRM_RankMixer(
             embedding_bag_collection=ebc,
             dense_in_features=self.dense_in_features,
             dense_arch_layer_sizes=list(self.dense_arch_layer_sizes),
@@ -196,6 +208,9 @@ class ModelSpec:
             num_dense_tokens=self.num_dense_tokens,
             validate_inputs=validate_inputs,
         )
+        if self.task == "esmm":
+            attach_esmm_towers(model, list(self.over_arch_layer_sizes[:-1]))
+        return model
 
     # ------------------------------------------------------------------ (de)serialise
     def to_dict(self) -> Dict[str, Any]:
@@ -259,7 +274,17 @@ class ModelSpec:
         dense_sizes: Tuple[int, ...] = ()
         if model.dense_arch is not None:
             dense_sizes = tuple(_linear_out_sizes(model.dense_arch))
-        over_sizes = tuple(_linear_out_sizes(model.over_arch))
+        task = "ctr"
+        if isinstance(model.over_arch, TaskTowers):
+            if len(model.over_arch.towers) != 2:
+                raise ValueError(
+                    f"over_arch has {len(model.over_arch.towers)} task towers; a ModelSpec "
+                    "describes one logit or the 2 ESMM towers (CTR, CVR)"
+                )
+            task = "esmm"
+            over_sizes = tuple(_linear_out_sizes(model.over_arch.towers[0]))
+        else:
+            over_sizes = tuple(_linear_out_sizes(model.over_arch))
         tok = model.tokenizer
         feature_dims = {f: t.embedding_dim for t in tables for f in t.feature_names}
         mode, groups = _recover_tokenization(tok, feature_dims)
@@ -272,6 +297,7 @@ class ModelSpec:
             tokenization=mode,
             feature_groups=groups,
             num_dense_tokens=tok.num_dense_tokens if model.dense_in_features > 0 else 1,
+            task=task,
         )
 
 
