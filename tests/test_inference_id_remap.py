@@ -87,24 +87,38 @@ def mc_run(tmp_path_factory):
 
 
 def test_export_of_a_managed_collision_run_takes_raw_ids(mc_run, tmp_path):
+    """Raw 64-bit ids and the raw dense column ``x`` in (bucketised inside the artifact)."""
     result, _ = export_from_run_dir(mc_run, tmp_path / "art", QuantizationOptions(table_dtype="fp32"))
     assert result.metadata["raw_id_features"] == ["user", "item", "ctx"]
+    assert result.metadata["feature_names"] == ["user", "item", "ctx"]
+    assert result.metadata["dense_feature_names"] == ["x"]
     predictor = Predictor(result.path)
     model, _, _ = load_run_model(mc_run)
     remap = load_run_id_remap(mc_run)
     assert not remap.training
     sparse = {"user": [10**15, 10**15 + 7919, -3], "item": [-(2**60), -(2**60) + 1, 2**62],
-              "ctx": [0, 1, 12345], "x_bucket": [0, 2, 1]}  # -3, 2**62, 12345: never seen
-    got = predictor.predict(sparse)
+              "ctx": [0, 1, 12345]}  # -3, 2**62, 12345: never seen
+    got = predictor.predict(sparse, dense=[[0.2], [1.5], [0.7]])  # x -> buckets 0, 2, 1
+    prepared = dict(sparse, x_bucket=[0, 2, 1])
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        list(sparse), torch.tensor([v for f in sparse for v in sparse[f]]), torch.ones(12, dtype=torch.int32))
+        list(prepared), torch.tensor([v for f in prepared for v in prepared[f]]), torch.ones(12, dtype=torch.int32))
     remapped = remap(kjt)
     assert remapped["user"].values()[2] == 7 and remapped["item"].values()[2] == 7  # the shared row
     with torch.no_grad():
         want = model(torch.zeros(3, 0), remapped)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="non-finite value .* at row 1, column 0"):  # raw x is checked
+        predictor.predict(sparse, dense=[[0.2], [float("nan")], [0.7]])
+
+    # without the feature preparation the artifact takes prepared inputs, as before
+    bare, _ = export_from_run_dir(mc_run, tmp_path / "bare", QuantizationOptions(table_dtype="fp32"),
+                                  preprocessing=False)
+    assert bare.metadata["feature_names"] == ["user", "item", "ctx", "x_bucket"]
+    assert bare.metadata["preprocessing"] is None
+    bare_predictor = Predictor(bare.path)
+    torch.testing.assert_close(bare_predictor.predict(prepared), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="x_bucket"):  # unmanaged features are still range-checked
-        predictor.predict(dict(sparse, x_bucket=[0, 2, 3]))
+        bare_predictor.predict(dict(prepared, x_bucket=[0, 2, 3]))
 
 
 def test_run_without_mapping_is_rejected(mc_run, tmp_path):

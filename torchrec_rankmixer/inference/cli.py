@@ -35,6 +35,9 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--calibrate-moe-batches", type=int, default=None,
                         help="with --run-dir: training batches for the Sparse-MoE router "
                         "calibration (default 16 for MoE models; 0 turns it off)")
+    parser.add_argument("--no-preprocessing", action="store_true",
+                        help="with --run-dir: leave the run's feature preparation (id hash/mod, "
+                        "log1p, buckets) out of the artifact; it then takes prepared ids and values")
     parser.add_argument("--output", required=True, help="export directory (created)")
     parser.add_argument("--table-dtype", default="int8", choices=list(TABLE_DTYPES))
     parser.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES))
@@ -50,6 +53,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         parser.error("--step needs --run-dir")
     if args.calibrate_moe_batches is not None and args.run_dir is None:
         parser.error("--calibrate-moe-batches needs --run-dir")
+    if args.no_preprocessing and args.run_dir is None:
+        parser.error("--no-preprocessing needs --run-dir")
     options = QuantizationOptions(
         table_dtype=args.table_dtype,
         dense_dtype=args.dense_dtype,
@@ -65,6 +70,7 @@ def export_main(argv: Optional[List[str]] = None) -> int:
             result, ckpt = export_from_run_dir(
                 args.run_dir, args.output, options, args.step, args.artifact, names,
                 calibrate_moe_batches=args.calibrate_moe_batches,
+                preprocessing=not args.no_preprocessing,
             )
             source_info = {"checkpoint": ckpt.path, "step": ckpt.step}
         else:

@@ -59,8 +59,11 @@ class ExportResult:
     module: Optional[RankMixerInferenceModule]
 
 
-def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
-    """(dense [B, dense_in], values [F*B], lengths [F, B]): one id 0 per bag.
+def example_inputs(
+    spec: ModelSpec, batch_size: int = EXAMPLE_BATCH, feature_prep: Optional[nn.Module] = None
+) -> tuple:
+    """(dense [B, dense_in], values [F*B], lengths [F, B]): one id 0 per bag (with
+    ``feature_prep``: its raw layout, dense [B, Dd] and lengths [Fs, B]).
 
     Example::
 
@@ -73,6 +76,9 @@ def example_inputs(spec: ModelSpec, batch_size: int = EXAMPLE_BATCH) -> tuple:
     """
     num_features = len(spec.feature_names)
     dense = torch.zeros(batch_size, spec.dense_in_features)
+    if feature_prep is not None:
+        num_features = len(feature_prep.sparse_features)
+        dense = torch.zeros(batch_size, len(feature_prep.dense_features))
     values = torch.zeros(num_features * batch_size, dtype=torch.int64)
     lengths = torch.ones(num_features, batch_size, dtype=torch.int32)
     return dense, values, lengths
@@ -124,12 +130,12 @@ def moe_execution(module: nn.Module) -> Optional[str]:
     return "+".join(kinds) if kinds else None
 
 
-def _torch_export(module: nn.Module, spec: ModelSpec, path: str, extra: Dict[str, str]) -> None:
+def _torch_export(module: RankMixerInferenceModule, spec: ModelSpec, path: str, extra: Dict[str, str]) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     num_ids = torch.export.Dim("num_ids", min=1, max=1 << 30)
     program = torch.export.export(
         module,
-        example_inputs(spec),
+        example_inputs(spec, feature_prep=module.feature_prep),
         dynamic_shapes=({0: batch}, {0: num_ids}, {1: batch}),
         strict=False,
     )
@@ -175,6 +181,13 @@ def build_metadata(
         fallback_reason: why torch.export was not used, or None.
         moe_exec: how the artifact's Sparse-MoE layers run (:func:`moe_execution`).
     """
+    prep = module.feature_prep
+    features, rows, dense_in = spec.feature_names, spec.num_embeddings, spec.dense_in_features
+    raw_ids = list(getattr(module.id_remap, "raw_id_features", []))
+    if prep is not None:  # the artifact takes the raw training columns
+        features, rows = list(prep.sparse_features), [int(r) for r in prep.rows]
+        dense_in = len(prep.dense_features)
+        raw_ids = [f for f in features if f in raw_ids or f in prep.raw_id_features]
     return {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_VERSION,
@@ -184,15 +197,16 @@ def build_metadata(
         "versions": _versions(),
         "created_unix": int(time.time()),
         "inputs": {
-            "dense": {"shape": ["B", spec.dense_in_features], "dtype": "float32"},
+            "dense": {"shape": ["B", dense_in], "dtype": "float32"},
             "values": {"shape": ["N"], "dtype": "int64",
                        "layout": "all ids of feature_names[0], then feature_names[1], ..."},
-            "lengths": {"shape": [len(spec.feature_names), "B"], "dtype": "int32"},
+            "lengths": {"shape": [len(features), "B"], "dtype": "int32"},
         },
         "output": {"shape": ["B", spec.num_logits], "dtype": "float32", "kind": "logits"},
-        "feature_names": spec.feature_names,
-        "num_embeddings": spec.num_embeddings,
-        "raw_id_features": list(getattr(module.id_remap, "raw_id_features", [])),
+        "feature_names": features,
+        "num_embeddings": rows,
+        "raw_id_features": raw_ids,
+        "preprocessing": prep.to_metadata() if prep is not None else None,
         "dense_feature_names": list(dense_feature_names),
         "num_logits": spec.num_logits,
         "task": spec.task,
@@ -240,6 +254,7 @@ def export_model(
     artifact: str = "auto",
     dense_feature_names: Optional[Sequence[str]] = None,
     id_remap: Optional[nn.Module] = None,
+    feature_prep: Optional[nn.Module] = None,
 ) -> ExportResult:
     """Quantize and export a DLRM_RankMixer.
 
@@ -256,6 +271,10 @@ def export_model(
         id_remap: a frozen managed-collision remap
             (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) built into the
             artifact: its features then take raw ids (metadata ``raw_id_features``).
+        feature_prep: training's feature preparation
+            (:class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`) built into
+            the artifact: it then takes the raw training columns (metadata
+            ``preprocessing``; ``dense_feature_names`` default to its dense columns).
     """
     if artifact not in ARTIFACT_TYPES:
         raise ValueError(f"artifact ({artifact!r}) must be one of {list(ARTIFACT_TYPES)}")
@@ -263,17 +282,19 @@ def export_model(
     if float_model is None or not _is_writer():
         return ExportResult(path="", metadata={}, module=None)
     spec = ModelSpec.from_model(float_model)
-    names: List[str] = list(dense_feature_names) if dense_feature_names is not None else [
-        f"dense_{i}" for i in range(spec.dense_in_features)
-    ]
-    if len(names) != spec.dense_in_features or len(set(names)) != len(names):
+    dense_in = spec.dense_in_features if feature_prep is None else len(feature_prep.dense_features)
+    inputs = spec.feature_names if feature_prep is None else feature_prep.sparse_features
+    names: List[str] = list(dense_feature_names) if dense_feature_names is not None else (
+        [f"dense_{i}" for i in range(dense_in)] if feature_prep is None else list(feature_prep.dense_features)
+    )
+    if len(names) != dense_in or len(set(names)) != len(names):
         raise ValueError(
-            f"dense_feature_names ({names}) must be {spec.dense_in_features} distinct names"
+            f"dense_feature_names ({names}) must be {dense_in} distinct names"
         )
-    clash = sorted(set(names) & set(spec.feature_names))
+    clash = sorted(set(names) & set(inputs))
     if clash:
         raise ValueError(f"dense_feature_names {clash} are also sparse feature names")
-    module = build_inference_model(float_model, options, id_remap)
+    module = build_inference_model(float_model, options, id_remap, feature_prep)
     drop_table_views(module)
     os.makedirs(output_dir, exist_ok=True)
     fallback_reason: Optional[str] = None

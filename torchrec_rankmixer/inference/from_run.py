@@ -242,6 +242,7 @@ def export_from_run_dir(
     artifact: str = "auto",
     dense_feature_names: Optional[Sequence[str]] = None,
     calibrate_moe_batches: Optional[int] = None,
+    preprocessing: bool = True,
 ) -> Tuple[ExportResult, RunCheckpoint]:
     """Quantize and export the model of a ``rankmixer-train`` run (see module docstring).
 
@@ -252,21 +253,35 @@ def export_from_run_dir(
         step: training step to export (None: the latest complete checkpoint).
         artifact: ``"auto"``, ``"export"`` or ``"torchscript"``.
         dense_feature_names: dense column names; default: the run's ``data.dense_columns``
-            (without bucketised ones) for file runs, ``dense_0 ..`` for synthetic runs.
+            (all of them with ``preprocessing``, else without bucketised ones) for file
+            runs, ``dense_0 ..`` for synthetic runs.
         calibrate_moe_batches: see :func:`calibrate_run_moe` (default: 16 training
             batches for a Sparse-MoE model, none otherwise; 0 turns it off).
+        preprocessing: for a file run, build its feature preparation (id hash / mod,
+            ``log1p``, buckets: :class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`)
+            into the artifact, which then takes the training files' raw columns; False:
+            the artifact takes prepared ids and values (synthetic runs have none).
 
     Returns:
         (what export wrote, the checkpoint exported).
     """
+    from torchrec_rankmixer.inference.feature_prep import RawFeaturePrep
     from torchrec_rankmixer.inference.id_remap import RawIdRemap
+    from torchrec_rankmixer.train.config import load_config
 
     model, ckpt, run_names = load_run_model(run_dir, step)
     remapper = load_run_id_remap(ckpt.path)
     calibrate_run_moe(model, ckpt.run_dir, calibrate_moe_batches, remapper)
+    data = load_config(os.path.join(ckpt.run_dir, RUN_CONFIG_FILE)).data
+    prep = None
+    if preprocessing and data.format != "synthetic":
+        from torchrec_rankmixer.data.sources import file_schema
+
+        prep = RawFeaturePrep.from_feature_prep(file_schema(data)[2])
+        run_names = list(prep.dense_features)
     names = dense_feature_names if dense_feature_names is not None else run_names
     id_remap = RawIdRemap.from_remapper(remapper, model.feature_names) if remapper is not None else None
-    return export_model(model, output_dir, options, artifact, names, id_remap), ckpt
+    return export_model(model, output_dir, options, artifact, names, id_remap, prep), ckpt
 
 
 def _has_moe(model: nn.Module) -> bool:

@@ -138,27 +138,33 @@ class RankMixerInferenceModule(nn.Module):
         feature_names: the sparse features, in the order of ``lengths``' rows.
         dense_dtype: dtype the dense input is cast to before the dense arch.
         id_remap: optional :class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`
-            applied to ``values`` first (managed-collision runs: those features take raw ids).
+            applied to ``values`` (managed-collision runs: those features take raw ids).
+        feature_prep: optional :class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`
+            applied first (file runs: raw ids and raw dense columns in, as in training).
 
     Shapes:
-        dense [B, dense_in], values [N], lengths [F, B] -> logits [B, num_logits] (fp32).
+        dense [B, dense_in], values [N], lengths [F, B] -> logits [B, num_logits] (fp32);
+        with ``feature_prep``: its raw layout (dense [B, Dd], lengths [Fs, B]) instead.
 
     Example: see :func:`build_inference_model`, which builds it.
     """
 
     def __init__(
         self, model: nn.Module, feature_names: List[str], dense_dtype: torch.dtype,
-        id_remap: Optional[nn.Module] = None,
+        id_remap: Optional[nn.Module] = None, feature_prep: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.feature_names = list(feature_names)
         self.dense_dtype = dense_dtype
         self.id_remap = id_remap
+        self.feature_prep = feature_prep
 
     def forward(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
+        if self.feature_prep is not None:  # raw columns -> the model's ids and dense values
+            dense, values, lengths = self.feature_prep(dense, values, lengths)
         if self.id_remap is not None:  # a Python constant when traced/exported
             values = self.id_remap(values, lengths)  # raw ids -> table rows
         kjt = KeyedJaggedTensor(
@@ -176,7 +182,7 @@ def _eval_mode(module: nn.Module) -> nn.Module:
 
 def build_inference_model(
     model: nn.Module, options: QuantizationOptions = QuantizationOptions(),
-    id_remap: Optional[nn.Module] = None,
+    id_remap: Optional[nn.Module] = None, feature_prep: Optional[nn.Module] = None,
 ) -> RankMixerInferenceModule:
     """Quantize a trained (float, unsharded) DLRM_RankMixer for inference.
 
@@ -188,6 +194,8 @@ def build_inference_model(
         options: dtypes of tables and dense part.
         id_remap: optional frozen managed-collision remap
             (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) put in front.
+        feature_prep: optional training feature preparation
+            (:class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`) put first.
 
     Returns:
         :class:`RankMixerInferenceModule` in eval mode.
@@ -205,10 +213,13 @@ def build_inference_model(
     """
     # TorchRec's int4 tensor subclass cannot be moved under inference_mode
     with torch.inference_mode(False), torch.no_grad():
-        return _build(unwrap_model(model), options, id_remap)
+        return _build(unwrap_model(model), options, id_remap, feature_prep)
 
 
-def _build(source: nn.Module, options: QuantizationOptions, id_remap: Optional[nn.Module] = None) -> RankMixerInferenceModule:
+def _build(
+    source: nn.Module, options: QuantizationOptions, id_remap: Optional[nn.Module] = None,
+    feature_prep: Optional[nn.Module] = None,
+) -> RankMixerInferenceModule:
     ebc = getattr(getattr(source, "sparse_arch", None), "embedding_bag_collection", None)
     if not isinstance(ebc, EmbeddingBagCollection):
         raise ValueError(
@@ -245,7 +256,17 @@ def _build(source: nn.Module, options: QuantizationOptions, id_remap: Optional[n
         raise ValueError(
             f"id_remap features {list(id_remap.feature_names)} must be the model's {list(source.feature_names)}"
         )
-    return _eval_mode(RankMixerInferenceModule(work, list(source.feature_names), dense_dtype, id_remap))
+    if feature_prep is not None and (
+        list(feature_prep.model_feature_names) != list(source.feature_names)
+        or len(feature_prep.kept_index) != source.dense_in_features
+    ):
+        raise ValueError(
+            f"feature_prep gives features {list(feature_prep.model_feature_names)} and "
+            f"{len(feature_prep.kept_index)} dense values; the model takes {list(source.feature_names)} "
+            f"and {source.dense_in_features}"
+        )
+    return _eval_mode(RankMixerInferenceModule(
+        work, list(source.feature_names), dense_dtype, id_remap, feature_prep))
 
 
 def table_bytes(module: nn.Module) -> int:
