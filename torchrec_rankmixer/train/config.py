@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.train.settings import apply_override, from_dict, load_file
 
 DATA_FORMATS = ("synthetic", "csv", "libsvm", "criteo", "parquet", "orc")
@@ -95,14 +96,15 @@ class ModelSettings:
 
 @dataclass
 class SyntheticSettings:
-    """Built-in synthetic data (:class:`~torchrec_rankmixer.data.synthetic.SyntheticClickData`)."""
+    """Built-in synthetic data (:class:`~torchrec_rankmixer.data.synthetic.SyntheticClickData`;
+    the defaults are that class's)."""
 
-    num_sparse_features: int = 8
-    num_embeddings: int = 200
-    dense_in_features: int = 4
-    num_interactions: int = 4
-    ids_per_feature: int = 1
-    seed: int = 0
+    num_sparse_features: int = SyntheticClickData.num_sparse_features
+    num_embeddings: int = SyntheticClickData.num_embeddings
+    dense_in_features: int = SyntheticClickData.dense_in_features
+    num_interactions: int = SyntheticClickData.num_interactions
+    ids_per_feature: int = SyntheticClickData.ids_per_feature
+    seed: int = SyntheticClickData.seed
 
 
 @dataclass
