@@ -107,7 +107,7 @@ def test_export_of_a_managed_collision_run_takes_raw_ids(mc_run, tmp_path):
     with torch.no_grad():
         want = model(torch.zeros(3, 0), remapped)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="non-finite value .* at row 1, column 0"):  # raw x is checked
+    with pytest.raises(ValueError, match="dense column 'x' has a non-finite value .* at row 1"):  # raw x is checked
         predictor.predict(sparse, dense=[[0.2], [float("nan")], [0.7]])
 
     # without the feature preparation the artifact takes prepared inputs, as before

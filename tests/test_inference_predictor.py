@@ -77,7 +77,7 @@ def test_table_errors(exported, tmp_path):
     with pytest.raises(ValueError, match=r"rows 0..4: feature 'f1' has id 99 outside"):
         p.predict_table(bad, passthrough=["label"])
     nan = table.set_column(4, "dense_0", pa.array([0.0, float("nan"), 0.0, 0.0, 0.0]))
-    with pytest.raises(ValueError, match=r"non-finite value \(NaN/inf\) at row 1, column 0"):
+    with pytest.raises(ValueError, match=r"rows 0..4: dense column 'dense_0' has a non-finite value \(NaN/inf\) at row 1"):
         p.predict_table(nan, passthrough=["label"])
     floats = table.set_column(2, "f2", pa.array([0.5, 1.0, 2.0, 3.0, 4.0]))
     with pytest.raises(ValueError, match="ids must be integers"):
