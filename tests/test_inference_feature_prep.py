@@ -97,3 +97,28 @@ def test_bad_settings_and_model_mismatch_raise() -> None:
     other = RawFeaturePrep(SPARSE, [30, 7], "hash", DENSE, "log1p", {})  # no y_bucket
     with pytest.raises(ValueError, match="feature_prep gives features"):
         build_inference_model(model, QuantizationOptions(table_dtype="fp32"), feature_prep=other)
+
+
+def test_text_ids_in_a_table_are_hashed_as_the_training_reader_does(tmp_path) -> None:
+    import pyarrow as pa
+
+    from torchrec_rankmixer.data.text import raw_id
+
+    prep = _prep()
+    model = _model_for(prep)
+    raw = RawFeaturePrep.from_feature_prep(prep)
+    result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), "torchscript", feature_prep=raw)
+    users, items = ["alice", "bob|42", "", "carol"], [[5], [6, 7], [], [2**61]]
+    dense = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.5, 0.0], [1.0, 7.0, 1.0], [0.0, 2.0, 9.0]])
+    table = pa.table({"u": users, "i": items, **{c: dense[:, j].tolist() for j, c in enumerate(DENSE)}})
+    scores = Predictor(result.path).predict_table(table)
+    user_bags = [[raw_id(t) for t in u.split("|")] if u else [] for u in users]
+    rows = Rows(torch.zeros(4, 1), dense, {
+        "u": (torch.tensor([len(b) for b in user_bags]), torch.tensor([v for b in user_bags for v in b])),
+        "i": (torch.tensor([len(b) for b in items]), torch.tensor([v for b in items for v in b])),
+    })
+    batch = prep.batch(rows)
+    with torch.no_grad():
+        want = model(batch.dense_features, batch.sparse_features)[:, 0]
+    torch.testing.assert_close(torch.tensor(scores.column("logit").to_pylist()), want, rtol=1e-5, atol=1e-5)
+    assert raw_id("bob") != 42 and raw_id("42") == 42  # integers stay ids, text is hashed

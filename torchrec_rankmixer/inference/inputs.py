@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_rankmixer.data.text import raw_id
 from torchrec_rankmixer.models.validation import check_model_inputs
 
 Batch3 = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -182,7 +183,10 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
     """Table columns (python lists per column) -> (sparse mapping, dense rows).
 
     Sparse cells: an int (one id), a list of ints (a bag), or a string ``"3|17|5"``
-    (a bag; ``""`` is an empty bag). Dense cells: numbers; a missing cell is an error.
+    (a bag; ``""`` is an empty bag). In a string, a token of a ``raw_id_features``
+    feature that is not an integer is hashed to int64 as the training readers do
+    (:func:`~torchrec_rankmixer.data.text.raw_id`: blake2b), so text categories score as
+    they trained. Dense cells: numbers; a missing cell is an error.
 
     Example::
 
@@ -192,7 +196,7 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
     """
     sparse: Dict[str, Any] = {}
     for name in schema.feature_names:
-        cells = columns[name]
+        cells, raw = columns[name], name in schema.raw_id_features
         bags: List[List[int]] = []
         for row, cell in enumerate(cells):
             if cell is None:
@@ -200,7 +204,8 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
                                  "write an empty bag as \"\" or []")
             if isinstance(cell, str):
                 try:
-                    bags.append([int(x) for x in cell.split("|")] if cell.strip() else [])
+                    tokens = cell.split("|") if cell.strip() else []
+                    bags.append([raw_id(x) if raw else int(x) for x in tokens])
                 except ValueError:
                     raise ValueError(f"sparse column {name!r} row {row}: {cell!r} is not "
                                      "integer ids separated by '|'") from None
