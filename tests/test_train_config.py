@@ -141,6 +141,7 @@ def test_override_into_non_section():
     (["data.managed_collision.eviction_interval=0"], "data.managed_collision.eviction_interval (0) must be > 0"),
     (["data.managed_collision.decay_exponent=0"], "data.managed_collision.decay_exponent (0.0) must be > 0"),
     (["data.managed_collision.input_hash_size=1"], "data.managed_collision.input_hash_size (1) must be >= 2"),
+    (["data.managed_collision.evicted_row_init=random"], "data.managed_collision.evicted_row_init ('random') must be one of"),
     (["data.id_transform=managed_collision", "data.synthetic.num_embeddings=1"],
      "data.synthetic.num_embeddings (1) must be >= 2 with data.id_transform='managed_collision'"),
     (["data.id_transform=managed_collision", "data.format=csv", "data.train_files=[x.csv]",

@@ -51,3 +51,34 @@ def test_reset_rows_zeroes_weights_and_optimizer_state_of_those_rows_only(tmp_pa
         changed += int(v[hit].abs().sum() > 0)
     assert changed >= 4  # weights and optimiser states of both tables really changed
     assert reset_rows(trainer.model, trainer.optimizer, {}) == 0
+
+
+def test_reset_rows_redraws_weights_from_the_table_init_deterministically(tmp_path):
+    trainer = Trainer(load_config(overrides=tiny(
+        tmp_path, "train.steps=3", "train.eval_every=0", "run.plots=false",
+        "sharding.sharding_types=[table_wise]", "sharding.constraints={t_f3: [data_parallel]}")))
+    trainer.fit()
+    rows = {"t_f0": torch.tensor([1, 4]), "t_f3": torch.tensor([2])}
+    bound = 0.01
+    init = {t: (lambda w: torch.nn.init.uniform_(w, -bound, bound)) for t in rows}
+    before = _tables_state(trainer)
+    assert reset_rows(trainer.model, trainer.optimizer, rows, init, seed=7) == 3
+    first = _tables_state(trainer)
+    for k, v in before.items():
+        table = next(t for t in ("t_f0", "t_f1", "t_f2", "t_f3") if f".{t}." in k or k.endswith(f".{t}.weight"))
+        hit = rows.get(table, torch.tensor([], dtype=torch.int64))
+        keep = torch.ones(v.shape[0], dtype=torch.bool)
+        keep[hit] = False
+        assert torch.equal(first[k][keep], v[keep]), k  # other rows untouched
+        if k.endswith(".weight") and hit.numel():  # re-drawn inside the init's range
+            assert (first[k][hit].abs() <= bound).all() and (first[k][hit] != 0).all(), k
+            assert not torch.equal(first[k][hit], v[hit]), k
+        elif hit.numel():
+            assert first[k][hit].abs().sum() == 0, k  # optimiser state cleared
+    reset_rows(trainer.model, trainer.optimizer, rows, init, seed=7)
+    again = _tables_state(trainer)
+    assert all(torch.equal(again[k], first[k]) for k in first)  # same seed: the same rows
+    reset_rows(trainer.model, trainer.optimizer, rows, init, seed=8)
+    other = _tables_state(trainer)
+    w0 = next(k for k in first if k.endswith("t_f0.weight"))
+    assert not torch.equal(other[w0][rows["t_f0"]], first[w0][rows["t_f0"]])

@@ -19,6 +19,7 @@ LR_DECAYS = ("none", "linear", "cosine", "exponential")
 SHARDING_TYPES = ("table_wise", "data_parallel", "row_wise", "column_wise", "table_row_wise")
 TASKS = ("ctr", "esmm")
 DEVICES = ("auto", "cpu", "cuda")
+EVICTED_ROW_INITS = ("table_init", "zero")
 PRECISIONS = ("auto", "fp32", "bf16")
 DENSE_TRANSFORMS = ("log1p", "none")
 ID_TRANSFORMS = ("hash", "mod", "none", "managed_collision")
@@ -119,9 +120,11 @@ class ManagedCollisionSettings:
     decay_exponent: float = 1.0
     input_hash_size: Optional[int] = None
     reset_evicted_rows: bool = True
+    evicted_row_init: str = "table_init"
 
     def validate(self) -> None:
         _choice("data.managed_collision.eviction_policy", self.eviction_policy, EVICTION_POLICIES)
+        _choice("data.managed_collision.evicted_row_init", self.evicted_row_init, EVICTED_ROW_INITS)
         _positive("data.managed_collision.eviction_interval", self.eviction_interval)
         _positive("data.managed_collision.decay_exponent", self.decay_exponent)
         if self.input_hash_size is not None and self.input_hash_size < 2:

@@ -110,7 +110,9 @@ class Trainer:
             group = dist.new_group(backend="gloo")
         self.remapper = build_remapper(cfg, tables, group)
         self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
-        self._evictions_done, self.evicted_rows = 0, 0
+        self._evictions_done, self._evictions_base, self.evicted_rows = 0, 0, 0
+        mc = cfg.data.managed_collision
+        self._row_init = {t.name: t.init_fn for t in tables} if mc.evicted_row_init == "table_init" else None
         model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
@@ -149,7 +151,7 @@ class Trainer:
         remapper = self.remapper.train(training)
         if not training:
             return map(remapper.remap_batch, batches)
-        self._evictions, self._evictions_done = [], 0
+        self._evictions, self._evictions_done, self._evictions_base = [], 0, self.step
 
         def remap_and_record() -> Iterator[Batch]:
             for batch in batches:
@@ -162,7 +164,7 @@ class Trainer:
         return it if first is None else itertools.chain([first], it)
 
     def _reset_evicted(self, upto: int) -> None:
-        """Before the forward of this segment's batch ``upto``: zero the rows that the remap
+        """Before the forward of this segment's batch ``upto``: reset the rows that the remap
         of batches <= ``upto`` gave to new ids (TorchRec's sharded MC-EBC resets them before
         the lookup of the batch that evicted them; the pipeline has remapped batch ``upto``
         already, one or two batches ahead of its forward)."""
@@ -170,10 +172,12 @@ class Trainer:
             return
         while self._evictions_done <= upto and self._evictions_done < len(self._evictions):
             evicted = self._evictions[self._evictions_done]
+            batch_index = self._evictions_base + self._evictions_done  # global: same on every rank
             self._evictions_done += 1
             self.evicted_rows += sum(int(r.numel()) for r in evicted.values())
             if evicted and self.cfg.data.managed_collision.reset_evicted_rows:
-                reset_rows(self.model, self.optimizer, evicted)
+                seed = self.cfg.train.seed * 1_000_003 + batch_index
+                reset_rows(self.model, self.optimizer, evicted, self._row_init, seed)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
