@@ -30,51 +30,57 @@ def _tables_state(trainer):
     return out
 
 
-def test_reset_rows_zeroes_weights_and_optimizer_state_of_those_rows_only(tmp_path):
+ROWS = {"t_f0": torch.tensor([1, 4]), "t_f3": torch.tensor([2])}
+
+
+def _trained(tmp_path) -> Trainer:
+    """3 steps with a table-wise (fused row-wise Adagrad) and a data-parallel (RMSProp) table."""
     trainer = Trainer(load_config(overrides=tiny(
         tmp_path, "train.steps=3", "train.eval_every=0", "run.plots=false",
         "sharding.sharding_types=[table_wise]", "sharding.constraints={t_f3: [data_parallel]}")))
     trainer.fit()
-    before = _tables_state(trainer)
-    assert any("momentum1" in k for k in before) and any("square_avg" in k for k in before)
-    rows = {"t_f0": torch.tensor([1, 4]), "t_f3": torch.tensor([2])}
-    assert reset_rows(trainer.model, trainer.optimizer, rows) == 3
-    after = _tables_state(trainer)
-    changed = 0
+    return trainer
+
+
+def _named_rows(before: dict, after: dict):
+    """Per state entry: (key, before, after, reset rows, mask of the other rows); checks
+    that the other rows are untouched."""
     for k, v in before.items():
         table = next(t for t in ("t_f0", "t_f1", "t_f2", "t_f3") if f".{t}." in k or k.endswith(f".{t}.weight"))
-        hit = rows.get(table, torch.tensor([], dtype=torch.int64))
+        hit = ROWS.get(table, torch.tensor([], dtype=torch.int64))
         keep = torch.ones(v.shape[0], dtype=torch.bool)
         keep[hit] = False
         assert torch.equal(after[k][keep], v[keep]), k  # other rows untouched
-        assert after[k][hit].abs().sum() == 0, k  # named rows cleared
+        yield k, v, after[k], hit
+
+
+def test_reset_rows_zeroes_weights_and_optimizer_state_of_those_rows_only(tmp_path):
+    trainer = _trained(tmp_path)
+    before = _tables_state(trainer)
+    assert any("momentum1" in k for k in before) and any("square_avg" in k for k in before)
+    assert reset_rows(trainer.model, trainer.optimizer, ROWS) == 3
+    changed = 0
+    for k, v, after, hit in _named_rows(before, _tables_state(trainer)):
+        assert after[hit].abs().sum() == 0, k  # named rows cleared
         changed += int(v[hit].abs().sum() > 0)
     assert changed >= 4  # weights and optimiser states of both tables really changed
     assert reset_rows(trainer.model, trainer.optimizer, {}) == 0
 
 
 def test_reset_rows_redraws_weights_from_the_table_init_deterministically(tmp_path):
-    trainer = Trainer(load_config(overrides=tiny(
-        tmp_path, "train.steps=3", "train.eval_every=0", "run.plots=false",
-        "sharding.sharding_types=[table_wise]", "sharding.constraints={t_f3: [data_parallel]}")))
-    trainer.fit()
-    rows = {"t_f0": torch.tensor([1, 4]), "t_f3": torch.tensor([2])}
+    trainer = _trained(tmp_path)
+    rows = ROWS
     bound = 0.01
     init = {t: (lambda w: torch.nn.init.uniform_(w, -bound, bound)) for t in rows}
     before = _tables_state(trainer)
     assert reset_rows(trainer.model, trainer.optimizer, rows, init, seed=7) == 3
     first = _tables_state(trainer)
-    for k, v in before.items():
-        table = next(t for t in ("t_f0", "t_f1", "t_f2", "t_f3") if f".{t}." in k or k.endswith(f".{t}.weight"))
-        hit = rows.get(table, torch.tensor([], dtype=torch.int64))
-        keep = torch.ones(v.shape[0], dtype=torch.bool)
-        keep[hit] = False
-        assert torch.equal(first[k][keep], v[keep]), k  # other rows untouched
+    for k, v, after, hit in _named_rows(before, first):
         if k.endswith(".weight") and hit.numel():  # re-drawn inside the init's range
-            assert (first[k][hit].abs() <= bound).all() and (first[k][hit] != 0).all(), k
-            assert not torch.equal(first[k][hit], v[hit]), k
+            assert (after[hit].abs() <= bound).all() and (after[hit] != 0).all(), k
+            assert not torch.equal(after[hit], v[hit]), k
         elif hit.numel():
-            assert first[k][hit].abs().sum() == 0, k  # optimiser state cleared
+            assert after[hit].abs().sum() == 0, k  # optimiser state cleared
     reset_rows(trainer.model, trainer.optimizer, rows, init, seed=7)
     again = _tables_state(trainer)
     assert all(torch.equal(again[k], first[k]) for k in first)  # same seed: the same rows
