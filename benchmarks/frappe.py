@@ -39,6 +39,11 @@ from benchmarks.common import MODEL_NAMES, ModelSpec, build_model, dense_param_c
 from benchmarks.variants import VARIANTS, rankmixer_variant  # noqa: E402
 from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
 
+from torchrec_rankmixer.modules.moe import (  # noqa: E402
+    PerTokenSparseMoE,
+    configure_moe_inference,
+    reset_moe_statistics,
+)
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss  # noqa: E402
 
 FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country", "city"]
@@ -142,6 +147,24 @@ def predict(model: nn.Module, ids: torch.Tensor, dense_in: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _moe_report(model: nn.Module, data: Dict, dense_in: int, test_logits: torch.Tensor) -> Dict[str, float]:
+    """For a Sparse-MoE RankMixer: the test pass's h_infer active ratio (uncalibrated:
+    this loop has no calibration step) and, for DTSI, the dense-gated test AUC (h_train's
+    gates, every expert) of the same model; empty for other models."""
+    moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
+    if not moes:
+        return {}
+    util = torch.stack([m.expert_utilisation() for m in moes])  # (L, T, E)
+    out = {"moe_test_active_ratio": float(util.mean()), "moe_dead_experts": int((util == 0).sum())}
+    if moes[0].router == "dtsi":
+        configure_moe_inference(model, execution="dense", router="train")
+        dense_gated = predict(model, data["test"][0], dense_in)
+        configure_moe_inference(model, execution="sparse")
+        out["test_auc_dense_gated"] = binary_auc(dense_gated, data["test"][1])
+        out["test_auc_gap"] = binary_auc(test_logits, data["test"][1]) - out["test_auc_dense_gated"]
+    return out
+
+
 def run(
     data: Dict, name: str, variant: str, seed: int, max_epochs: int, log: bool = True,
     overrides: Optional[Dict[str, object]] = None, lr: float = LR,
@@ -187,8 +210,10 @@ def run(
         for g in opt.param_groups:
             g["lr"] = schedule.lr
     model.load_state_dict(best_state)
+    reset_moe_statistics(model)
     test_logits = predict(model, data["test"][0], dense_in)
     return {
+        **_moe_report(model, data, dense_in, test_logits),
         "model": name, "variant": variant, "seed": seed, "protocol": protocol, "best_epoch": best_epoch,
         "epochs_run": len(history), "valid_auc": best_auc,
         "test_auc": binary_auc(test_logits, data["test"][1]),

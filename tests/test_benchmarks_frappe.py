@@ -42,9 +42,23 @@ def test_run_rankmixer_row_records_protocol_and_flops() -> None:
     assert row["encoder_flops"] == frappe.frappe_spec("full").rankmixer.flops_per_sample(exact=True)
 
 
+@pytest.mark.parametrize("router", ["dtsi", "topk"])
+def test_moe_row_reports_the_test_ratio_and_for_dtsi_the_dense_gated_auc(router: str) -> None:
+    row = frappe.run(_fake_frappe(), "rankmixer", "full", seed=1, max_epochs=1, log=False,
+                     overrides={"use_moe": True, "moe_router": router, "moe_target_active_ratio": 0.5},
+                     rankmixer_over=[16])
+    assert 0.0 < row["moe_test_active_ratio"] <= 1.0 and row["moe_dead_experts"] >= 0
+    if router == "dtsi":
+        assert 0.0 <= row["test_auc_dense_gated"] <= 1.0
+        assert abs(row["test_auc_gap"] - (row["test_auc"] - row["test_auc_dense_gated"])) < 1e-12
+    else:
+        assert row["moe_test_active_ratio"] == 0.5 and "test_auc_gap" not in row  # exactly k/E
+
+
 def test_run_baseline_has_no_encoder_flops() -> None:
     row = frappe.run(_fake_frappe(), "dnn", "full", seed=1, max_epochs=1, log=False)
     assert "encoder_flops" not in row and row["epochs_run"] == 1
+    assert "moe_test_active_ratio" not in row
 
 
 def _drive(schedule: "frappe.PlateauSchedule", aucs: list) -> list:
