@@ -1,11 +1,10 @@
-"""RawFeaturePrep (inference/feature_prep.py): training's feature preparation in the artifact."""
+"""RawFeaturePrep (data/features.py): training's feature preparation, in the artifact too."""
 
 import pytest
 import torch
 
-from torchrec_rankmixer.data.features import FeaturePrep, Rows
+from torchrec_rankmixer.data.features import FeaturePrep, RawFeaturePrep, Rows, hash_ids
 from torchrec_rankmixer.inference.export import export_model
-from torchrec_rankmixer.inference.feature_prep import RawFeaturePrep
 from torchrec_rankmixer.inference.predictor import Predictor
 from torchrec_rankmixer.inference.quantize import QuantizationOptions, build_inference_model
 from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
@@ -42,13 +41,21 @@ def test_matches_training_feature_prep(id_transform: str, dense_transform: str) 
     if id_transform == "none":  # ids must already be in range
         rows.sparse = {f: (ln, v.abs() % 7) for f, (ln, v) in rows.sparse.items()}
     want = prep.batch(rows)
-    raw = RawFeaturePrep.from_feature_prep(prep)
+    raw = prep.module
     dense, values, lengths = raw(*_raw_inputs(rows))
     assert raw.model_feature_names == want.sparse_features.keys() == ["u", "i", "y_bucket"]
     assert torch.equal(values, want.sparse_features.values())
     assert torch.equal(lengths.reshape(-1).to(torch.int32), want.sparse_features.lengths().to(torch.int32))
     torch.testing.assert_close(dense, want.dense_features)
     assert raw.raw_id_features == ([] if id_transform == "none" else SPARSE)
+    # both against the transform written out feature by feature
+    rows_of = {"u": 30, "i": 7}
+    expect = [{"hash": lambda v, n: hash_ids(v, n), "mod": torch.remainder, "none": lambda v, n: v}[id_transform](
+        rows.sparse[f][1], rows_of[f]) for f in SPARSE]
+    expect.append(torch.bucketize(rows.dense[:, 1], torch.tensor(BOUNDS["y"]), right=True))
+    assert torch.equal(values, torch.cat(expect))
+    kept = rows.dense[:, [0, 2]]
+    torch.testing.assert_close(dense, torch.log1p(kept.clamp(min=0.0)) if dense_transform == "log1p" else kept)
 
 
 def _model_for(prep: FeaturePrep) -> torch.nn.Module:
@@ -65,7 +72,7 @@ def _model_for(prep: FeaturePrep) -> torch.nn.Module:
 def test_artifact_with_preparation_scores_raw_columns_as_training(tmp_path, artifact: str) -> None:
     prep = _prep()
     model = _model_for(prep)
-    raw = RawFeaturePrep.from_feature_prep(prep)
+    raw = prep.module
     result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), artifact, feature_prep=raw)
     meta = result.metadata
     assert meta["artifact"] == ("torch.export" if artifact == "auto" else "torchscript"), meta["fallback_reason"]
@@ -106,7 +113,7 @@ def test_text_ids_in_a_table_are_hashed_as_the_training_reader_does(tmp_path) ->
 
     prep = _prep()
     model = _model_for(prep)
-    raw = RawFeaturePrep.from_feature_prep(prep)
+    raw = prep.module
     result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), "torchscript", feature_prep=raw)
     users, items = ["alice", "bob|42", "", "carol"], [[5], [6, 7], [], [2**61]]
     dense = torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.5, 0.0], [1.0, 7.0, 1.0], [0.0, 2.0, 9.0]])

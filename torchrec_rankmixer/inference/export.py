@@ -272,7 +272,7 @@ def export_model(
             (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) built into the
             artifact: its features then take raw ids (metadata ``raw_id_features``).
         feature_prep: training's feature preparation
-            (:class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`) built into
+            (:class:`~torchrec_rankmixer.data.features.RawFeaturePrep`) built into
             the artifact: it then takes the raw training columns (metadata
             ``preprocessing``; ``dense_feature_names`` default to its dense columns).
     """

@@ -258,14 +258,13 @@ def export_from_run_dir(
         calibrate_moe_batches: see :func:`calibrate_run_moe` (default: 16 training
             batches for a Sparse-MoE model, none otherwise; 0 turns it off).
         preprocessing: for a file run, build its feature preparation (id hash / mod,
-            ``log1p``, buckets: :class:`~torchrec_rankmixer.inference.feature_prep.RawFeaturePrep`)
+            ``log1p``, buckets: :class:`~torchrec_rankmixer.data.features.RawFeaturePrep`)
             into the artifact, which then takes the training files' raw columns; False:
             the artifact takes prepared ids and values (synthetic runs have none).
 
     Returns:
         (what export wrote, the checkpoint exported).
     """
-    from torchrec_rankmixer.inference.feature_prep import RawFeaturePrep
     from torchrec_rankmixer.inference.id_remap import RawIdRemap
     from torchrec_rankmixer.train.config import load_config
 
@@ -277,7 +276,7 @@ def export_from_run_dir(
     if preprocessing and data.format != "synthetic":
         from torchrec_rankmixer.data.sources import file_schema
 
-        prep = RawFeaturePrep.from_feature_prep(file_schema(data)[2])
+        prep = file_schema(data)[2].module  # the transform training ran
         run_names = list(prep.dense_features)
     names = dense_feature_names if dense_feature_names is not None else run_names
     id_remap = RawIdRemap.from_remapper(remapper, model.feature_names) if remapper is not None else None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.data.features import ID_TRANSFORMS
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.train.settings import apply_override, from_dict, load_file
 
@@ -22,7 +23,6 @@ DEVICES = ("auto", "cpu", "cuda")
 EVICTED_ROW_INITS = ("table_init", "zero")
 PRECISIONS = ("auto", "fp32", "bf16")
 DENSE_TRANSFORMS = ("log1p", "none")
-ID_TRANSFORMS = ("hash", "mod", "none", "managed_collision")
 EVICTION_POLICIES = ("distance_lfu", "lfu", "lru")
 OWN_RANKMIXER_FIELDS = {"d_model", "num_tokens", "num_layers", "ffn_mult", "dropout"}
 
