@@ -66,15 +66,10 @@ class InputSchema:
             per_feature = lengths.to(torch.int64).sum(dim=1)  # (F,)
             raw = torch.tensor([f in self.raw_id_features for f in self.feature_names])
             values = torch.where(torch.repeat_interleave(raw, per_feature), 0, values)  # row 0: in range
-        if (dense.dim() == 2 and dense.shape[1] == len(self.dense_feature_names)
-                and dense.is_floating_point() and not bool(torch.isfinite(dense).all())):
-            row, col = (~torch.isfinite(dense)).nonzero()[0].tolist()
-            raise ValueError(
-                f"dense column {self.dense_feature_names[col]!r} has a non-finite value (NaN/inf) at row {row}"
-            )
         kjt = KeyedJaggedTensor(keys=list(self.feature_names), values=values, lengths=lengths.reshape(-1))
         check_model_inputs(
-            dense, kjt, list(self.feature_names), list(self.num_embeddings), self.dense_in_features
+            dense, kjt, list(self.feature_names), list(self.num_embeddings), self.dense_in_features,
+            list(self.dense_feature_names),
         )
 
     # ------------------------------------------------------------------ convert

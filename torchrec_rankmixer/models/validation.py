@@ -17,6 +17,7 @@ def check_model_inputs(
     feature_names: List[str],
     num_embeddings: List[int],
     dense_in_features: int,
+    dense_feature_names: Optional[List[str]] = None,
 ) -> None:
     """Raise ValueError on unknown/missing feature keys, ids out of range, non-finite or
     mis-shaped dense features, and batch-size mismatches.
@@ -27,6 +28,8 @@ def check_model_inputs(
         feature_names: the model's features, aligned with ``num_embeddings``.
         num_embeddings: table rows for each feature; ids must be in [0, rows).
         dense_in_features: expected dense width.
+        dense_feature_names: names of the dense columns, if known (errors then name the
+            column instead of its index).
     """
     keys = sparse_features.keys()
     unknown = [k for k in keys if k not in feature_names]
@@ -50,10 +53,12 @@ def check_model_inputs(
                 f"sparse_features has stride {batch}"
             )
         if dense_features.is_floating_point() and not bool(torch.isfinite(dense_features).all()):
-            bad = (~torch.isfinite(dense_features)).nonzero()[0].tolist()
-            raise ValueError(
-                f"dense_features has a non-finite value (NaN/inf) at row {bad[0]}, column {bad[1]}"
-            )
+            row, col = (~torch.isfinite(dense_features)).nonzero()[0].tolist()
+            if dense_feature_names is not None:
+                raise ValueError(
+                    f"dense column {dense_feature_names[col]!r} has a non-finite value (NaN/inf) at row {row}"
+                )
+            raise ValueError(f"dense_features has a non-finite value (NaN/inf) at row {row}, column {col}")
     values = sparse_features.values()
     if values.numel() == 0:
         return
