@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,6 +59,25 @@ class ExportResult:
     module: Optional[RankMixerInferenceModule]
 
 
+def input_layout(spec: ModelSpec, feature_prep: Optional[nn.Module] = None) -> Tuple[List[str], List[int], int]:
+    """What the artifact takes: (sparse input features in ``lengths`` row order, their
+    table rows, dense width). With ``feature_prep`` these are the raw training columns,
+    else the model's own features.
+
+    Example::
+
+        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
+        ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
+        ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
+        >>> input_layout(spec)
+        (['a', 'b'], [20, 20], 0)
+    """
+    if feature_prep is None:
+        return list(spec.feature_names), list(spec.num_embeddings), spec.dense_in_features
+    return list(feature_prep.sparse_features), [int(r) for r in feature_prep.rows], len(feature_prep.dense_features)
+
+
 def example_inputs(
     spec: ModelSpec, batch_size: int = EXAMPLE_BATCH, feature_prep: Optional[nn.Module] = None
 ) -> tuple:
@@ -74,11 +93,9 @@ def example_inputs(
         >>> [tuple(t.shape) for t in example_inputs(spec, 3)]
         [(3, 0), (6,), (2, 3)]
     """
-    num_features = len(spec.feature_names)
-    dense = torch.zeros(batch_size, spec.dense_in_features)
-    if feature_prep is not None:
-        num_features = len(feature_prep.sparse_features)
-        dense = torch.zeros(batch_size, len(feature_prep.dense_features))
+    features, _, dense_in = input_layout(spec, feature_prep)
+    num_features = len(features)
+    dense = torch.zeros(batch_size, dense_in)
     values = torch.zeros(num_features * batch_size, dtype=torch.int64)
     lengths = torch.ones(num_features, batch_size, dtype=torch.int32)
     return dense, values, lengths
@@ -182,11 +199,9 @@ def build_metadata(
         moe_exec: how the artifact's Sparse-MoE layers run (:func:`moe_execution`).
     """
     prep = module.feature_prep
-    features, rows, dense_in = spec.feature_names, spec.num_embeddings, spec.dense_in_features
+    features, rows, dense_in = input_layout(spec, prep)
     raw_ids = list(getattr(module.id_remap, "raw_id_features", []))
-    if prep is not None:  # the artifact takes the raw training columns
-        features, rows = list(prep.sparse_features), [int(r) for r in prep.rows]
-        dense_in = len(prep.dense_features)
+    if prep is not None:  # hashed / taken-modulo features take any id too
         raw_ids = [f for f in features if f in raw_ids or f in prep.raw_id_features]
     return {
         "format": ARTIFACT_FORMAT,
@@ -282,8 +297,7 @@ def export_model(
     if float_model is None or not _is_writer():
         return ExportResult(path="", metadata={}, module=None)
     spec = ModelSpec.from_model(float_model)
-    dense_in = spec.dense_in_features if feature_prep is None else len(feature_prep.dense_features)
-    inputs = spec.feature_names if feature_prep is None else feature_prep.sparse_features
+    inputs, _, dense_in = input_layout(spec, feature_prep)
     names: List[str] = list(dense_feature_names) if dense_feature_names is not None else (
         [f"dense_{i}" for i in range(dense_in)] if feature_prep is None else list(feature_prep.dense_features)
     )
