@@ -147,7 +147,7 @@ def predict(model: nn.Module, ids: torch.Tensor, dense_in: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _moe_report(model: nn.Module, data: Dict, dense_in: int, test_logits: torch.Tensor) -> Dict[str, float]:
+def _moe_report(model: nn.Module, data: Dict, dense_in: int, test_auc: float) -> Dict[str, float]:
     """For a Sparse-MoE RankMixer: the test pass's h_infer active ratio (uncalibrated:
     this loop has no calibration step) and, for DTSI, the dense-gated test AUC (h_train's
     gates, every expert) of the same model; empty for other models."""
@@ -161,7 +161,7 @@ def _moe_report(model: nn.Module, data: Dict, dense_in: int, test_logits: torch.
         dense_gated = predict(model, data["test"][0], dense_in)
         configure_moe_inference(model, execution="sparse")
         out["test_auc_dense_gated"] = binary_auc(dense_gated, data["test"][1])
-        out["test_auc_gap"] = binary_auc(test_logits, data["test"][1]) - out["test_auc_dense_gated"]
+        out["test_auc_gap"] = test_auc - out["test_auc_dense_gated"]
     return out
 
 
@@ -212,11 +212,12 @@ def run(
     model.load_state_dict(best_state)
     reset_moe_statistics(model)
     test_logits = predict(model, data["test"][0], dense_in)
+    test_auc = binary_auc(test_logits, data["test"][1])
     return {
-        **_moe_report(model, data, dense_in, test_logits),
+        **_moe_report(model, data, dense_in, test_auc),
         "model": name, "variant": variant, "seed": seed, "protocol": protocol, "best_epoch": best_epoch,
         "epochs_run": len(history), "valid_auc": best_auc,
-        "test_auc": binary_auc(test_logits, data["test"][1]),
+        "test_auc": test_auc,
         "test_logloss": binary_logloss(test_logits, data["test"][1]),
         "dense_params": dense_param_count(model), "seconds": round(time.time() - t_start, 1),
         "valid_history": history,

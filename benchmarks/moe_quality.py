@@ -53,10 +53,6 @@ def _eval_logits(model: torch.nn.Module, batches: List) -> torch.Tensor:
         return torch.cat([model(b.dense_features, b.sparse_features)[:, 0] for b in batches])
 
 
-def _labels(batches: List) -> torch.Tensor:
-    return torch.cat([b.labels for b in batches])
-
-
 def paired_gap_se(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, rounds: int = 200) -> float:
     """Bootstrap standard error of AUC(a) - AUC(b) over the same resampled eval rows."""
     g = torch.Generator().manual_seed(0)
@@ -99,6 +95,7 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
                        lr=args.lr, on_stats=show)
     train_s = time.perf_counter() - start
     evals = list(data.batches(1024, args.eval_batches, start=EVAL_OFFSET))
+    labels = torch.cat([b.labels for b in evals])
     row: Dict[str, object] = {"router": router, "target": target, "seed": args.seed, "train_s": round(train_s, 1)}
     if router == "dense":
         row["auc_sparse"] = evaluate(model, evals)[0]
@@ -118,7 +115,7 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
         row["calib_max_abs_shift"] = max(r["max_abs_shift"] for r in report)
     reset_moe_statistics(model)
     sparse_logits = _eval_logits(model, evals)
-    row["auc_sparse"] = binary_auc(sparse_logits, _labels(evals))
+    row["auc_sparse"] = binary_auc(sparse_logits, labels)
     moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
     utils = torch.stack([m.expert_utilisation() for m in moes])  # (L, T, E)
     row["infer_active_ratio"] = float(utils.mean())
@@ -129,9 +126,9 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
     if router == "dtsi":
         configure_moe_inference(model, execution="dense", router="train")
         dense_logits = _eval_logits(model, evals)
-        row["auc_dense_gated_htrain"] = binary_auc(dense_logits, _labels(evals))
+        row["auc_dense_gated_htrain"] = binary_auc(dense_logits, labels)
         row["gap"] = row["auc_sparse"] - row["auc_dense_gated_htrain"]  # type: ignore[operator]
-        row["gap_se"] = paired_gap_se(sparse_logits, dense_logits, _labels(evals))
+        row["gap_se"] = paired_gap_se(sparse_logits, dense_logits, labels)
     configure_moe_inference(model, execution="sparse")
     row["perturb_h_infer"] = _perturbation(model, evals[:2], "router_infer")
     row["perturb_h_train"] = _perturbation(model, evals[:2], "router_train") if router == "dtsi" else None
