@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_ffn_kernels import single_gemm_bound  # noqa: E402
+from benchmarks.bench_kernels import single_gemm_bound  # noqa: E402
 from benchmarks.common import interleaved  # noqa: E402
-from torchrec_rankmixer.ops.per_token_ffn import per_token_ffn_bmm, per_token_ffn_loop  # noqa: E402
+from torchrec_rankmixer.ops.per_token_ffn import per_token_ffn_batched, per_token_ffn_reference  # noqa: E402
 
 
 def bmm_contig(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def bmm_contig(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Te
 
 
 def main() -> None:
-    kernels = {"loop": per_token_ffn_loop, "bmm": per_token_ffn_bmm, "bmm_contig": bmm_contig}
+    kernels = {"reference": per_token_ffn_reference, "batched": per_token_ffn_batched, "bmm_contig": bmm_contig}
     T, D, k = 16, 128, 4
     for B in (1024, 2048, 4096):
         g = torch.Generator().manual_seed(0)

@@ -39,7 +39,8 @@ from torchrec_rankmixer.inference import (  # noqa: E402
     load_artifact,
 )
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer  # noqa: E402
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple  # noqa: E402
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET  # noqa: E402
+from torchrec_rankmixer.train.simple import train_simple  # noqa: E402
 from torchrec_rankmixer.utils.metrics import binary_auc  # noqa: E402
 
 Q = QuantizationOptions

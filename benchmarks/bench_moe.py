@@ -60,7 +60,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--hidden", type=int, default=256, help="expert hidden width h")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 512])
     p.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25, 0.125])
-    p.add_argument("--kernel", default="auto", help="sparse kernel (auto, padded_bmm, loop, grouped_mm)")
+    p.add_argument("--kernel", default="auto", help="sparse kernel (auto, reference, batched, grouped_mm)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--inner", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             hidden = round(ratio * E * h)
             if hidden % D:
                 raise ValueError(f"ratio*E*h ({hidden}) must be a multiple of d_model ({D}) for the FFN")
-            ffn = PerTokenFFN(T, D, ffn_mult=hidden // D, kernel="bmm").eval()
+            ffn = PerTokenFFN(T, D, ffn_mult=hidden // D, kernel="batched").eval()
             with torch.inference_mode():
                 measured = float((torch.relu(moe.router_infer(x)) > 0).float().mean())
                 t = time_interleaved(

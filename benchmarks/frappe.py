@@ -42,7 +42,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
 from torchrec_rankmixer.modules.moe import (  # noqa: E402
     PerTokenSparseMoE,
     configure_moe_inference,
-    reset_moe_statistics,
+    reset_statistics,
 )
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss  # noqa: E402
 
@@ -210,7 +210,7 @@ def run(
         for g in opt.param_groups:
             g["lr"] = schedule.lr
     model.load_state_dict(best_state)
-    reset_moe_statistics(model)
+    reset_statistics(model)
     test_logits = predict(model, data["test"][0], dense_in)
     test_auc = binary_auc(test_logits, data["test"][1])
     return {

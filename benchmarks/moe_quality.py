@@ -24,9 +24,10 @@ from torchrec import EmbeddingBagCollection
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_config
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_inference, reset_moe_statistics
-from torchrec_rankmixer.modules.moe_calibration import calibrate_on_batches
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, evaluate, train_simple
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_inference, reset_statistics
+from torchrec_rankmixer.modules.moe.calibration import calibrate_on_batches
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET
+from torchrec_rankmixer.train.simple import evaluate, train_simple
 from torchrec_rankmixer.utils.metrics import binary_auc
 
 
@@ -106,14 +107,14 @@ def run(router: str, target: float, args: argparse.Namespace) -> Dict[str, objec
     configure_moe_inference(model, execution="sparse")
     if router != "topk" and args.calibrate_batches > 0:
         # serving step: held-out *training* batches (after the ones trained on), not eval data
-        reset_moe_statistics(model)
+        reset_statistics(model)
         row["auc_sparse_uncalibrated"] = evaluate(model, evals)[0]
         utils = torch.stack([m.expert_utilisation() for m in model.modules() if isinstance(m, PerTokenSparseMoE)])
         row["infer_active_ratio_uncalibrated"] = float(utils.mean())
         calib = data.batches(args.batch_size, args.calibrate_batches, start=args.steps)
         report = calibrate_on_batches(model, calib)
         row["calib_max_abs_shift"] = max(r["max_abs_shift"] for r in report)
-    reset_moe_statistics(model)
+    reset_statistics(model)
     sparse_logits = _eval_logits(model, evals)
     row["auc_sparse"] = binary_auc(sparse_logits, labels)
     moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.moe_quality import build
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, reset_moe_statistics
+from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, reset_statistics
 from torchrec_rankmixer.train.simple import train_simple
 
 
@@ -48,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     def per_layer(train: bool) -> List[float]:
         model.train(train)
-        reset_moe_statistics(model)
+        reset_statistics(model)
         with torch.no_grad():
             for b in held_out:
                 model(b.dense_features, b.sparse_features)

@@ -27,7 +27,8 @@ from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.data.synthetic_sequences import CANDIDATE, HISTORY, SyntheticSequenceData
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET
+from torchrec_rankmixer.train.simple import train_simple
 
 VARIANTS: Tuple[Tuple[str, str], ...] = (
     ("mean", "recent"), ("target", "recent"), ("target_softmax", "recent"), ("max", "recent"),

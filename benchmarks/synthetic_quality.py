@@ -25,7 +25,8 @@ from benchmarks.common import ModelSpec, build_model, dense_param_count  # noqa:
 from benchmarks.variants import VARIANTS, rankmixer_variant  # noqa: E402
 
 from torchrec_rankmixer import SyntheticClickData  # noqa: E402
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple  # noqa: E402
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET  # noqa: E402
+from torchrec_rankmixer.train.simple import train_simple  # noqa: E402
 
 EMB_DIM = 16
 DATA = SyntheticClickData(num_sparse_features=8, num_embeddings=1000, dense_in_features=4,

@@ -15,7 +15,8 @@ from torchrec.models.dlrm import DLRM_DCN
 
 from torchrec_rankmixer import DLRM_RankMixer
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET
+from torchrec_rankmixer.train.simple import train_simple
 from torchrec_rankmixer.utils.flops import count_flops
 
 

@@ -32,7 +32,7 @@ def test_defaults_and_derived() -> None:
         (dict(d_model=64, num_tokens=8, num_layers=1, token_mixer="attn"), r"token_mixer \('attn'\)"),
         (dict(d_model=64, num_tokens=8, num_layers=1, residual=None), r"residual \(None\)"),
         (dict(d_model=64, num_tokens=8, num_layers=1, layer_norm=0), r"layer_norm \(0\)"),
-        (dict(d_model=64, num_tokens=8, num_layers=1, ffn_kernel="cuda"), r"ffn_kernel \('cuda'\)"),
+        (dict(d_model=64, num_tokens=8, num_layers=1, kernel="cuda"), r"kernel \('cuda'\)"),
         (dict(d_model=True, num_tokens=8, num_layers=1), r"d_model \(True\)"),
         (dict(d_model=64, num_tokens=8, num_layers=1, use_moe=True, token_mixer="all_share"), r"use_moe=True cannot be combined with token_mixer='all_share'"),
     ],

@@ -7,6 +7,14 @@ H heads, k FFN multiple (``ffn_mult``), E experts, L layers.
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Tuple
 
+from torchrec_rankmixer.ops.kernels import check_kernel
+from torchrec_rankmixer.utils.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_positive_int,
+)
+
 LN_STYLES: Tuple[str, ...] = ("post", "pre")
 POOLINGS: Tuple[str, ...] = ("mean", "flatten")
 FFN_TYPES: Tuple[str, ...] = ("per_token", "shared")
@@ -15,38 +23,10 @@ TOKEN_MIXERS: Tuple[str, ...] = (
 )
 # Token2FFN routing ablations (paper Table 3): they replace the (mixer, FFN) pair.
 ROUTING_ABLATIONS: Tuple[str, ...] = ("all_concat_mlp", "all_share")
-FFN_KERNELS: Tuple[str, ...] = ("auto", "loop", "bmm", "grouped_mm")
 MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
 MOE_OFFSET_PER: Tuple[str, ...] = ("expert", "token")
 MOE_TRAIN_GATES: Tuple[str, ...] = ("relu", "softplus")
 MOE_PATH_DRAWS: Tuple[str, ...] = ("sample", "token")
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} ({value!r}) must be a positive int")
-
-
-def _check_choice(name: str, value: object, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} ({value!r}) must be one of {list(choices)}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} ({value!r}) must be a bool")
-
-
-def _check_float(name: str, value: object, low: float, high: float, closed: str) -> None:
-    """value must be a real number in the interval given by ``closed``: "()", "(]" or "[)"."""
-    interval = f"{closed[0]}{low}, {high}{closed[1]}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} ({value!r}) must be a float in {interval}")
-    v = float(value)
-    above = v >= low if closed[0] == "[" else v > low
-    below = v <= high if closed[1] == "]" else v < high
-    if not (above and below):
-        raise ValueError(f"{name} ({value!r}) must be in {interval}")
 
 
 @dataclass(frozen=True)
@@ -71,8 +51,10 @@ class RankMixerConfig:
             modules/token_mixing_ablations.py; they replace the per-token FFN too).
         residual: keep the skip connections (ablation switch).
         layer_norm: keep the LayerNorms (ablation switch).
-        ffn_kernel: per-token FFN execution path: ``"auto"`` (measured choice, see
-            docs/benchmarks.md), ``"loop"`` (reference), ``"bmm"`` or ``"grouped_mm"``.
+        kernel: how every op of the encoder runs (token mixing, per-token FFN,
+            Sparse-MoE experts; ops/kernels.py): ``"auto"`` (the measured choice, see
+            docs/benchmarks.md), ``"reference"`` (readable loops), ``"batched"`` or
+            ``"grouped_mm"``. Execution only: it shapes no parameter.
         use_moe: replace each token's FFN by a Sparse-MoE of E experts
             (:class:`~torchrec_rankmixer.modules.moe.PerTokenSparseMoE`, docs/moe.md).
         moe_router: ``"dtsi"`` (paper: ReLU routing, dense-training / sparse-inference
@@ -115,7 +97,7 @@ class RankMixerConfig:
     token_mixer: str = "multihead"
     residual: bool = True
     layer_norm: bool = True
-    ffn_kernel: str = "auto"
+    kernel: str = "auto"
     use_moe: bool = False
     moe_router: str = "dtsi"
     moe_num_experts: int = 8
@@ -132,20 +114,17 @@ class RankMixerConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.num_heads is not None:
-            _check_positive_int("num_heads", self.num_heads)
+            check_positive_int("num_heads", self.num_heads)
         for name in ("final_norm", "strict_heads", "residual", "layer_norm"):
-            _check_bool(name, getattr(self, name))
-        _check_choice("ln_style", self.ln_style, LN_STYLES)
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("ffn_type", self.ffn_type, FFN_TYPES)
-        _check_choice("token_mixer", self.token_mixer, TOKEN_MIXERS)
-        _check_choice("ffn_kernel", self.ffn_kernel, FFN_KERNELS)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"dropout ({self.dropout!r}) must be a float in [0, 1)")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout ({self.dropout!r}) must be in [0, 1)")
+            check_bool(name, getattr(self, name))
+        check_choice("ln_style", self.ln_style, LN_STYLES)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("ffn_type", self.ffn_type, FFN_TYPES)
+        check_choice("token_mixer", self.token_mixer, TOKEN_MIXERS)
+        check_kernel("kernel", self.kernel)
+        check_float("dropout", self.dropout, 0.0, 1.0, "[)")
         heads = self.heads
         if self.d_model % heads != 0:
             raise ValueError(
@@ -159,20 +138,20 @@ class RankMixerConfig:
         self._check_moe()
 
     def _check_moe(self) -> None:
-        _check_bool("use_moe", self.use_moe)
-        _check_choice("moe_router", self.moe_router, MOE_ROUTERS)
-        _check_positive_int("moe_num_experts", self.moe_num_experts)
+        check_bool("use_moe", self.use_moe)
+        check_choice("moe_router", self.moe_router, MOE_ROUTERS)
+        check_positive_int("moe_num_experts", self.moe_num_experts)
         if self.moe_expert_hidden is not None:
-            _check_positive_int("moe_expert_hidden", self.moe_expert_hidden)
-        _check_float("moe_target_active_ratio", self.moe_target_active_ratio, 0.0, 1.0, "(]")
-        _check_float("moe_l1_kp", self.moe_l1_kp, 0.0, float("inf"), "[)")
-        _check_float("moe_l1_ki", self.moe_l1_ki, 0.0, float("inf"), "()")
-        _check_float("moe_balance_coef", self.moe_balance_coef, 0.0, float("inf"), "[)")
-        _check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
-        _check_float("moe_offset_rate", self.moe_offset_rate, 0.0, float("inf"), "[)")
-        _check_choice("moe_offset_per", self.moe_offset_per, MOE_OFFSET_PER)
-        _check_choice("moe_train_gate", self.moe_train_gate, MOE_TRAIN_GATES)
-        _check_choice("moe_path_draw", self.moe_path_draw, MOE_PATH_DRAWS)
+            check_positive_int("moe_expert_hidden", self.moe_expert_hidden)
+        check_float("moe_target_active_ratio", self.moe_target_active_ratio, 0.0, 1.0, "(]")
+        check_float("moe_l1_kp", self.moe_l1_kp, 0.0, float("inf"), "[)")
+        check_float("moe_l1_ki", self.moe_l1_ki, 0.0, float("inf"), "()")
+        check_float("moe_balance_coef", self.moe_balance_coef, 0.0, float("inf"), "[)")
+        check_float("moe_dense_path_prob", self.moe_dense_path_prob, 0.0, 1.0, "[)")
+        check_float("moe_offset_rate", self.moe_offset_rate, 0.0, float("inf"), "[)")
+        check_choice("moe_offset_per", self.moe_offset_per, MOE_OFFSET_PER)
+        check_choice("moe_train_gate", self.moe_train_gate, MOE_TRAIN_GATES)
+        check_choice("moe_path_draw", self.moe_path_draw, MOE_PATH_DRAWS)
         if self.use_moe and self.ffn_type != "per_token":
             raise ValueError(f"use_moe=True needs ffn_type='per_token' (got {self.ffn_type!r})")
         if self.use_moe and self.token_mixer in ROUTING_ABLATIONS:

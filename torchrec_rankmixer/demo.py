@@ -12,7 +12,8 @@ from torchrec import EmbeddingBagCollection
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
-from torchrec_rankmixer.train.simple import EVAL_OFFSET, train_simple
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET
+from torchrec_rankmixer.train.simple import train_simple
 from torchrec_rankmixer.utils.metrics import binary_auc
 
 

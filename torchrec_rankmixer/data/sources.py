@@ -1,4 +1,11 @@
-"""File-backed batch sources for ``rankmixer-train``: CSV, libsvm, Criteo TSV, Parquet, ORC.
+"""Batch sources for ``rankmixer-train``: the built-in synthetic data and files (CSV,
+libsvm, Criteo TSV, Parquet, ORC). :func:`make_source` picks one from the ``data``
+settings (:class:`~torchrec_rankmixer.data.settings.DataSettings`).
+
+Both read batches addressed by a global cursor (batches consumed by all ranks) and hold
+the same interface: ``table_configs(embedding_dim)``, ``dense_in_features``,
+``user_feature``, ``train_batches(cursor, rank, world_size, num)``,
+``eval_batch_iter(rank, world_size)``, ``malformed_report()``.
 
 Sharding: with at least as many training files as ranks, rank ``r`` of ``W`` reads files
 ``r, r + W, ...``; with fewer files every rank reads all of them and keeps rows
@@ -20,6 +27,8 @@ from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_rankmixer.data.features import FeaturePrep, Rows, rows_from_lists
+from torchrec_rankmixer.data.settings import DataSettings
+from torchrec_rankmixer.data.synthetic import EVAL_OFFSET, SyntheticClickData
 from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, MalformedRow, make_parser
 
 TEXT_FORMATS = ("csv", "libsvm", "criteo")
@@ -82,7 +91,7 @@ def _read_header(path: str, delimiter: str) -> List[str]:
         return f.readline().rstrip("\r\n").split(delimiter)
 
 
-def file_schema(data) -> Tuple[List[str], List[str], FeaturePrep]:  # type: ignore[no-untyped-def]
+def file_schema(data: DataSettings) -> Tuple[List[str], List[str], FeaturePrep]:
     """(sparse columns, dense columns, FeaturePrep) that a file run's ``data.*`` settings
     define, without reading any file. Training (:class:`FileSource`) and export
     (``inference/from_run.py``) both derive their table layout here, so they cannot drift.
@@ -104,20 +113,77 @@ def file_schema(data) -> Tuple[List[str], List[str], FeaturePrep]:  # type: igno
     return sparse, dense, prep
 
 
-class FileSource:
-    """Batches from files for one rank (same interface as the synthetic source).
+class SyntheticSource:
+    """Synthetic batches addressed by a global batch cursor.
+
+    Rank ``r`` of ``W`` reads global batches ``cursor + r, cursor + W + r, ...``, so the
+    cursor (batches consumed by all ranks) is the whole data position: resuming on another
+    number of ranks continues where the run stopped.
 
     Args:
-        cfg: the run's settings (``data.*``, ``model.task``).
+        data: the ``data`` settings (``data.synthetic.*``, batch sizes).
+        two_labels: add the conversion label (ESMM: labels [B, 2]).
+
+    Example::
+
+        >>> src = SyntheticSource(DataSettings(batch_size=4))
+        >>> [b.labels.shape for b in src.train_batches(cursor=0, rank=1, world_size=2, num=2)]
+        [torch.Size([4]), torch.Size([4])]
+    """
+
+    def __init__(self, data: DataSettings, two_labels: bool = False) -> None:
+        s = data.synthetic
+        self.data = SyntheticClickData(
+            num_sparse_features=s.num_sparse_features,
+            num_embeddings=s.num_embeddings,
+            dense_in_features=s.dense_in_features,
+            num_interactions=s.num_interactions,
+            ids_per_feature=s.ids_per_feature,
+            seed=s.seed,
+            conversion_label=two_labels,
+        )
+        self.batch_size, self.eval_batch_size = data.batch_size, data.eval_batch_size
+        self.eval_batches = data.eval_batches
+        self.user_feature: Optional[str] = data.user_column or self.data.feature_names[0]
+
+    @property
+    def dense_in_features(self) -> int:
+        return self.data.dense_in_features
+
+    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
+        return self.data.table_configs(embedding_dim)
+
+    def train_batches(self, cursor: int, rank: int, world_size: int, num: int) -> Iterator[Batch]:
+        """``num`` batches of this rank starting at global batch ``cursor``."""
+        for i in range(num):
+            yield self.data.batch(self.batch_size, cursor + i * world_size + rank)
+
+    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
+        """This rank's share of the held-out set: ``ceil(data.eval_batches / W)`` batches on
+        every rank (equal counts keep the sharded collectives in step)."""
+        per_rank = -(-self.eval_batches // world_size)
+        for j in range(per_rank):
+            yield self.data.batch(self.eval_batch_size, EVAL_OFFSET + j * world_size + rank)
+
+    def malformed_report(self) -> Dict[str, int]:
+        return {}
+
+
+class FileSource:
+    """Batches from files for one rank (same interface as :class:`SyntheticSource`).
+
+    Args:
+        data: the ``data`` settings.
+        two_labels: read ``data.label2_column`` too (ESMM: labels [B, 2]).
         rank: this rank.
         world_size: number of ranks.
     """
 
-    def __init__(self, cfg, rank: int, world_size: int) -> None:  # type: ignore[no-untyped-def]
-        d = cfg.data
+    def __init__(self, data: DataSettings, two_labels: bool, rank: int, world_size: int) -> None:
+        d = data
         self.fmt, self.delimiter = d.format, d.delimiter
         self.batch_size, self.eval_batch_size = d.batch_size, d.eval_batch_size
-        self.labels = [d.label_column] + ([d.label2_column] if cfg.model.task == "esmm" else [])
+        self.labels = [d.label_column] + ([d.label2_column] if two_labels else [])
         for f in [*d.train_files, *d.eval_files]:
             if not os.path.isfile(f):
                 raise ValueError(f"data file {f!r} does not exist")
@@ -258,3 +324,17 @@ class FileSource:
                    for i in range(0, total, self.eval_batch_size)]
         self._eval_cache = ((rank, world_size), batches)  # the eval set is fixed: read it once
         return iter(batches)
+
+
+def make_source(data: DataSettings, two_labels: bool, rank: int, world_size: int) -> "SyntheticSource | FileSource":
+    """The batch source ``data.format`` names.
+
+    Args:
+        data: validated ``data`` settings.
+        two_labels: the model has two tasks (ESMM): batches carry labels [B, 2].
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+    if data.format == "synthetic":
+        return SyntheticSource(data, two_labels)
+    return FileSource(data, two_labels, rank, world_size)

@@ -21,6 +21,10 @@ from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+# Held-out synthetic batches start at this index, disjoint from the training batches
+# (every synthetic batch is a pure function of its index).
+EVAL_OFFSET = 1_000_000
+
 
 @dataclass(frozen=True)
 class SyntheticClickData:

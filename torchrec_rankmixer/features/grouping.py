@@ -29,11 +29,13 @@ class TokenPlan:
         names: one name per token (group name, ``"auto_<i>"`` or ``"chunk_<i>"``).
         columns: per token, column indices into the concatenated embedding matrix.
         features: per token, the feature names it covers (for docs and debugging).
+        mode: the mode that built it (``"groups"``, ``"auto"`` or ``"split"``).
     """
 
     names: Tuple[str, ...]
     columns: Tuple[Tuple[int, ...], ...]
     features: Tuple[Tuple[str, ...], ...]
+    mode: str
 
     @property
     def widths(self) -> Tuple[int, ...]:
@@ -129,6 +131,7 @@ def plan_tokens(
             names=tuple(groups),
             columns=tuple(tuple(c for f in m for c in cols[f]) for m in groups.values()),
             features=tuple(tuple(m) for m in groups.values()),
+            mode=mode,
         )
 
     if num_tokens is None:
@@ -150,6 +153,7 @@ def plan_tokens(
             names=tuple(f"auto_{i}" for i in range(num_tokens)),
             columns=tuple(tuple(c for f in fs for c in cols[f]) for fs in out_f),
             features=tuple(out_f),
+            mode=mode,
         )
 
     # mode == "split" (Eq. 2)
@@ -174,4 +178,5 @@ def plan_tokens(
         names=tuple(f"chunk_{i}" for i in range(num_tokens)),
         columns=tuple(chunks),
         features=tuple(chunk_f),
+        mode=mode,
     )

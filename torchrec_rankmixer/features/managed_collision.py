@@ -33,7 +33,7 @@ from torchrec.modules.mc_modules import (
 )
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from torchrec_rankmixer.data.features import hash_ids
+from torchrec_rankmixer.features.prep import hash_ids
 
 EVICTION_POLICIES = ("distance_lfu", "lfu", "lru")
 

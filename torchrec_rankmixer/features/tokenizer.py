@@ -1,7 +1,7 @@
 """SemanticTokenizer: EmbeddingBagCollection output + dense features -> tokens [B, T, D]."""
 
 import math
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -9,8 +9,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_rankmixer.features.grouping import TokenPlan, plan_tokens
-
-PROJECTION_KERNELS = ("batched", "loop")
+from torchrec_rankmixer.ops.kernels import check_kernel
+from torchrec_rankmixer.ops.token_projection import token_projection
 
 
 @torch.fx.wrap
@@ -32,8 +32,8 @@ class SemanticTokenizer(nn.Module):
     Sparse tokens come from a :class:`TokenPlan` (explicit semantic groups, automatic
     contiguous grouping, or the paper's Eq. 2 split); each token's concatenated
     embedding columns get their own Linear projection to D. All projections run as one
-    gather + batched matmul (``kernel="batched"``, groups of unequal width zero-padded to
-    the widest) or as a reference loop (``kernel="loop"``). Dense features (after the
+    gather + batched matmul (groups of unequal width zero-padded to the widest) or as the
+    reference loop (``kernel="reference"``; ops/token_projection.py). Dense features (after the
     dense arch) become ``num_dense_tokens`` extra tokens appended after the sparse ones.
 
     Args:
@@ -44,7 +44,7 @@ class SemanticTokenizer(nn.Module):
         mode: ``"groups"``, ``"auto"`` or ``"split"`` (default: groups if given, else auto).
         dense_in_features: width of the dense vector; 0 means no dense tokens.
         num_dense_tokens: tokens made from the dense vector (0 allowed).
-        kernel: ``"batched"`` (fast) or ``"loop"`` (reference).
+        kernel: a kernel of ops/kernels.py (``"reference"``: one matmul per token).
         device: parameter device (``"meta"`` works).
 
     Shapes:
@@ -72,14 +72,12 @@ class SemanticTokenizer(nn.Module):
         mode: Optional[str] = None,
         dense_in_features: int = 0,
         num_dense_tokens: int = 1,
-        kernel: str = "batched",
+        kernel: str = "auto",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(d_model, int) or d_model < 1:
             raise ValueError(f"d_model ({d_model!r}) must be a positive int")
-        if kernel not in PROJECTION_KERNELS:
-            raise ValueError(f"kernel ({kernel!r}) must be one of {list(PROJECTION_KERNELS)}")
         if not isinstance(dense_in_features, int) or dense_in_features < 0:
             raise ValueError(f"dense_in_features ({dense_in_features!r}) must be an int >= 0")
         if not isinstance(num_dense_tokens, int) or num_dense_tokens < 0:
@@ -91,7 +89,11 @@ class SemanticTokenizer(nn.Module):
         self.plan: TokenPlan = plan_tokens(dict(feature_dims), num_sparse_tokens, groups, mode)
         self.feature_names: List[str] = list(feature_dims)
         self.d_model = d_model
-        self.kernel = kernel
+        self.kernel = check_kernel("kernel", kernel)
+        self.mode: str = self.plan.mode
+        self.groups: Optional[Dict[str, Tuple[str, ...]]] = (
+            {str(k): tuple(v) for k, v in groups.items()} if groups else None
+        )
         self.num_sparse_tokens = len(self.plan.columns)
         self.num_dense_tokens = num_dense_tokens if dense_in_features > 0 else 0
         self.total_width = sum(feature_dims.values())
@@ -152,7 +154,7 @@ class SemanticTokenizer(nn.Module):
         mode: Optional[str] = None,
         dense_in_features: int = 0,
         num_dense_tokens: int = 1,
-        kernel: str = "batched",
+        kernel: str = "auto",
         device: torch.device | str | None = None,
     ) -> "SemanticTokenizer":
         """Read ``feature_dims`` from the EBC's table configs (in KeyedTensor order); the
@@ -165,25 +167,9 @@ class SemanticTokenizer(nn.Module):
     # ------------------------------------------------------------------ forward
     def project_sparse(self, values: torch.Tensor) -> torch.Tensor:
         """[B, sum(dims)] -> [B, T_s, D]."""
-        if self.kernel == "loop":
-            return self._project_loop(values)
-        batch = values.shape[0]
-        if self._identity:
-            grouped = values.reshape(batch, self.num_sparse_tokens, self.max_width)  # (B, G, W)
-        else:
-            padded = nn.functional.pad(values, (0, 1))  # (B, sum(dims)+1), last column = 0
-            grouped = padded.index_select(1, self.gather_index).reshape(
-                batch, self.num_sparse_tokens, self.max_width
-            )  # (B, G, W)
-        out = torch.baddbmm(self.bias.unsqueeze(1), grouped.transpose(0, 1), self.weight)  # (G, B, D)
-        return out.transpose(0, 1)  # (B, G, D)
-
-    def _project_loop(self, values: torch.Tensor) -> torch.Tensor:
-        tokens = []
-        for g, cols in enumerate(self.plan.columns):
-            x = values[:, list(cols)]  # (B, w_g)
-            tokens.append(x @ self.weight[g, : len(cols)] + self.bias[g])  # (B, D)
-        return torch.stack(tokens, dim=1)
+        index = None if self._identity else self.gather_index
+        columns = [list(cols) for cols in self.plan.columns]
+        return token_projection(values, self.weight, self.bias, columns, index, self.kernel)  # (B, G, D)
 
     def forward(
         self, sparse: KeyedTensor, dense_features: Optional[torch.Tensor] = None

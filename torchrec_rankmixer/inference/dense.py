@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN
+from torchrec_rankmixer.ops.kernels import Kernel
 
 
 class PerTokenLinearFFN(nn.Module):
@@ -58,26 +59,25 @@ class PerTokenLinearFFN(nn.Module):
 
 
 def pin_traceable_kernels(module: nn.Module) -> None:
-    """Replace :class:`PerTokenFFN`'s ``kernel="auto"`` (chosen per call from the batch
-    size) by ``"bmm"``, and :class:`PerTokenSparseMoE`'s ``sparse_kernel="auto"`` by
-    ``"padded_bmm"``.
+    """Replace every ``kernel="auto"`` (chosen per call from the batch size; ops/kernels.py)
+    and :class:`PerTokenSparseMoE`'s ``sparse_kernel="auto"`` by ``"batched"``.
 
     An exported graph has a symbolic batch size, so a per-call choice cannot be kept;
-    bmm is the kernel ``choose_kernel`` picks for inference batches below 128 and the
-    one every trace uses. ``"padded_bmm"`` is the sparse-MoE kernel ``"auto"`` picks on
-    CPU (artifacts are CPU artifacts) and the one torch.export can trace.
+    ``"batched"`` is the kernel ``choose_kernel`` picks for inference batches below 1024
+    and the one every trace uses, and the sparse-MoE kernel ``"auto"`` picks on CPU
+    (artifacts are CPU artifacts) and the one torch.export can trace.
 
     Example::
 
         >>> ffn = PerTokenFFN(2, 4, 2, kernel="auto")
         >>> pin_traceable_kernels(ffn); ffn.kernel
-        'bmm'
+        'batched'
     """
     for m in module.modules():
-        if isinstance(m, PerTokenFFN) and m.kernel == "auto":
-            m.kernel = "bmm"
-        if isinstance(m, PerTokenSparseMoE) and m.sparse_kernel == "auto":
-            m.sparse_kernel = "padded_bmm"
+        if getattr(m, "kernel", None) == Kernel.AUTO:
+            m.kernel = Kernel.BATCHED.value
+        if isinstance(m, PerTokenSparseMoE) and m.sparse_kernel == Kernel.AUTO:
+            m.sparse_kernel = Kernel.BATCHED.value
 
 
 def unfuse_per_token_ffns(module: nn.Module) -> int:

@@ -35,7 +35,7 @@ from torchrec_rankmixer.inference.quantize import (
 )
 from torchrec_rankmixer.inference.scripting import script_inference_module
 from torchrec_rankmixer.inference.spec import ModelSpec, unwrap_model
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.version import __version__
 
 ARTIFACT_TYPES = ("auto", "export", "torchscript")
@@ -287,7 +287,7 @@ def export_model(
             (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) built into the
             artifact: its features then take raw ids (metadata ``raw_id_features``).
         feature_prep: training's feature preparation
-            (:class:`~torchrec_rankmixer.data.features.RawFeaturePrep`) built into
+            (:class:`~torchrec_rankmixer.features.prep.RawFeaturePrep`) built into
             the artifact: it then takes the raw training columns (metadata
             ``preprocessing``; ``dense_feature_names`` default to its dense columns).
     """

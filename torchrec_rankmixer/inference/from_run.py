@@ -16,7 +16,7 @@ nor a process group:
    model key ``k`` is stored as ``model.model.<k>``; the optimiser state is not read;
 3. for a Sparse-MoE model, the h_infer router biases are calibrated to the target active
    ratio on ``calibrate_moe_batches`` training batches of the run's own data source
-   (:func:`torchrec_rankmixer.modules.moe_calibration.calibrate_on_batches`, docs/moe.md);
+   (:func:`torchrec_rankmixer.modules.moe.calibration.calibrate_on_batches`, docs/moe.md);
 4. for a run with ``data.id_transform=managed_collision``, the id mapping is read from the
    checkpoint's ``id_remap`` entry (:func:`load_run_id_remap`) and frozen into the artifact
    (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`): its features take raw ids;
@@ -122,11 +122,11 @@ def find_run_checkpoint(run_dir: Union[str, os.PathLike], step: Optional[int] = 
 def _run_schema(cfg) -> Tuple[List, int, Optional[List[str]]]:  # type: ignore[no-untyped-def]
     """(table configs, dense width, dense column names or None) from the data settings,
     without reading any data file (the same schema the training source derives)."""
-    from torchrec_rankmixer.train.build import SyntheticSource
+    from torchrec_rankmixer.data.sources import SyntheticSource
 
     d = cfg.data
     if d.format == "synthetic":
-        source = SyntheticSource(cfg)
+        source = SyntheticSource(d)
         return source.table_configs(cfg.model.embedding_dim), source.dense_in_features, None
     from torchrec_rankmixer.data.sources import file_schema
 
@@ -258,7 +258,7 @@ def export_from_run_dir(
         calibrate_moe_batches: see :func:`calibrate_run_moe` (default: 16 training
             batches for a Sparse-MoE model, none otherwise; 0 turns it off).
         preprocessing: for a file run, build its feature preparation (id hash / mod,
-            ``log1p``, buckets: :class:`~torchrec_rankmixer.data.features.RawFeaturePrep`)
+            ``log1p``, buckets: :class:`~torchrec_rankmixer.features.prep.RawFeaturePrep`)
             into the artifact, which then takes the training files' raw columns; False:
             the artifact takes prepared ids and values (synthetic runs have none).
 
@@ -319,15 +319,15 @@ def calibrate_run_moe(
             f"calibrate_moe_batches ({num_batches}) was asked for, but the model of run "
             f"{str(run_dir)!r} has no Sparse-MoE layer"
         )
-    from torchrec_rankmixer.modules.moe_calibration import calibrate_on_batches
+    from torchrec_rankmixer.modules.moe.calibration import calibrate_on_batches
     from torchrec_rankmixer.train.config import load_config
     from torchrec_rankmixer.train.distributed import DistEnv
-    from torchrec_rankmixer.train.loop import make_source
+    from torchrec_rankmixer.data.sources import make_source
 
     cfg = load_config(os.path.join(run_dir, RUN_CONFIG_FILE))
     env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1,
                   device=torch.device("cpu"), backend="gloo")
-    source = make_source(cfg, env)
+    source = make_source(cfg.data, cfg.model.task == "esmm", env.rank, env.world_size)
     batches = source.train_batches(cursor=0, rank=0, world_size=1, num=num_batches)
     if id_remap is not None:
         batches = map(id_remap.eval().remap_batch, batches)

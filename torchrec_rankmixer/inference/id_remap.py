@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from torchrec_rankmixer.data.features import hash_ids
+from torchrec_rankmixer.features.prep import hash_ids
 
 
 class RawIdRemap(nn.Module):

@@ -139,7 +139,7 @@ class RankMixerInferenceModule(nn.Module):
         dense_dtype: dtype the dense input is cast to before the dense arch.
         id_remap: optional :class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`
             applied to ``values`` (managed-collision runs: those features take raw ids).
-        feature_prep: optional :class:`~torchrec_rankmixer.data.features.RawFeaturePrep`
+        feature_prep: optional :class:`~torchrec_rankmixer.features.prep.RawFeaturePrep`
             applied first (file runs: raw ids and raw dense columns in, as in training).
 
     Shapes:
@@ -195,7 +195,7 @@ def build_inference_model(
         id_remap: optional frozen managed-collision remap
             (:class:`~torchrec_rankmixer.inference.id_remap.RawIdRemap`) put in front.
         feature_prep: optional training feature preparation
-            (:class:`~torchrec_rankmixer.data.features.RawFeaturePrep`) put first.
+            (:class:`~torchrec_rankmixer.features.prep.RawFeaturePrep`) put first.
 
     Returns:
         :class:`RankMixerInferenceModule` in eval mode.

@@ -5,7 +5,7 @@ from torch import nn
 
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.modules.ffn_factory import build_ffn, build_token_mixer
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, clear_dtsi_paths, draw_dtsi_paths
+from torchrec_rankmixer.modules.moe.dtsi import clear_dtsi_paths, draw_dtsi_paths, moe_layers
 
 
 def _norm(config: RankMixerConfig, device: torch.device | str | None) -> nn.Module:
@@ -97,7 +97,7 @@ class RankMixerEncoder(nn.Module):
         """
         # symbolic tracing (TorchRec's pipelines trace the training model) sees no draw
         sharing = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-        moes = [m for m in self.blocks.modules() if isinstance(m, PerTokenSparseMoE)] if sharing else []
+        moes = moe_layers(self.blocks) if sharing else []
         draw_dtsi_paths(moes, x)
         try:
             for block in self.blocks:

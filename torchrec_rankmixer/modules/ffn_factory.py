@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from torchrec_rankmixer.config import ROUTING_ABLATIONS, RankMixerConfig
-from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
+from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN, SharedFFN
 from torchrec_rankmixer.modules.token_mixing_ablations import AllConcatMLP, AllShareFFN
 from torchrec_rankmixer.modules.token_mixing import (
@@ -29,7 +29,7 @@ def build_ffn(config: RankMixerConfig, device: torch.device | str | None = None)
     if config.ffn_type == "shared":
         return SharedFFN(config.d_model, config.ffn_mult, device=device)
     return PerTokenFFN(
-        config.num_tokens, config.d_model, config.ffn_mult, kernel=config.ffn_kernel, device=device
+        config.num_tokens, config.d_model, config.ffn_mult, kernel=config.kernel, device=device
     )
 
 
@@ -40,4 +40,4 @@ def build_token_mixer(config: RankMixerConfig, device: torch.device | str | None
     if config.token_mixer == "self_attention":
         mixer = SelfAttentionMixing(config.d_model, config.heads)
         return mixer.to(device) if device is not None else mixer
-    return MultiHeadTokenMixing(config.num_tokens, config.d_model, config.heads)
+    return MultiHeadTokenMixing(config.num_tokens, config.d_model, config.heads, kernel=config.kernel)

@@ -5,7 +5,9 @@ import math
 import torch
 from torch import nn
 
-from torchrec_rankmixer.ops.per_token_ffn import KERNELS, per_token_ffn
+from torchrec_rankmixer.ops.kernels import check_kernel
+from torchrec_rankmixer.ops.per_token_ffn import per_token_ffn
+from torchrec_rankmixer.utils.checks import check_positive_int
 
 
 def _init_linear_stack(weight: torch.Tensor, bias: torch.Tensor, fan_in: int) -> None:
@@ -19,14 +21,14 @@ class PerTokenFFN(nn.Module):
     """T independent GELU FFNs, token t using its own W1 [D, kD], b1, W2 [kD, D], b2.
 
     FLOPs equal one shared FFN's; parameters are T times larger. All T FFNs run as one
-    batched computation (``kernel="bmm"``) or as the readable reference loop
-    (``kernel="loop"``); ``"auto"`` picks the faster per device/dtype/batch size.
+    batched computation (``kernel="batched"``) or as the readable reference loop
+    (``kernel="reference"``); ``"auto"`` picks the faster per device/dtype/batch size.
 
     Args:
         num_tokens: T.
         d_model: D.
         ffn_mult: k (hidden width kD).
-        kernel: ``"auto"``, ``"loop"``, ``"bmm"`` or ``"grouped_mm"``.
+        kernel: ``"auto"``, ``"reference"``, ``"batched"`` or ``"grouped_mm"`` (ops/kernels.py).
         device: where to allocate the weights (``"meta"`` works).
 
     Shapes:
@@ -51,10 +53,8 @@ class PerTokenFFN(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("num_tokens", num_tokens), ("d_model", d_model), ("ffn_mult", ffn_mult)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} ({value!r}) must be a positive int")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel ({kernel!r}) must be one of {list(KERNELS)}")
+            check_positive_int(name, value)
+        kernel = check_kernel("kernel", kernel)
         hidden = ffn_mult * d_model
         self.num_tokens, self.d_model, self.hidden_dim, self.kernel = num_tokens, d_model, hidden, kernel
         self.w1 = nn.Parameter(torch.empty(num_tokens, d_model, hidden, device=device))

@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from torchrec_rankmixer.ops.token_mixing import token_mixing_fast, token_mixing_reference
+from torchrec_rankmixer.ops.kernels import check_kernel
+from torchrec_rankmixer.ops.token_mixing import token_mixing
 
 
 class MultiHeadTokenMixing(nn.Module):
@@ -19,7 +20,8 @@ class MultiHeadTokenMixing(nn.Module):
         num_tokens: T.
         d_model: D.
         num_heads: H (must divide D); ``None`` means H = T.
-        kernel: ``"fast"`` (reshape/transpose) or ``"reference"`` (literal loops).
+        kernel: one of ops/kernels.py's ``KERNELS`` (``"reference"``: literal loops;
+            any other: one reshape/transpose).
 
     Shapes:
         x: [B, T, D] -> [B, H, T*D/H].
@@ -35,7 +37,7 @@ class MultiHeadTokenMixing(nn.Module):
     """
 
     def __init__(
-        self, num_tokens: int, d_model: int, num_heads: int | None = None, kernel: str = "fast"
+        self, num_tokens: int, d_model: int, num_heads: int | None = None, kernel: str = "auto"
     ) -> None:
         super().__init__()
         heads = num_tokens if num_heads is None else num_heads
@@ -46,12 +48,10 @@ class MultiHeadTokenMixing(nn.Module):
             )
         if d_model % heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({heads})")
-        if kernel not in ("fast", "reference"):
-            raise ValueError(f"kernel ({kernel!r}) must be 'fast' or 'reference'")
         self.num_tokens = num_tokens
         self.d_model = d_model
         self.num_heads = heads
-        self.kernel = kernel
+        self.kernel = check_kernel("kernel", kernel)
 
     @property
     def out_shape(self) -> tuple[int, int]:
@@ -59,9 +59,7 @@ class MultiHeadTokenMixing(nn.Module):
         return self.num_heads, self.num_tokens * self.d_model // self.num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "reference":
-            return token_mixing_reference(x, self.num_heads)
-        return token_mixing_fast(x, self.num_heads)  # (B, H, T*D/H)
+        return token_mixing(x, self.num_heads, self.kernel)  # (B, H, T*D/H)
 
 
 class SelfAttentionMixing(nn.Module):

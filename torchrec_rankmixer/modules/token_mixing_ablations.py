@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrec_rankmixer.utils.checks import check_positive_int
+
 
 def _uniform(t: torch.Tensor, fan_in: int) -> None:
     bound = 1.0 / math.sqrt(fan_in)
@@ -33,8 +35,7 @@ def _uniform(t: torch.Tensor, fan_in: int) -> None:
 
 def _check_sizes(num_tokens: int, d_model: int, ffn_mult: int) -> None:
     for name, value in (("num_tokens", num_tokens), ("d_model", d_model), ("ffn_mult", ffn_mult)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} ({value!r}) must be a positive int")
+        check_positive_int(name, value)
 
 
 class AllConcatMLP(nn.Module):

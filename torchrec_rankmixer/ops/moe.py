@@ -12,12 +12,14 @@ Given gates g [B, T, E] (zero = inactive), every kernel returns
   ``y_t = [g ⊙ H_t] W2cat_t + g b2_t``).
 - :func:`moe_experts_sparse`: runs only the active (sample, token, expert) triples.
   It groups them by expert (t, e), gathers their rows and runs one grouped matmul
-  per layer (``"padded_bmm"``: a [G, C, D] bmm over the T*E experts, C the largest
-  group, the CPU default; ``"grouped_mm"``: ``torch._grouped_mm`` with offsets, the CUDA
-  default; ``"loop"``: one addmm per non-empty group), then scatter-adds the gated
-  outputs. Inactive experts cost nothing but bookkeeping.
+  per layer (kernels of ops/kernels.py: ``"batched"``, a [G, C, D] padded bmm over the
+  T*E experts, C the largest group, the CPU default; ``"grouped_mm"``:
+  ``torch._grouped_mm`` with offsets, the CUDA default; ``"reference"``: one addmm per
+  non-empty group), then scatter-adds the gated outputs. Inactive experts cost nothing
+  but bookkeeping.
+- :func:`moe_experts`: the dispatcher (dense or sparse execution, ``kernel=``).
 
-All three are equal up to float rounding (tested forward and backward).
+All are equal up to float rounding (tested forward and backward).
 """
 
 from typing import List, Tuple
@@ -25,7 +27,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-SPARSE_KERNELS: Tuple[str, ...] = ("auto", "padded_bmm", "grouped_mm", "loop")
+from torchrec_rankmixer.ops.kernels import Kernel, check_kernel
 
 
 def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
@@ -146,7 +148,7 @@ def group_active(gates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch
     return group, idx // E, flat[idx], counts
 
 
-def _sparse_padded_bmm(
+def _sparse_batched(
     xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
@@ -173,7 +175,7 @@ def _sparse_grouped_mm(
     return torch._grouped_mm(hidden, w2, offs=offs) + b2[group]  # (N, D)
 
 
-def _sparse_loop(
+def _sparse_reference(
     xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
@@ -203,14 +205,12 @@ def _grouped_mm_runs(x: torch.Tensor, d_model: int, hidden: int) -> bool:
 
 
 def choose_sparse_kernel(x: torch.Tensor, requested: str) -> str:
-    """Resolve ``"auto"``: ``"grouped_mm"`` for CUDA bf16, else ``"padded_bmm"``
-    (on the 2-core CPU box ``torch._grouped_mm`` is ~60x slower than the padded bmm,
-    see docs/moe.md)."""
-    if requested not in SPARSE_KERNELS:
-        raise ValueError(f"kernel ({requested!r}) must be one of {list(SPARSE_KERNELS)}")
-    if requested != "auto":
+    """Resolve ``"auto"``: ``"grouped_mm"`` for CUDA bf16, else ``"batched"`` (the padded
+    bmm; on the 2-core CPU box ``torch._grouped_mm`` is ~60x slower, see docs/moe.md)."""
+    requested = check_kernel("kernel", requested)
+    if requested != Kernel.AUTO:
         return requested
-    return "grouped_mm" if _grouped_mm_ok(x) else "padded_bmm"
+    return Kernel.GROUPED_MM.value if _grouped_mm_ok(x) else Kernel.BATCHED.value
 
 
 def moe_experts_sparse_resolved(
@@ -223,8 +223,8 @@ def moe_experts_sparse_resolved(
     kernel: str,
 ) -> torch.Tensor:
     """The body of :func:`moe_experts_sparse` once shapes are checked and ``kernel`` is
-    resolved (``"padded_bmm"``, ``"grouped_mm"`` or ``"loop"``; anything else runs the
-    padded bmm). TorchScript-able: the TorchScript export points traced
+    resolved (``"batched"``, ``"grouped_mm"`` or ``"reference"``; anything else runs
+    ``"batched"``). TorchScript-able: the TorchScript export points traced
     :func:`moe_experts_sparse` calls here (inference/scripting.py).
 
     Args and returns as :func:`moe_experts_sparse`.
@@ -236,8 +236,8 @@ def moe_experts_sparse_resolved(
         >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
         ...       torch.randn(T, E, D))
         >>> scripted = torch.jit.script(moe_experts_sparse_resolved)
-        >>> torch.equal(scripted(x, g, *ws, "padded_bmm"),
-        ...             moe_experts_sparse(x, g, *ws, kernel="padded_bmm"))
+        >>> torch.equal(scripted(x, g, *ws, "batched"),
+        ...             moe_experts_sparse(x, g, *ws, kernel="batched"))
         True
     """
     B, T, D = x.shape[0], x.shape[1], x.shape[2]
@@ -248,10 +248,10 @@ def moe_experts_sparse_resolved(
     flat = (w1.reshape(T * E, D, h), b1.reshape(T * E, h), w2.reshape(T * E, h, D), b2.reshape(T * E, D))
     if kernel == "grouped_mm":
         ys = _sparse_grouped_mm(xs, group, counts, flat[0], flat[1], flat[2], flat[3])  # (N, D)
-    elif kernel == "loop":
-        ys = _sparse_loop(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
+    elif kernel == "reference":
+        ys = _sparse_reference(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
     else:
-        ys = _sparse_padded_bmm(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
+        ys = _sparse_batched(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
     out = out.index_add(0, row, ys * gate.unsqueeze(1))
     return out.view(B, T, D)
 
@@ -269,8 +269,8 @@ def moe_experts_sparse(
 
     Args:
         x, gates, w1, b1, w2, b2: as :func:`moe_experts_reference`.
-        kernel: ``"auto"``, ``"padded_bmm"``, ``"grouped_mm"`` or ``"loop"``.
-            ``"grouped_mm"`` falls back to ``"padded_bmm"`` where ``torch._grouped_mm``
+        kernel: ``"auto"``, ``"reference"``, ``"batched"`` or ``"grouped_mm"``.
+            ``"grouped_mm"`` falls back to ``"batched"`` where ``torch._grouped_mm``
             rejects the dtype or the widths (rows must be 16-byte aligned).
 
     Returns:
@@ -289,6 +289,47 @@ def moe_experts_sparse(
     """
     _check_shapes(x, gates, w1, w2)
     chosen = choose_sparse_kernel(x, kernel)
-    if chosen == "grouped_mm" and not _grouped_mm_runs(x, x.shape[2], w1.shape[3]):
-        chosen = "padded_bmm"  # same result; the op rejects this dtype / alignment
-    return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, chosen)
+    if chosen == Kernel.GROUPED_MM and not _grouped_mm_runs(x, x.shape[2], w1.shape[3]):
+        chosen = Kernel.BATCHED.value  # same result; the op rejects this dtype / alignment
+    return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, str(chosen))
+
+
+def moe_experts(
+    x: torch.Tensor,
+    gates: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    sparse: bool,
+    kernel: str = "auto",
+) -> torch.Tensor:
+    """Gated experts with the kernel named: sparse or dense execution.
+
+    Dense execution (training, or every expert at inference) runs
+    :func:`moe_experts_reference` for ``"reference"`` and :func:`moe_experts_dense`
+    otherwise; sparse execution runs :func:`moe_experts_sparse` with ``kernel``.
+
+    Args:
+        x, gates, w1, b1, w2, b2: as :func:`moe_experts_reference`.
+        sparse: compute only the active (sample, token, expert) triples.
+        kernel: ``"auto"``, ``"reference"``, ``"batched"`` or ``"grouped_mm"``.
+
+    Returns:
+        [B, T, D].
+
+    Example::
+
+        >>> B, T, E, D, h = 4, 3, 4, 5, 6
+        >>> x, g = torch.randn(B, T, D), torch.relu(torch.randn(B, T, E))
+        >>> ws = (torch.randn(T, E, D, h), torch.randn(T, E, h), torch.randn(T, E, h, D),
+        ...       torch.randn(T, E, D))
+        >>> torch.allclose(moe_experts(x, g, *ws, sparse=True),
+        ...                moe_experts(x, g, *ws, sparse=False, kernel="reference"), atol=1e-4)
+        True
+    """
+    if sparse:
+        return moe_experts_sparse(x, gates, w1, b1, w2, b2, kernel=kernel)
+    if check_kernel("kernel", kernel) == Kernel.REFERENCE:
+        return moe_experts_reference(x, gates, w1, b1, w2, b2)
+    return moe_experts_dense(x, gates, w1, b1, w2, b2)

@@ -2,7 +2,7 @@
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -11,7 +11,6 @@ from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_rankmixer.config import RankMixerConfig
-from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
 from torchrec_rankmixer.models.dlrm_rankmixer import (
     DEFAULT_MAX_SPARSE_TOKENS,
@@ -19,63 +18,7 @@ from torchrec_rankmixer.models.dlrm_rankmixer import (
     DLRM_RankMixer,
 )
 from torchrec_rankmixer.models.heads import attach_esmm_towers, task_loss
-from torchrec_rankmixer.modules.aux import collect_auxiliary_loss
 from torchrec_rankmixer.train.config import TrainConfig
-
-SYNTHETIC_EVAL_OFFSET = 1_000_000  # synthetic eval batches start here, disjoint from training
-
-
-class SyntheticSource:
-    """Synthetic batches addressed by a global batch cursor.
-
-    Rank ``r`` of ``W`` reads global batches ``cursor + r, cursor + W + r, ...``, so the
-    cursor (batches consumed by all ranks) is the whole data position: resuming on another
-    number of ranks continues where the run stopped.
-
-    Example::
-
-        >>> from torchrec_rankmixer.train.config import load_config
-        >>> src = SyntheticSource(load_config(overrides=["data.batch_size=4"]))
-        >>> [b.labels.shape for b in src.train_batches(cursor=0, rank=1, world_size=2, num=2)]
-        [torch.Size([4]), torch.Size([4])]
-    """
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        s, d = cfg.data.synthetic, cfg.data
-        self.data = SyntheticClickData(
-            num_sparse_features=s.num_sparse_features,
-            num_embeddings=s.num_embeddings,
-            dense_in_features=s.dense_in_features,
-            num_interactions=s.num_interactions,
-            ids_per_feature=s.ids_per_feature,
-            seed=s.seed,
-            conversion_label=cfg.model.task == "esmm",
-        )
-        self.batch_size, self.eval_batch_size = d.batch_size, d.eval_batch_size
-        self.eval_batches = d.eval_batches
-        self.user_feature: Optional[str] = d.user_column or self.data.feature_names[0]
-
-    @property
-    def dense_in_features(self) -> int:
-        return self.data.dense_in_features
-
-    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
-        return self.data.table_configs(embedding_dim)
-
-    def train_batches(self, cursor: int, rank: int, world_size: int, num: int) -> Iterator[Batch]:
-        """``num`` batches of this rank starting at global batch ``cursor``."""
-        for i in range(num):
-            yield self.data.batch(self.batch_size, cursor + i * world_size + rank)
-
-    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's share of the held-out set: ``ceil(data.eval_batches / W)`` batches on
-        every rank (equal counts keep the sharded collectives in step)."""
-        per_rank = -(-self.eval_batches // world_size)
-        for j in range(per_rank):
-            yield self.data.batch(self.eval_batch_size, SYNTHETIC_EVAL_OFFSET + j * world_size + rank)
-
-    def malformed_report(self) -> Dict[str, int]:
-        return {}
 
 
 def rankmixer_config_of(cfg: TrainConfig, num_features: int, has_dense: bool) -> RankMixerConfig:
@@ -137,9 +80,10 @@ def build_remapper(
 
     Example::
 
+        >>> from torchrec_rankmixer.data.sources import SyntheticSource
         >>> from torchrec_rankmixer.train.config import load_config
         >>> cfg = load_config(overrides=["data.id_transform=managed_collision"])
-        >>> remap = build_remapper(cfg, SyntheticSource(cfg).table_configs(8))
+        >>> remap = build_remapper(cfg, SyntheticSource(cfg.data).table_configs(8))
         >>> remap.feature_names[:2], remap.settings["eviction_policy"]
         (['f0', 'f1'], 'distance_lfu')
     """
@@ -190,28 +134,26 @@ def first_ids(batch: Batch, feature: Optional[str]) -> Optional[torch.Tensor]:
 
 
 class LossHead(nn.Module):
-    """Task loss + MoE auxiliary loss + the detached outputs for metrics.
+    """Task loss and the detached outputs for metrics (the Sparse-MoE penalties train
+    by gradient injection, so there is no auxiliary term to add; docs/moe.md).
 
     It holds no sharded module, so TorchRec's pipeline tracer treats it as a leaf and
     runs its (data-dependent) forward eagerly.
     """
 
-    def __init__(self, model: nn.Module, task: str, cvr_loss_weight: float, user_feature: Optional[str]) -> None:
+    def __init__(self, task: str, cvr_loss_weight: float, user_feature: Optional[str]) -> None:
         super().__init__()
-        self._model_ref = [model]  # not a submodule: no duplicate parameters
         self.task, self.cvr_loss_weight, self.user_feature = task, cvr_loss_weight, user_feature
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> Tuple[torch.Tensor, StepOutput]:
         losses = task_loss(logits, batch.labels, self.task, self.cvr_loss_weight)
-        aux = collect_auxiliary_loss(self._model_ref[0]).to(losses["loss"].device)
         detached = {k: v.detach() for k, v in losses.items()}
-        detached["aux"] = aux.detach()
         out = StepOutput(detached, logits.detach().float(), batch.labels, first_ids(batch, self.user_feature))
-        return losses["loss"] + aux, out
+        return losses["loss"], out
 
 
 class TrainModule(nn.Module):
-    """``batch -> (loss, StepOutput)``: the model, the task loss and the MoE aux loss.
+    """``batch -> (loss, StepOutput)``: the model and the task loss.
 
     This is the module DistributedModelParallel wraps and TrainPipelineSparseDist drives
     (as DLRMTrain in TorchRec's dlrm_main). bf16 autocast is applied around the pipeline
@@ -227,7 +169,7 @@ class TrainModule(nn.Module):
     def __init__(self, model: nn.Module, task: str, cvr_loss_weight: float, user_feature: Optional[str]) -> None:
         super().__init__()
         self.model = model
-        self.loss_head = LossHead(model, task, cvr_loss_weight, user_feature)
+        self.loss_head = LossHead(task, cvr_loss_weight, user_feature)
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, StepOutput]:
         logits = self.model(batch.dense_features, batch.sparse_features)  # (B, num_tasks)

@@ -66,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if print_only:
         import yaml
 
-        from torchrec_rankmixer.train.settings import to_dict
+        from torchrec_rankmixer.utils.settings import to_dict
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

@@ -15,10 +15,11 @@ from torchrec.datasets.utils import Batch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from torchrec_rankmixer.modules.aux import collect_statistics
+from torchrec_rankmixer.modules.moe.statistics import collect_statistics
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
-from torchrec_rankmixer.modules.moe_calibration import all_gather_rows, calibrate_moe_routers
-from torchrec_rankmixer.train.build import SyntheticSource, TrainModule, build_model, build_remapper
+from torchrec_rankmixer.modules.moe.calibration import all_gather_rows, calibrate_moe_routers
+from torchrec_rankmixer.data.sources import make_source
+from torchrec_rankmixer.train.build import TrainModule, build_model, build_remapper
 from torchrec_rankmixer.train.checkpoint import (
     ID_REMAP_KEY,
     checkpoint_dir,
@@ -28,7 +29,6 @@ from torchrec_rankmixer.train.checkpoint import (
 )
 from torchrec_rankmixer.train.config import TrainConfig
 from torchrec_rankmixer.train.distributed import (
-    DistEnv,
     build_optimizer,
     init_distributed,
     set_dense_lr,
@@ -49,15 +49,6 @@ class TrainSummary:
     metrics: Dict[str, float] = field(default_factory=dict)
     train_loss: float = math.nan
     malformed: Dict[str, int] = field(default_factory=dict)
-
-
-def make_source(cfg: TrainConfig, env: DistEnv) -> SyntheticSource:
-    """The batch source for ``data.format``."""
-    if cfg.data.format == "synthetic":
-        return SyntheticSource(cfg)
-    from torchrec_rankmixer.data.sources import FileSource  # TorchRec-free readers live there
-
-    return FileSource(cfg, env.rank, env.world_size)  # type: ignore[return-value]
 
 
 def _agree_on_name(cfg: TrainConfig) -> str:
@@ -101,7 +92,7 @@ class Trainer:
             raise ValueError("train.precision ('bf16') needs a GPU; bf16 autocast is GPU-only here")
         self.bf16 = precision == "bf16" or (precision == "auto" and self.env.device.type == "cuda")
         torch.manual_seed(cfg.train.seed)
-        self.source = make_source(cfg, self.env)
+        self.source = make_source(cfg.data, cfg.model.task == "esmm", self.env.rank, self.env.world_size)
         self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
         tables = self.source.table_configs(cfg.model.embedding_dim)
         # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from torchrec_rankmixer.train.config import TrainConfig
-from torchrec_rankmixer.train.settings import to_dict
+from torchrec_rankmixer.utils.settings import to_dict
 
 
 def default_run_name() -> str:

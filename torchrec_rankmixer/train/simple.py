@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
 
-from torchrec_rankmixer.modules.aux import collect_statistics
+from torchrec_rankmixer.modules.moe.statistics import collect_statistics
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss
 
-EVAL_OFFSET = 1_000_000  # synthetic eval batches start here, disjoint from training
 
 
 @dataclass

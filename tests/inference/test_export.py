@@ -1,0 +1,154 @@
+"""Export: .pt2 and TorchScript artifacts load in a fresh process without
+torchrec_rankmixer and give exactly the in-memory quantized model's predictions."""
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+from tests.inference.helpers import artifact_inputs, run_fresh, small_model, small_spec
+from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
+from torchrec_rankmixer.inference.checkpoint import save_checkpoint
+from torchrec_rankmixer.inference.export import export_model, moe_execution
+from torchrec_rankmixer.inference.quantize import QuantizationOptions
+from torchrec_rankmixer.modules.moe import configure_moe_inference
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A .pt2 (int8 tables, from a checkpoint) and a .ts (int4 tables, fp16 dense)."""
+    root = tmp_path_factory.mktemp("exported")
+    model = small_model(seed=6)
+    ckpt = root / "ckpt.pt"
+    save_checkpoint(model, ckpt)
+    pt2 = export_model(ckpt, root / "pt2", dense_feature_names=["a", "b", "c"])
+    ts = export_model(model, root / "ts", QuantizationOptions(table_dtype="int4", dense_dtype="fp16"),
+                      artifact="torchscript")
+    return pt2, ts
+
+
+def test_fresh_process_matches_in_memory(tmp_path, exported):
+    pt2, ts = exported
+    assert pt2.path.endswith(".pt2") and ts.path.endswith(".ts")
+    inputs = [artifact_inputs(b, i) for i, b in enumerate((1, 7, 64))]  # dynamic batch
+    outs, reports = run_fresh([pt2.path, ts.path], inputs, tmp_path)
+    for result, out, report in zip((pt2, ts), outs, reports):
+        assert report["features"] == ["f0", "f1", "f2", "f3"]
+        assert report["leaked"] == []
+        assert report["torchrec_imported"] is False  # torch + fbgemm_gpu suffice
+        with torch.inference_mode():
+            for args, o in zip(inputs, out):
+                assert o.shape == (args[0].shape[0], 1)
+                assert torch.equal(o, result.module(*args))
+
+
+def test_checkpoint_source_and_metadata(exported):
+    result = exported[0]
+    export_dir = os.path.dirname(result.path)
+    with open(os.path.join(export_dir, "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta == result.metadata == load_artifact(export_dir).metadata
+    assert meta["artifact"] == "torch.export" and meta["fallback_reason"] is None
+    assert meta["moe_execution"] is None  # no Sparse-MoE in this model
+    assert meta["dense_feature_names"] == ["a", "b", "c"]
+    assert meta["num_embeddings"] == [50, 50, 50, 50]
+    assert meta["quantization"]["table_dtype"] == "int8"
+    assert meta["model_spec"]["tables"][0]["feature_names"] == ["f0", "f1"]
+    assert set(meta["versions"]) == {"torchrec_rankmixer", "torch", "torchrec", "fbgemm_gpu"}
+    assert meta["sizes_bytes"]["tables"] < meta["sizes_bytes"]["tables_float"]
+    args = artifact_inputs(5, 3)
+    assert torch.equal(load_artifact(result.path).module(*args), result.module(*args))
+
+
+def test_dynamic_int8_falls_back_to_torchscript(tmp_path):
+    with pytest.warns(UserWarning, match="torch.export failed .*; writing TorchScript instead"):
+        result = export_model(small_model(), tmp_path, QuantizationOptions(dynamic_int8_linear=True))
+    assert result.path.endswith(".ts")
+    assert result.metadata["artifact"] == "torchscript"
+    assert "LinearPackedParamsBase" in result.metadata["fallback_reason"]
+    assert not (tmp_path / "model.pt2").exists()
+    args = artifact_inputs(4, 0)
+    assert torch.equal(load_artifact(tmp_path).module(*args), result.module(*args))
+    with pytest.raises(Exception):
+        export_model(small_model(), tmp_path / "strict", QuantizationOptions(dynamic_int8_linear=True),
+                     artifact="export")
+
+
+def test_export_errors(tmp_path):
+    model = small_model()
+    with pytest.raises(ValueError, match=r"artifact \('onnx'\)"):
+        export_model(model, tmp_path, artifact="onnx")
+    with pytest.raises(ValueError, match="must be 3 distinct names"):
+        export_model(model, tmp_path, dense_feature_names=["a", "a", "b"])
+    with pytest.raises(ValueError, match=r"\['f0'\] are also sparse feature names"):
+        export_model(model, tmp_path, dense_feature_names=["f0", "b", "c"])
+    with pytest.raises(ValueError, match="must be an nn.Module or a checkpoint path"):
+        export_model(3, tmp_path)
+    with pytest.raises(ValueError, match="holds neither model.pt2 nor model.ts"):
+        resolve_model_file(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match="must end in .pt2"):
+        load_artifact(tmp_path / "model.onnx")
+
+
+def test_drop_table_views_keeps_outputs():
+    from torchrec_rankmixer.inference.export import drop_table_views
+    from torchrec_rankmixer.inference.quantize import build_inference_model, table_bytes
+
+    module = build_inference_model(small_model(seed=9))
+    args = artifact_inputs(6, 1)
+    before, tables = module(*args), table_bytes(module)
+    assert drop_table_views(module) == 3  # one weight view per table
+    assert not any(".embedding_bags." in k for k in module.state_dict())
+    assert torch.equal(module(*args), before) and table_bytes(module) == tables
+
+
+def _moe_model():
+    """A small DLRM_RankMixer whose FFNs are Sparse-MoEs (E=4, DTSI routers, fresh init:
+    roughly half the experts of each token active, so the sparse path has work to skip)."""
+    rc = dict(small_spec().rankmixer_config, use_moe=True, moe_num_experts=4, moe_expert_hidden=8)
+    return small_model(seed=2, rankmixer_config=rc)
+
+
+def test_moe_exports_sparse_inference(tmp_path):
+    model = _moe_model()
+    inputs = [artifact_inputs(b, 10 + i) for i, b in enumerate((1, 9, 64))]
+    pt2 = export_model(model, tmp_path / "pt2")  # default: torch.export, sparse MoE
+    ts = export_model(model, tmp_path / "ts", artifact="torchscript")  # sparse kernel scripted
+    assert pt2.path.endswith(".pt2") and pt2.metadata["fallback_reason"] is None
+    assert pt2.metadata["moe_execution"] == "sparse"
+    assert ts.metadata["moe_execution"] == "sparse"
+    # both graphs hold the sparse kernel: active triples found by nonzero, scatter-added
+    targets = {str(n.target) for n in torch.export.load(pt2.path).graph.nodes}
+    assert "aten.nonzero.default" in targets and "aten.index_add.default" in targets
+    ts_code = torch.jit.load(ts.path).code
+    assert "moe_experts_sparse_resolved" in ts_code
+    with torch.inference_mode():
+        sparse_out = [pt2.module(*args) for args in inputs]
+    ratios = [s["active_ratio"] for s in [m.statistics() for m in pt2.module.modules()
+                                          if hasattr(m, "expert_utilisation")]]
+    assert len(ratios) == 2 and all(0.1 < r < 0.9 for r in ratios)  # experts partly active
+    outs, reports = run_fresh([pt2.path, ts.path], inputs, tmp_path)
+    assert [r["moe_execution"] for r in reports] == ["sparse", "sparse"]
+    assert all(r["leaked"] == [] for r in reports)
+    dense = copy.deepcopy(pt2.module)
+    configure_moe_inference(dense, execution="dense")
+    with torch.inference_mode():
+        for args, ref, o_pt2, o_ts in zip(inputs, sparse_out, outs[0], outs[1]):
+            assert torch.equal(o_pt2, ref)  # the artifacts = the in-memory sparse model
+            assert torch.equal(o_ts, ref)
+            torch.testing.assert_close(ref, dense(*args), rtol=1e-5, atol=1e-5)  # same gates
+
+
+def test_moe_execution_names_each_setting():
+    model = _moe_model()
+    assert moe_execution(model) == "sparse"
+    configure_moe_inference(model, execution="dense")
+    assert moe_execution(model) == "dense"
+    configure_moe_inference(model, router="train")  # DTSI: h_train gates, every expert
+    assert moe_execution(model) == "dense_h_train"
+    moes = [m for m in model.modules() if hasattr(m, "expert_utilisation")]
+    moes[0].configure_inference(execution="sparse")
+    assert moe_execution(model) == "sparse+dense_h_train"
+    assert moe_execution(small_model()) is None

@@ -1,0 +1,110 @@
+"""ModelSpec: JSON round trip, reading a spec off a model, and its errors."""
+
+import json
+
+import pytest
+import torch
+from torchrec import KeyedJaggedTensor
+
+from tests.inference.helpers import small_model, small_spec
+from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.heads import TaskTowers
+
+
+def test_json_round_trip_is_plain_json():
+    spec = small_spec()
+    text = spec.to_json()
+    assert json.loads(text)["tables"][0]["feature_names"] == ["f0", "f1"]
+    assert ModelSpec.from_json(text) == spec
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"tokenization": "auto"},
+        {"tokenization": "split"},
+        {"tokenization": "groups", "feature_groups": {"u": ["f3", "f0"], "i": ["f1"], "c": ["f2"]}},
+        {"tokenization": "split", "feature_groups": {"u": ["f3", "f0"], "i": ["f1", "f2"]}},
+    ],
+)
+def test_from_model_rebuilds_the_same_model(overrides):
+    model = small_model(**overrides)
+    spec = ModelSpec.from_model(model)
+    rebuilt = spec.build()
+    assert rebuilt.tokenizer.plan == model.tokenizer.plan
+    rebuilt.load_state_dict(model.state_dict())  # same parameter shapes, strict
+    assert ModelSpec.from_json(spec.to_json()).build().tokenizer.plan == model.tokenizer.plan
+
+
+def test_from_model_without_dense_input():
+    model = small_model(dense_in_features=0)
+    spec = ModelSpec.from_model(model)
+    assert spec.dense_in_features == 0 and spec.dense_arch_layer_sizes == ()
+    assert spec.build().dense_arch is None
+
+
+def test_derived_fields():
+    spec = small_spec()
+    assert spec.feature_names == ["f0", "f1", "f2", "f3"]
+    assert spec.num_embeddings == [50, 50, 50, 50]
+    assert spec.num_logits == 1
+    assert spec.config().d_model == 16
+
+
+def test_errors_name_the_bad_value():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['num_expertz'\]"):
+        small_spec(rankmixer_config={"d_model": 16, "num_tokens": 4, "num_layers": 1,
+                                     "num_expertz": 2})
+    with pytest.raises(ValueError, match=r"d_model \(0\) must be a positive int"):
+        small_spec(rankmixer_config={"d_model": 0, "num_tokens": 4, "num_layers": 1})
+    with pytest.raises(ValueError, match=r"num_embeddings \(0\) must be a positive int"):
+        TableSpec("t", 8, 0, ("a",))
+    with pytest.raises(ValueError, match="feature_names"):
+        TableSpec("t", 8, 10, "a")
+    with pytest.raises(ValueError, match=r"pooling \('MAX'\)"):
+        TableSpec("t", 8, 10, ("a",), pooling="MAX")
+    with pytest.raises(ValueError, match="tables is empty"):
+        small_spec(tables=())
+
+
+def test_from_dict_errors():
+    data = small_spec().to_dict()
+    with pytest.raises(ValueError, match=r"spec_version \(2\) must be 1"):
+        ModelSpec.from_dict({**data, "spec_version": 2})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra'\]"):
+        ModelSpec.from_dict({**data, "extra": 1})
+    partial = dict(data)
+    del partial["over_arch_layer_sizes"]
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['over_arch_layer_sizes'\]"):
+        ModelSpec.from_dict(partial)
+
+
+def test_from_model_rejects_other_models():
+    with pytest.raises(ValueError, match="is not a DLRM_RankMixer"):
+        ModelSpec.from_model(torch.nn.Linear(2, 2))
+
+
+def test_esmm_spec_round_trips_through_model_and_json():
+    spec = small_spec(task="esmm", over_arch_layer_sizes=(12, 1))
+    assert spec.num_logits == 2
+    model = spec.build()
+    assert type(model.over_arch).__name__ == "TaskTowers" and len(model.over_arch.towers) == 2
+    assert ModelSpec.from_model(model) == spec
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    dense, values, lengths = torch.rand(5, 3), torch.randint(0, 50, (40,)), torch.full((4, 5), 2)
+    kjt = KeyedJaggedTensor.from_lengths_sync(spec.feature_names, values, lengths.flatten())
+    assert model.eval()(dense, kjt).shape == (5, 2)
+
+
+def test_spec_without_task_key_loads_as_ctr_and_bad_tasks_raise():
+    data = small_spec().to_dict()
+    del data["task"]  # a spec written before ESMM export existed
+    assert ModelSpec.from_dict(data).task == "ctr"
+    with pytest.raises(ValueError, match=r"task \('cvr'\) must be one of \['ctr', 'esmm'\]"):
+        small_spec(task="cvr")
+    with pytest.raises(ValueError, match=r"over_arch_layer_sizes \(\[16, 2\]\) are the ESMM towers"):
+        small_spec(task="esmm", over_arch_layer_sizes=(16, 2))
+    model = small_model()
+    model.over_arch = TaskTowers(16, [8], num_tasks=3)
+    with pytest.raises(ValueError, match="over_arch has 3 task towers"):
+        ModelSpec.from_model(model)

@@ -1,0 +1,158 @@
+"""Settings: files, overrides, CLI flags and every validation error."""
+
+import json
+
+import pytest
+
+from torchrec_rankmixer.train.cli import main, parse_args
+from torchrec_rankmixer.train.config import TrainConfig, load_config
+from torchrec_rankmixer.utils.settings import apply_override, parse_value
+
+
+def test_defaults_use_the_paper_optimisers():
+    cfg = load_config()
+    assert isinstance(cfg, TrainConfig)
+    # the paper's optimisers; lr 0.001 instead of its 0.01 (see docs/training.md, optim)
+    assert (cfg.optim.dense, cfg.optim.lr, cfg.optim.embedding) == ("rmsprop", 0.001, "row_wise_adagrad")
+    assert cfg.data.format == "synthetic" and cfg.model.task == "ctr"
+
+
+def test_yaml_and_json_files_then_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("model:\n  d_model: 32\n  num_tokens: 4\noptim:\n  dense: adam\n")
+    cfg = load_config(str(y), ["optim.lr=1e-3", "data.table_sizes={a: 10}"])
+    assert (cfg.model.d_model, cfg.optim.dense, cfg.optim.lr) == (32, "adam", 0.001)
+    assert cfg.data.table_sizes == {"a": 10}
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"train": {"steps": 7}}))
+    assert load_config(str(j)).train.steps == 7
+
+
+@pytest.mark.parametrize("text,value", [
+    ("64", 64), ("1e-3", 0.001), ("true", True), ("[1, 2]", [1, 2]), ("none", None), ("adam", "adam"),
+])
+def test_parse_value(text, value):
+    assert parse_value(text) == value
+
+
+def test_cli_flags_are_overrides():
+    path, overrides, printed, verbose = parse_args(
+        ["--config", "x.yaml", "--set", "model.d_model=8", "--train.steps", "5", "--optim.dense=adam"]
+    )
+    assert path == "x.yaml" and not printed and not verbose
+    assert overrides == ["model.d_model=8", "train.steps=5", "optim.dense=adam"]
+
+
+def test_cli_rejects_stray_argument():
+    with pytest.raises(SystemExit):
+        parse_args(["steps"])
+
+
+def test_cli_print_config_and_config_error(capsys):
+    assert main(["--print-config", "--set", "train.steps=3"]) == 0
+    assert "steps: 3" in capsys.readouterr().out
+    assert main(["--set", "model.nope=1"]) == 2
+    assert "model.nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.d_modle=64", "unknown setting 'model.d_modle'"),
+    ("modle.d_model=64", "unknown setting 'modle'"),
+    ("model.d_model=abc", "model.d_model ('abc') must be an int"),
+    ("train.progress_bar=3", "train.progress_bar (3) must be a bool"),
+    ("model.dense_arch_layer_sizes=5", "model.dense_arch_layer_sizes (5) must be a list"),
+    ("model.d_model=64", "must be set together"),
+    ("model.embedding_dim=0", "model.embedding_dim (0) must be > 0"),
+    ("model.dropout=1.5", "model.dropout (1.5) must be in [0, 1)"),
+    ("model.task=mmoe", "model.task ('mmoe') must be one of"),
+    ("model.over_arch_layer_sizes=[1]", "model.over_arch_layer_sizes ([1]) needs >= 2"),
+    ("model.tower_layer_sizes=[0]", "model.tower_layer_sizes ([0]) must hold positive ints"),
+    ("model.dense_arch_layer_sizes=[]", "model.dense_arch_layer_sizes ([]) must not be empty"),
+    ("model.cvr_loss_weight=-1", "model.cvr_loss_weight (-1.0) must be >= 0"),
+    ("model.cvr_loss_weight=1", "needs model.task='esmm'"),
+    ("data.format=avro", "data.format ('avro') must be one of"),
+    ("data.batch_size=0", "data.batch_size (0) must be a positive int"),
+    ("data.eval_batches=-1", "data.eval_batches (-1) must be an int >= 0"),
+    ("data.dense_transform=sqrt", "data.dense_transform ('sqrt') must be one of"),
+    ("data.max_malformed_fraction=2", "data.max_malformed_fraction (2.0) must be in [0, 1]"),
+    ("data.table_sizes={a: 0}", "data.table_sizes.a (0) must be a positive int"),
+    ("data.bucket_boundaries={x: [2, 1]}", "data.bucket_boundaries.x ([2.0, 1.0]) must be"),
+    ("data.synthetic.num_embeddings=0", "data.synthetic.num_embeddings (0) must be a positive int"),
+    ("data.synthetic.num_interactions=-1", "data.synthetic.num_interactions (-1) must be an int >= 0"),
+    ("data.format=csv", "data.train_files is empty"),
+    ("optim.dense=lamb", "optim.dense ('lamb') must be one of"),
+    ("optim.embedding=lamb", "optim.embedding ('lamb') must be one of"),
+    ("optim.decay=step", "optim.decay ('step') must be one of"),
+    ("optim.lr=0", "optim.lr (0.0) must be > 0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps (-1) must be >= 0"),
+    ("optim.decay_steps=0", "optim.decay_steps (0) must be > 0"),
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio (2.0) must be in [0, 1]"),
+    ("optim.grad_clip_norm=0", "optim.grad_clip_norm (0.0) must be > 0"),
+    ("sharding.sharding_types=[]", "must name at least one type"),
+    ("sharding.sharding_types=[grid]", "sharding.sharding_types ('grid') must be one of"),
+    ("sharding.constraints={t: [grid]}", "sharding.constraints.t ('grid') must be one of"),
+    ("sharding.hbm_gb=0", "sharding.hbm_gb (0.0) must be > 0"),
+    ("train.steps=0", "train.steps (0) must be > 0"),
+    ("train.eval_every=-1", "train.eval_every (-1) must be >= 0"),
+    ("train.log_every=0", "train.log_every (0) must be > 0"),
+    ("train.device=tpu", "train.device ('tpu') must be one of"),
+    ("train.precision=fp8", "train.precision ('fp8') must be one of"),
+    ("run.checkpoint_every=-1", "run.checkpoint_every (-1) must be >= 0"),
+    ("run.out_dir=''", "run.out_dir ('') must name a directory"),
+    ("nodot", "must look like section.key=value"),
+    ("model.rankmixer={d_model: 8}", "model.rankmixer names ['d_model']"),
+    ("model.rankmixer={use_mo: true}", "model.rankmixer names ['use_mo']"),
+    ("train.num_threads=0", "train.num_threads (0) must be > 0"),
+])
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(ValueError, match=None) as err:
+        load_config(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_csv_needs_columns_and_esmm_needs_second_label():
+    with pytest.raises(ValueError, match="data.sparse_columns is empty"):
+        load_config(overrides=["data.format=csv", "data.train_files=[a.csv]"])
+    with pytest.raises(ValueError, match="data.label2_column"):
+        load_config(overrides=["data.format=criteo", "data.train_files=[a.tsv]", "model.task=esmm"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        load_config(str(bad))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ValueError, match="is not valid"):
+        load_config(str(broken))
+
+
+def test_override_into_non_section():
+    d = {"model": 3}
+    with pytest.raises(ValueError, match="is not a section"):
+        apply_override(d, "model.d_model=4")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.managed_collision.eviction_policy=fifo"], "data.managed_collision.eviction_policy ('fifo') must be one of"),
+    (["data.managed_collision.eviction_interval=0"], "data.managed_collision.eviction_interval (0) must be a positive int"),
+    (["data.managed_collision.decay_exponent=0"], "data.managed_collision.decay_exponent (0.0) must be > 0"),
+    (["data.managed_collision.input_hash_size=1"], "data.managed_collision.input_hash_size (1) must be >= 2"),
+    (["data.managed_collision.evicted_row_init=random"], "data.managed_collision.evicted_row_init ('random') must be one of"),
+    (["data.id_transform=managed_collision", "data.synthetic.num_embeddings=1"],
+     "data.synthetic.num_embeddings (1) must be >= 2 with data.id_transform='managed_collision'"),
+    (["data.id_transform=managed_collision", "data.format=csv", "data.train_files=[x.csv]",
+      "data.sparse_columns=[a]", "data.table_sizes={a: 1}"], "data.table_sizes.a (1) must be >= 2"),
+    (["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=4",
+      "run.checkpoint_every=6"], "run.checkpoint_every (6) must be a multiple of data.managed_collision.eviction_interval (4)"),
+])
+def test_managed_collision_settings_are_checked(overrides, message):
+    with pytest.raises(ValueError) as err:
+        load_config(overrides=overrides)
+    assert message in str(err.value)
+    ok = load_config(overrides=["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=2",
+                                "run.checkpoint_every=4"])
+    assert ok.data.managed_collision.eviction_interval == 2

@@ -1,0 +1,182 @@
+"""In-process (one rank) tests of the training loop: exact resume, ESMM, run directory."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from torchrec_rankmixer.train.config import load_config
+from torchrec_rankmixer.train.loop import Trainer
+
+from tests.train.helpers import destroy_group, tiny
+
+
+@pytest.fixture(autouse=True)
+def _fresh_group():
+    destroy_group()
+    yield
+    destroy_group()
+
+
+def _params(trainer: Trainer) -> dict:
+    out = {}
+    for k, v in trainer.model.state_dict().items():
+        t = v.local_shards()[0].tensor if hasattr(v, "local_shards") else v
+        out[k] = t.detach().clone()
+    return out
+
+
+def _opt_state(trainer: Trainer) -> dict:
+    out = {}
+    for k, st in trainer.optimizer.state_dict()["state"].items():
+        for name, v in st.items():
+            t = v.local_shards()[0].tensor if hasattr(v, "local_shards") else v
+            out[f"{k}.{name}"] = torch.as_tensor(t).detach().clone()
+    return out
+
+
+def test_resume_is_exact(tmp_path):
+    """6 steps straight == 3 steps, checkpoint, stop, resume for 3 more (params and optimiser state)."""
+    base = tiny(tmp_path, "train.steps=6", "train.eval_every=0", "run.plots=false")
+    straight = Trainer(load_config(overrides=base + ["run.name=straight"]))
+    straight.fit()
+    want, want_opt = _params(straight), _opt_state(straight)
+    destroy_group()
+
+    first = Trainer(load_config(overrides=base + ["run.name=split", "train.steps=3", "run.checkpoint_every=3"]))
+    first.fit()
+    destroy_group()
+    ckpt = os.path.join(tmp_path, "split", "checkpoints", "step_00000003")
+    assert json.load(open(os.path.join(ckpt, "progress.json")))["step"] == 3
+
+    resumed = Trainer(load_config(overrides=base + ["run.name=split", "run.resume=latest"]))
+    assert (resumed.step, resumed.cursor) == (3, 3)
+    resumed.fit()
+    got, got_opt = _params(resumed), _opt_state(resumed)
+    assert want.keys() == got.keys() and want_opt.keys() == got_opt.keys()
+    assert any("embedding_bags" in k for k in want_opt)  # fused embedding optimiser state saved
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    for k in want_opt:
+        torch.testing.assert_close(got_opt[k], want_opt[k], rtol=0, atol=0, msg=k)
+
+
+def test_esmm_run_reports_every_task(tmp_path):
+    cfg = load_config(overrides=tiny(tmp_path, "model.task=esmm", "model.cvr_loss_weight=0.5",
+                                     "train.steps=2", "train.eval_every=2", "run.name=esmm"))
+    summary = Trainer(cfg).fit()
+    assert {"ctr_auc", "ctcvr_auc", "cvr_auc", "ctr_gauc"} <= set(summary.metrics)
+    assert summary.train_loss == summary.train_loss  # not NaN
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "esmm", "metrics.jsonl"))]
+    assert "train_ctcvr" in recs[0] and "train_aux" not in recs[0]
+
+
+def test_cpu_rejects_row_wise_and_bf16(tmp_path):
+    with pytest.raises(ValueError, match="need NCCL"):
+        Trainer(load_config(overrides=tiny(tmp_path, "sharding.sharding_types=[row_wise]")))
+    destroy_group()
+    with pytest.raises(ValueError, match="train.precision \\('bf16'\\) needs a GPU"):
+        Trainer(load_config(overrides=tiny(tmp_path, "train.precision=bf16", "train.device=cpu")))
+    destroy_group()
+    with pytest.raises(ValueError, match="unknown table"):
+        Trainer(load_config(overrides=tiny(tmp_path, "sharding.constraints={nope: [table_wise]}")))
+    destroy_group()
+    with pytest.raises(ValueError, match="no checkpoint under"):
+        Trainer(load_config(overrides=tiny(tmp_path, "run.resume=latest", "run.name=empty")))
+
+
+@pytest.mark.parametrize("decay,expect", [
+    ("none", [0.25, 1.0, 1.0, 1.0]),
+    ("linear", [0.25, 1.0, 0.55, 0.1]),
+    ("cosine", [0.25, 1.0, 0.55, 0.1]),
+])
+def test_lr_schedule(decay, expect):
+    from torchrec_rankmixer.train.config import OptimSettings
+    from torchrec_rankmixer.train.distributed import lr_factor
+
+    o = OptimSettings(warmup_steps=4, decay=decay, decay_steps=10, min_lr_ratio=0.1)
+    got = [lr_factor(s, o, 100) for s in (0, 3, 9, 14)]
+    assert got == pytest.approx(expect, abs=1e-9)
+    exp = OptimSettings(warmup_steps=0, decay="exponential", decay_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(5, exp, 100) == pytest.approx(0.1 ** 0.5)
+
+
+def test_csv_files_train_end_to_end(tmp_path):
+    """A Frappe-style CSV (written here) through FileSource, DMP and the pipeline."""
+    g = torch.Generator().manual_seed(0)
+    lines = ["label,user,item,city"]
+    for _ in range(64):
+        u, i = torch.randint(0, 20, (2,), generator=g).tolist()
+        lines.append(f"{int((u + i) % 3 == 0)},{u},{100 + i},{u % 4}")
+    lines.append("7,1,2,3")  # malformed label
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    train.write_text("\n".join(lines) + "\n")
+    valid.write_text("\n".join(lines[:41]) + "\n")
+    cfg = load_config(overrides=tiny(
+        tmp_path, "data.format=csv", f"data.train_files=[{train}]", f"data.eval_files=[{valid}]",
+        "data.sparse_columns=[user, item, city]", "data.user_column=user", "data.num_embeddings=64",
+        "data.max_malformed_fraction=0.05",
+        "model.num_tokens=3", "model.d_model=12", "train.steps=3", "train.eval_every=3", "run.name=csv",
+    ))
+    summary = Trainer(cfg).fit()
+    # every pass over the file counts its malformed row again (3 steps x 32 rows > 1 epoch)
+    assert summary.malformed["bad_label"] >= 1 and summary.malformed["rows"] >= 65
+    assert {"ctr_auc", "ctr_gauc", "ctr_logloss", "ctr_ne"} <= set(summary.metrics)
+
+
+def test_moe_through_model_rankmixer_logs_routing_statistics(tmp_path):
+    """RankMixerConfig fields pass through model.rankmixer; the MoE's statistics() are logged
+    per window (its penalties use gradient injection: no auxiliary-loss metric)."""
+    cfg = load_config(overrides=tiny(tmp_path, "model.rankmixer={use_moe: true, moe_num_experts: 2}",
+                                     "train.steps=2", "train.eval_every=0", "run.name=moe", "run.plots=false"))
+    trainer = Trainer(cfg)
+    assert trainer.model.module.model.config.use_moe
+    trainer.fit()
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "moe", "metrics.jsonl"))]
+    assert not any(k.endswith("_aux") for k in recs[0])
+    assert 0.0 < recs[0]["encoder.blocks.0.ffn.active_ratio"] <= 1.0
+
+
+def test_final_checkpoint_by_default_and_opt_out(tmp_path):
+    """With checkpoint_every=0 a finished run still has its last step checkpointed (so it can
+    be exported or resumed); run.save_final=false writes none."""
+    base = tiny(tmp_path, "train.steps=2", "train.eval_every=0", "run.plots=false")
+    Trainer(load_config(overrides=base + ["run.name=default"])).fit()
+    destroy_group()
+    ckpts = os.path.join(tmp_path, "default", "checkpoints")
+    assert os.listdir(ckpts) == ["step_00000002"]
+    assert json.load(open(os.path.join(ckpts, "step_00000002", "progress.json")))["step"] == 2
+    Trainer(load_config(overrides=base + ["run.name=none", "run.save_final=false"])).fit()
+    assert not os.path.exists(os.path.join(tmp_path, "none", "checkpoints")) or not os.listdir(
+        os.path.join(tmp_path, "none", "checkpoints"))
+
+
+def test_final_eval_of_a_moe_run_is_calibrated(tmp_path):
+    """rankmixer-train calibrates the h_infer routers after the last step, before the final
+    eval and checkpoint; ``train.calibrate_moe_batches=0`` turns it off."""
+    moe = "model.rankmixer={use_moe: true, moe_num_experts: 4, moe_target_active_ratio: 0.25}"
+    base = tiny(tmp_path, moe, "train.steps=4", "train.eval_every=0", "run.plots=false",
+                "train.calibrate_moe_batches=3", "run.checkpoint_every=4")
+    trainer = Trainer(load_config(overrides=base + ["run.name=cal"]))
+    inner = trainer.model.module.model
+    trainer.fit()
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "cal", "metrics.jsonl"))]
+    calib = [r for r in recs if "moe_calib_0_ratio_after" in r]
+    assert len(calib) == 1 and calib[0]["step"] == 4
+    assert calib[0]["moe_calib_0_ratio_after"] == pytest.approx(0.25, abs=0.02)
+    # the final eval comes after the calibration in the log
+    assert recs.index(calib[0]) < max(i for i, r in enumerate(recs) if "eval_ctr_auc" in r)
+    destroy_group()
+    off = Trainer(load_config(overrides=base + ["run.name=nocal", "train.calibrate_moe_batches=0"]))
+    off.fit()
+    assert off.calibrate_moe() == []
+    # same training; the calibrated run's router bias differs by one shift per token
+    shift = (inner.encoder.blocks[0].ffn.router_infer.bias
+             - off.model.module.model.encoder.blocks[0].ffn.router_infer.bias).detach()  # (T, E)
+    assert shift.abs().max() > 0
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+    recs = [json.loads(x) for x in open(os.path.join(tmp_path, "nocal", "metrics.jsonl"))]
+    assert not any("moe_calib_0_ratio_after" in r for r in recs)
+    with pytest.raises(ValueError, match="train.calibrate_moe_batches"):
+        load_config(overrides=base + ["train.calibrate_moe_batches=-1"])
