@@ -30,6 +30,7 @@ from torchrec_rankmixer.version import __version__
 _LAZY = {
     "SemanticTokenizer": "torchrec_rankmixer.features.tokenizer",
     "DLRM_RankMixer": "torchrec_rankmixer.models.dlrm_rankmixer",
+    "ModelSpec": "torchrec_rankmixer.models.spec",
     "SyntheticClickData": "torchrec_rankmixer.data.synthetic",
 }
 
@@ -42,6 +43,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DLRM_RankMixer",
+    "ModelSpec",
     "MultiHeadTokenMixing",
     "PerTokenFFN",
     "PerTokenSparseMoE",

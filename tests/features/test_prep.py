@@ -8,7 +8,7 @@ from torchrec_rankmixer.features.prep import RawFeaturePrep, hash_ids
 from torchrec_rankmixer.inference.export import export_model
 from torchrec_rankmixer.inference.predictor import Predictor
 from torchrec_rankmixer.inference.quantize import QuantizationOptions, build_inference_model
-from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
 
 SPARSE, DENSE = ["u", "i"], ["x", "y", "z"]
 BOUNDS = {"y": [0.0, 1.0, 5.0]}

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import torch
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
-from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
 
 DATA = SyntheticClickData(num_sparse_features=4, num_embeddings=50, dense_in_features=3,
                           ids_per_feature=2, seed=3)

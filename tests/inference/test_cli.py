@@ -6,14 +6,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.inference.helpers import DATA, small_model
-from torchrec_rankmixer.inference.checkpoint import save_checkpoint
+from torchrec_rankmixer.inference.model_file import save_model
 from torchrec_rankmixer.inference.cli import export_main, predict_main
 from torchrec_rankmixer.inference.predictor import Predictor
 
 
 def test_export_then_predict(tmp_path, capsys):
     ckpt = tmp_path / "ckpt.pt"
-    save_checkpoint(small_model(seed=8), ckpt)
+    save_model(small_model(seed=8), ckpt)
     rc = export_main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "exp"),
                       "--table-dtype", "int4", "--artifact", "torchscript",
                       "--dense-names", "x,y,z"])
@@ -44,7 +44,7 @@ def test_export_then_predict(tmp_path, capsys):
 def test_errors_exit_2_with_message(tmp_path, capsys):
     rc = export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path)])
     assert rc == 2
-    assert "rankmixer-export: error: checkpoint" in capsys.readouterr().err
+    assert "rankmixer-export: error: model file" in capsys.readouterr().err
     rc = predict_main(["--model", str(tmp_path), "--input", str(tmp_path / "x.csv")])
     assert rc == 2
     assert "rankmixer-predict: error: export directory" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 
 from tests.inference.helpers import artifact_inputs, run_fresh, small_model, small_spec
 from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
-from torchrec_rankmixer.inference.checkpoint import save_checkpoint
+from torchrec_rankmixer.inference.model_file import save_model
 from torchrec_rankmixer.inference.export import export_model, moe_execution
 from torchrec_rankmixer.inference.quantize import QuantizationOptions
 from torchrec_rankmixer.modules.moe import configure_moe_inference
@@ -21,7 +21,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("exported")
     model = small_model(seed=6)
     ckpt = root / "ckpt.pt"
-    save_checkpoint(model, ckpt)
+    save_model(model, ckpt)
     pt2 = export_model(ckpt, root / "pt2", dense_feature_names=["a", "b", "c"])
     ts = export_model(model, root / "ts", QuantizationOptions(table_dtype="int4", dense_dtype="fp16"),
                       artifact="torchscript")
@@ -107,7 +107,7 @@ def test_drop_table_views_keeps_outputs():
 def _moe_model():
     """A small DLRM_RankMixer whose FFNs are Sparse-MoEs (E=4, DTSI routers, fresh init:
     roughly half the experts of each token active, so the sparse path has work to skip)."""
-    rc = dict(small_spec().rankmixer_config, use_moe=True, moe_num_experts=4, moe_expert_hidden=8)
+    rc = small_spec().rankmixer_config.with_updates(use_moe=True, moe_num_experts=4, moe_expert_hidden=8)
     return small_model(seed=2, rankmixer_config=rc)
 
 

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
 from torchrec_rankmixer.inference import (
     QuantizationOptions,
@@ -18,7 +17,8 @@ from torchrec_rankmixer.inference import (
 )
 from torchrec_rankmixer.inference.cli import export_main
 from torchrec_rankmixer.inference.from_run import find_run_checkpoint
-from torchrec_rankmixer.inference.spec import ModelSpec
+from torchrec_rankmixer.models.spec import ModelSpec
+from torchrec_rankmixer.run_format import read_data_settings, read_spec
 from torchrec_rankmixer.train.config import load_config
 from torchrec_rankmixer.train.loop import Trainer
 
@@ -61,8 +61,9 @@ def _inputs(model: torch.nn.Module, batch: int = 16) -> tuple:
 
 def test_loads_latest_and_chosen_step_exactly(run):
     run_dir, states = run
-    model, ckpt, names = load_run_model(run_dir)
-    assert (ckpt.step, os.path.basename(ckpt.path), names) == (4, "step_00000004", None)
+    model, ckpt, spec = load_run_model(run_dir)
+    assert (ckpt.step, os.path.basename(ckpt.path)) == (4, "step_00000004")
+    assert spec == read_spec(run_dir) == ModelSpec.from_model(model)  # built from spec.json
     got = model.state_dict()
     assert got.keys() == states[4].keys()
     for k in got:
@@ -150,14 +151,17 @@ def test_error_paths(run, tmp_path):
         load_run_model(copy)
 
 
-def test_config_mismatch_is_rejected(run, tmp_path):
+def test_spec_mismatch_and_legacy_run_directories_are_rejected(run, tmp_path):
     run_dir, _ = run
     copy = _copy_run(run_dir, tmp_path)
-    cfg_path = os.path.join(copy, "config.yaml")
-    data = yaml.safe_load(open(cfg_path))
-    data["model"]["embedding_dim"] = 4  # edited after training
-    yaml.safe_dump(data, open(cfg_path, "w"))
-    with pytest.raises(ValueError, match="does not match the run's config.yaml: .*t_f0.weight has shape"):
+    spec_path = os.path.join(copy, "spec.json")
+    data = json.load(open(spec_path))
+    data["tables"][0]["embedding_dim"] = 4  # edited after training
+    json.dump(data, open(spec_path, "w"))
+    with pytest.raises(ValueError, match="does not match the run's spec.json: .*t_f0.weight has shape"):
+        load_run_model(copy)
+    os.remove(spec_path)  # a run directory written by 0.1
+    with pytest.raises(ValueError, match=f"has no spec.json.*rankmixer-train --upgrade-run {copy}"):
         load_run_model(copy)
 
 
@@ -200,19 +204,20 @@ def test_moe_run_is_calibrated_before_export(tmp_path) -> None:
     destroy_group()
     run_dir = os.path.join(tmp_path, "moe")
 
-    model, _, _ = load_run_model(run_dir)
+    model, _, spec = load_run_model(run_dir)
+    data = read_data_settings(run_dir)
     moes = [m for m in model.modules() if isinstance(m, PerTokenSparseMoE)]
     before = [m.router_infer.bias.detach().clone() for m in moes]
-    records = calibrate_run_moe(model, run_dir)  # default: 16 training batches
+    records = calibrate_run_moe(model, spec, data)  # default: 16 training batches
     assert len(records) == len(moes) > 0
     for r in records:
         assert abs(r["ratio_after"] - 0.5) <= 0.1, r
     assert any(not torch.equal(b, m.router_infer.bias) for b, m in zip(before, moes))
 
     untouched, _, _ = load_run_model(run_dir)
-    assert calibrate_run_moe(untouched, run_dir, 0) == []
+    assert calibrate_run_moe(untouched, spec, data, 0) == []
     with pytest.raises(ValueError, match=r"calibrate_moe_batches \(-1\) must be an int >= 0"):
-        calibrate_run_moe(untouched, run_dir, -1)
+        calibrate_run_moe(untouched, spec, data, -1)
 
     result, _ = export_from_run_dir(run_dir, tmp_path / "export")
     assert result.metadata["moe_execution"] == "sparse"
@@ -222,7 +227,8 @@ def test_calibration_of_a_run_without_moe_is_an_error(run) -> None:
     from torchrec_rankmixer.inference.from_run import calibrate_run_moe
 
     run_dir, _ = run
-    model, _, _ = load_run_model(run_dir)
-    assert calibrate_run_moe(model, run_dir) == []  # default: nothing to do
+    model, _, spec = load_run_model(run_dir)
+    data = read_data_settings(run_dir)
+    assert calibrate_run_moe(model, spec, data) == []  # default: nothing to do
     with pytest.raises(ValueError, match=r"calibrate_moe_batches \(4\) was asked for, but the model"):
-        calibrate_run_moe(model, run_dir, 4)
+        calibrate_run_moe(model, spec, data, 4)

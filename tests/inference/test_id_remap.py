@@ -2,6 +2,7 @@
 trained remapper in eval mode, its errors, and export of a managed-collision run whose
 artifact takes raw 64-bit ids."""
 
+import json
 import os
 
 import pytest
@@ -135,5 +136,8 @@ def test_run_without_mapping_is_rejected(mc_run, tmp_path):
     cfg["data"]["id_transform"] = "managed_collision"
     cfg["data"]["sparse_columns"] = ["user", "item", "ctx", "city"]  # a table the run never had
     yaml.safe_dump(cfg, open(run / "config.yaml", "w"))
+    spec = json.load(open(run / "spec.json"))
+    spec["tables"].append(dict(spec["tables"][0], name="t_city", feature_names=["city"]))
+    json.dump(spec, open(run / "spec.json", "w"))
     with pytest.raises(ValueError, match="lacks the id mapping"):
         load_run_id_remap(str(run))

@@ -117,7 +117,7 @@ def test_model_without_dense_input_pt2(tmp_path):
 def test_esmm_model_exports_and_scores_ctr_cvr_ctcvr(tmp_path, artifact):
     """An ESMM (CTR + CVR towers) model: the artifact matches the float model and the
     predictor names its outputs, with CTCVR = CTR x CVR."""
-    model = small_model(seed=5, task="esmm", over_arch_layer_sizes=(12, 1))
+    model = small_model(seed=5, task="esmm", over_arch_layer_sizes=None, tower_layer_sizes=(12,))
     result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), artifact=artifact)
     assert result.metadata["task"] == "esmm" and result.metadata["num_logits"] == 2
     assert result.metadata["output"]["shape"] == ["B", 2]

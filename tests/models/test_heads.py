@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from torchrec_rankmixer.models.heads import TaskTowers, attach_esmm_towers, task_loss, task_scores
+from torchrec_rankmixer.models.heads import TaskTowers, task_loss, task_scores
 
 
 def test_esmm_loss_matches_direct_formula():
@@ -38,5 +38,29 @@ def test_ctr_loss_and_errors():
         TaskTowers(4, [4], 0)
     with pytest.raises(ValueError, match="tower_layer_sizes"):
         TaskTowers(4, [0], 2)
-    with pytest.raises(ValueError, match="no over_arch"):
-        attach_esmm_towers(torch.nn.Linear(2, 2), [4])
+    with pytest.raises(ValueError, match="in_features \\(0\\)"):
+        TaskTowers(0, [4], 2)
+
+
+def test_esmm_towers_are_injected_as_the_over_arch():
+    """ESMM: the towers are passed in as DLRM_RankMixer's over_arch (no patching); the
+    model then returns [B, 2] and its spec records the task and the tower sizes."""
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+
+    from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig
+    from torchrec_rankmixer.models.spec import ModelSpec
+
+    cfg = RankMixerConfig(d_model=8, num_tokens=2, num_layers=1)
+    ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=10,
+                                                            feature_names=["a"])])
+    model = DLRM_RankMixer(ebc, 3, [4], None, rankmixer_config=cfg,
+                           over_arch=TaskTowers(cfg.output_dim, [6], num_tasks=2))
+    kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+    assert model(torch.rand(2, 3), kjt).shape == (2, 2)
+    spec = ModelSpec.from_model(model)
+    assert (spec.task, spec.tower_layer_sizes, spec.over_arch_layer_sizes) == ("esmm", (6,), None)
+    rebuilt = spec.build()
+    assert isinstance(rebuilt.over_arch, TaskTowers)
+    assert [k for k in rebuilt.state_dict()] == [k for k in model.state_dict()]
+    with pytest.raises(ValueError, match="exactly one of over_arch_layer_sizes and over_arch"):
+        DLRM_RankMixer(ebc, 3, [4], [4, 1], rankmixer_config=cfg, over_arch=TaskTowers(8, [6], 2))

@@ -7,7 +7,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from tests.inference.helpers import small_model, small_spec
-from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
 from torchrec_rankmixer.models.heads import TaskTowers
 
 
@@ -48,7 +48,7 @@ def test_derived_fields():
     assert spec.feature_names == ["f0", "f1", "f2", "f3"]
     assert spec.num_embeddings == [50, 50, 50, 50]
     assert spec.num_logits == 1
-    assert spec.config().d_model == 16
+    assert spec.rankmixer_config.d_model == 16
 
 
 def test_errors_name_the_bad_value():
@@ -69,14 +69,19 @@ def test_errors_name_the_bad_value():
 
 def test_from_dict_errors():
     data = small_spec().to_dict()
-    with pytest.raises(ValueError, match=r"spec_version \(2\) must be 1"):
-        ModelSpec.from_dict({**data, "spec_version": 2})
+    with pytest.raises(ValueError, match=r"spec_version \(3\) must be 1 or 2"):
+        ModelSpec.from_dict({**data, "spec_version": 3})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra'\]"):
         ModelSpec.from_dict({**data, "extra": 1})
     partial = dict(data)
-    del partial["over_arch_layer_sizes"]
-    with pytest.raises(ValueError, match=r"lacks key\(s\) \['over_arch_layer_sizes'\]"):
+    del partial["rankmixer_config"]
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['rankmixer_config'\]"):
         ModelSpec.from_dict(partial)
+    del data["over_arch_layer_sizes"]
+    with pytest.raises(ValueError, match="task 'ctr' needs over_arch_layer_sizes"):
+        ModelSpec.from_dict(data)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ModelSpec.from_json("{")
 
 
 def test_from_model_rejects_other_models():
@@ -85,7 +90,7 @@ def test_from_model_rejects_other_models():
 
 
 def test_esmm_spec_round_trips_through_model_and_json():
-    spec = small_spec(task="esmm", over_arch_layer_sizes=(12, 1))
+    spec = small_spec(task="esmm", over_arch_layer_sizes=None, tower_layer_sizes=(12,))
     assert spec.num_logits == 2
     model = spec.build()
     assert type(model.over_arch).__name__ == "TaskTowers" and len(model.over_arch.towers) == 2
@@ -96,14 +101,29 @@ def test_esmm_spec_round_trips_through_model_and_json():
     assert model.eval()(dense, kjt).shape == (5, 2)
 
 
-def test_spec_without_task_key_loads_as_ctr_and_bad_tasks_raise():
-    data = small_spec().to_dict()
-    del data["task"]  # a spec written before ESMM export existed
-    assert ModelSpec.from_dict(data).task == "ctr"
+def test_version_1_specs_load_and_bad_tasks_raise():
+    """0.1 artifacts and model files carry spec_version 1: ffn_kernel, ESMM tower sizes in
+    over_arch_layer_sizes, and no task key before ESMM export existed."""
+    v2 = small_spec(task="esmm", over_arch_layer_sizes=None, tower_layer_sizes=(12,))
+    v1 = v2.to_dict()
+    v1.update(spec_version=1, over_arch_layer_sizes=[12, 1], tokenization=None, feature_groups=None)
+    del v1["tower_layer_sizes"], v1["sequence_tables"], v1["sequence_features"]
+    v1["rankmixer_config"] = {k: v for k, v in v1["rankmixer_config"].items() if k != "kernel"}
+    v1["rankmixer_config"]["ffn_kernel"] = "loop"
+    loaded = ModelSpec.from_dict(v1)
+    assert loaded.rankmixer_config.kernel == "reference"
+    assert loaded.tables == v2.tables and loaded.rankmixer_config == v2.rankmixer_config.with_updates(kernel="reference")
+    assert (loaded.task, loaded.tower_layer_sizes, loaded.tokenization) == ("esmm", (12,), "auto")
+    ctr = small_spec().to_dict()
+    ctr.update(spec_version=1)
+    del ctr["task"], ctr["tower_layer_sizes"], ctr["sequence_tables"], ctr["sequence_features"]
+    assert ModelSpec.from_dict(ctr) == small_spec()
     with pytest.raises(ValueError, match=r"task \('cvr'\) must be one of \['ctr', 'esmm'\]"):
         small_spec(task="cvr")
-    with pytest.raises(ValueError, match=r"over_arch_layer_sizes \(\[16, 2\]\) are the ESMM towers"):
+    with pytest.raises(ValueError, match=r"over_arch_layer_sizes \(\[16, 2\]\) are for task 'ctr'"):
         small_spec(task="esmm", over_arch_layer_sizes=(16, 2))
+    with pytest.raises(ValueError, match=r"tower_layer_sizes \(\[8\]\) are ESMM's"):
+        small_spec(tower_layer_sizes=(8,))
     model = small_model()
     model.over_arch = TaskTowers(16, [8], num_tasks=3)
     with pytest.raises(ValueError, match="over_arch has 3 task towers"):

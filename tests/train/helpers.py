@@ -11,7 +11,7 @@ import torch.distributed as dist
 TINY = [
     "data.batch_size=32", "data.eval_batch_size=64", "data.eval_batches=4",
     "data.synthetic.num_sparse_features=4", "data.synthetic.num_embeddings=50",
-    "model.embedding_dim=8", "model.d_model=16", "model.num_tokens=4",
+    "model.embedding_dim=8", "model.rankmixer.d_model=16", "model.rankmixer.num_tokens=4",
     "model.dense_arch_layer_sizes=[16, 8]", "model.over_arch_layer_sizes=[16, 1]",
     "model.tower_layer_sizes=[8]", "train.progress_bar=false", "train.log_every=2",
     "optim.warmup_steps=2", "run.tensorboard=false",

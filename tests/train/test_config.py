@@ -19,9 +19,10 @@ def test_defaults_use_the_paper_optimisers():
 
 def test_yaml_and_json_files_then_overrides(tmp_path):
     y = tmp_path / "c.yaml"
-    y.write_text("model:\n  d_model: 32\n  num_tokens: 4\noptim:\n  dense: adam\n")
-    cfg = load_config(str(y), ["optim.lr=1e-3", "data.table_sizes={a: 10}"])
-    assert (cfg.model.d_model, cfg.optim.dense, cfg.optim.lr) == (32, "adam", 0.001)
+    y.write_text("model:\n  rankmixer: {d_model: 32, num_tokens: 4}\noptim:\n  dense: adam\n")
+    cfg = load_config(str(y), ["optim.lr=1e-3", "data.table_sizes={a: 10}", "model.rankmixer.num_layers=3"])
+    assert cfg.model.rankmixer == {"d_model": 32, "num_tokens": 4, "num_layers": 3}
+    assert (cfg.optim.dense, cfg.optim.lr) == ("adam", 0.001)
     assert cfg.data.table_sizes == {"a": 10}
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"train": {"steps": 7}}))
@@ -37,10 +38,10 @@ def test_parse_value(text, value):
 
 def test_cli_flags_are_overrides():
     path, overrides, printed, verbose = parse_args(
-        ["--config", "x.yaml", "--set", "model.d_model=8", "--train.steps", "5", "--optim.dense=adam"]
+        ["--config", "x.yaml", "--set", "model.rankmixer.d_model=8", "--train.steps", "5", "--optim.dense=adam"]
     )
     assert path == "x.yaml" and not printed and not verbose
-    assert overrides == ["model.d_model=8", "train.steps=5", "optim.dense=adam"]
+    assert overrides == ["model.rankmixer.d_model=8", "train.steps=5", "optim.dense=adam"]
 
 
 def test_cli_rejects_stray_argument():
@@ -58,16 +59,17 @@ def test_cli_print_config_and_config_error(capsys):
 @pytest.mark.parametrize("override,message", [
     ("model.d_modle=64", "unknown setting 'model.d_modle'"),
     ("modle.d_model=64", "unknown setting 'modle'"),
-    ("model.d_model=abc", "model.d_model ('abc') must be an int"),
+    ("model.d_model=64", "setting 'model.d_model' is now 'model.rankmixer.d_model'"),
+    ("model.dropout=0.1", "setting 'model.dropout' is now 'model.rankmixer.dropout'"),
+    ("model.embedding_dim=abc", "model.embedding_dim ('abc') must be an int"),
     ("train.progress_bar=3", "train.progress_bar (3) must be a bool"),
     ("model.dense_arch_layer_sizes=5", "model.dense_arch_layer_sizes (5) must be a list"),
-    ("model.d_model=64", "must be set together"),
-    ("model.embedding_dim=0", "model.embedding_dim (0) must be > 0"),
-    ("model.dropout=1.5", "model.dropout (1.5) must be in [0, 1)"),
+    ("model.embedding_dim=0", "model.embedding_dim (0) must be a positive int"),
+    ("model.tokenization=rows", "model.tokenization ('rows') must be one of"),
     ("model.task=mmoe", "model.task ('mmoe') must be one of"),
-    ("model.over_arch_layer_sizes=[1]", "model.over_arch_layer_sizes ([1]) needs >= 2"),
+    ("model.over_arch_layer_sizes=[1]", "model.over_arch_layer_sizes ([1]) needs at least 2"),
     ("model.tower_layer_sizes=[0]", "model.tower_layer_sizes ([0]) must hold positive ints"),
-    ("model.dense_arch_layer_sizes=[]", "model.dense_arch_layer_sizes ([]) must not be empty"),
+    ("model.dense_arch_layer_sizes=[]", "model.dense_arch_layer_sizes ([]) needs at least 1"),
     ("model.cvr_loss_weight=-1", "model.cvr_loss_weight (-1.0) must be >= 0"),
     ("model.cvr_loss_weight=1", "needs model.task='esmm'"),
     ("data.format=avro", "data.format ('avro') must be one of"),
@@ -100,7 +102,6 @@ def test_cli_print_config_and_config_error(capsys):
     ("run.checkpoint_every=-1", "run.checkpoint_every (-1) must be >= 0"),
     ("run.out_dir=''", "run.out_dir ('') must name a directory"),
     ("nodot", "must look like section.key=value"),
-    ("model.rankmixer={d_model: 8}", "model.rankmixer names ['d_model']"),
     ("model.rankmixer={use_mo: true}", "model.rankmixer names ['use_mo']"),
     ("train.num_threads=0", "train.num_threads (0) must be > 0"),
 ])
@@ -133,7 +134,7 @@ def test_bad_files(tmp_path):
 def test_override_into_non_section():
     d = {"model": 3}
     with pytest.raises(ValueError, match="is not a section"):
-        apply_override(d, "model.d_model=4")
+        apply_override(d, "model.rankmixer=4")
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -156,3 +157,22 @@ def test_managed_collision_settings_are_checked(overrides, message):
     ok = load_config(overrides=["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=2",
                                 "run.checkpoint_every=4"])
     assert ok.data.managed_collision.eviction_interval == 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.rankmixer={dropout: 1.5}"], "model.rankmixer ({'dropout': 1.5}): dropout (1.5) must be in [0, 1)"),
+    (["model.rankmixer={d_model: abc}"], "d_model ('abc') must be a positive int"),
+    (["model.rankmixer={num_tokens: 4, d_model: 30}"], "d_model (30) must be divisible by num_heads (4)"),
+    (["model.feature_groups={u: [f0], i: [nope]}"], "nope"),
+    (["model.sequence_features=[{name: hist, max_len: 4}]"], "model.sequence_features"),
+])
+def test_model_settings_errors_name_the_setting(overrides, message):
+    """Values inside model.rankmixer and the token plan are checked when the run's model
+    spec is built (before any step), with the setting named."""
+    from torchrec_rankmixer.data.sources import SyntheticSource
+    from torchrec_rankmixer.train.build import model_spec
+
+    cfg = load_config(overrides=overrides)
+    with pytest.raises(ValueError) as err:
+        model_spec(cfg, SyntheticSource(cfg.data)).build()
+    assert message in str(err.value)

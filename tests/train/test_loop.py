@@ -117,7 +117,7 @@ def test_csv_files_train_end_to_end(tmp_path):
         tmp_path, "data.format=csv", f"data.train_files=[{train}]", f"data.eval_files=[{valid}]",
         "data.sparse_columns=[user, item, city]", "data.user_column=user", "data.num_embeddings=64",
         "data.max_malformed_fraction=0.05",
-        "model.num_tokens=3", "model.d_model=12", "train.steps=3", "train.eval_every=3", "run.name=csv",
+        "model.rankmixer.num_tokens=3", "model.rankmixer.d_model=12", "train.steps=3", "train.eval_every=3", "run.name=csv",
     ))
     summary = Trainer(cfg).fit()
     # every pass over the file counts its malformed row again (3 steps x 32 rows > 1 epoch)

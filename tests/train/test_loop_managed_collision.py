@@ -11,9 +11,9 @@ import torch.distributed.checkpoint as dcp
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.data.sources import SyntheticSource
-from torchrec_rankmixer.train.build import build_remapper
+from torchrec_rankmixer.data.sources import build_remapper
 from torchrec_rankmixer.train.config import load_config
-from torchrec_rankmixer.train.checkpoint import ID_REMAP_KEY
+from torchrec_rankmixer.run_format import ID_REMAP_KEY
 from torchrec_rankmixer.train.loop import Trainer
 
 from tests.train.helpers import destroy_group, tiny, torchrun_train
@@ -59,7 +59,7 @@ def test_resume_is_exact_with_managed_collision(tmp_path):
     base = tiny(tmp_path, "data.format=csv", f"data.train_files=[{train}]", f"data.eval_files=[{train}]",
                 "data.sparse_columns=[user, item, ctx]", "data.user_column=user", "data.num_embeddings=8",
                 "data.id_transform=managed_collision", "data.managed_collision.eviction_policy=lru",
-                "model.num_tokens=3", "model.d_model=12", "train.steps=6", "train.eval_every=0",
+                "model.rankmixer.num_tokens=3", "model.rankmixer.d_model=12", "train.steps=6", "train.eval_every=0",
                 "run.plots=false")
     straight = Trainer(load_config(overrides=base + ["run.name=straight"]))
     summary = straight.fit()
@@ -90,7 +90,7 @@ def test_two_process_run_checkpoints_the_mapping_of_the_global_batches(tmp_path)
 
     cfg = load_config(overrides=overrides)
     source = SyntheticSource(cfg.data)
-    reference = build_remapper(cfg, source.table_configs(8))  # one process: no collective
+    reference = build_remapper(cfg.data, source.table_configs(8))  # one process: no collective
     for step in range(steps):  # global batch of step s: rank 0's batch 2s, then rank 1's 2s + 1
         parts = [source.data.batch(cfg.data.batch_size, 2 * step + r).sparse_features for r in (0, 1)]
         keys = parts[0].keys()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
+from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
 from torchrec_rankmixer.features.managed_collision import EVICTION_POLICIES
 from torchrec_rankmixer.features.prep import DENSE_TRANSFORMS, ID_TRANSFORMS
 from torchrec_rankmixer.utils.checks import (
@@ -20,7 +21,8 @@ from torchrec_rankmixer.utils.checks import (
     check_positive_int,
 )
 
-DATA_FORMATS: Tuple[str, ...] = ("synthetic", "csv", "libsvm", "criteo", "parquet", "orc")
+DATA_FORMATS: Tuple[str, ...] = ("synthetic", "synthetic_sequences", "csv", "libsvm", "criteo", "parquet", "orc")
+SYNTHETIC_FORMATS: Tuple[str, ...] = ("synthetic", "synthetic_sequences")
 FILE_FORMATS_WITH_COLUMNS: Tuple[str, ...] = ("csv", "libsvm", "parquet", "orc")
 EVICTED_ROW_INITS: Tuple[str, ...] = ("table_init", "zero")
 
@@ -42,6 +44,31 @@ class SyntheticSettings:
             check_positive_int(f"data.synthetic.{k}", getattr(self, k))
         for k in ("dense_in_features", "num_interactions"):
             check_non_negative_int(f"data.synthetic.{k}", getattr(self, k))
+
+
+@dataclass
+class SyntheticSequenceSettings:
+    """``data.format=synthetic_sequences``: behaviour sequences on top of ``data.synthetic``
+    (:class:`~torchrec_rankmixer.data.synthetic_sequences.SyntheticSequenceData`, whose
+    defaults these are): a candidate ``item`` and a history ``hist_item`` sharing one table."""
+
+    num_items: int = SyntheticSequenceData.num_items
+    num_categories: int = SyntheticSequenceData.num_categories
+    max_history: int = SyntheticSequenceData.max_history
+    recent_window: int = SyntheticSequenceData.recent_window
+    match_rate: float = SyntheticSequenceData.match_rate
+    effect: float = SyntheticSequenceData.effect
+    seed: int = SyntheticSequenceData.seed
+
+    def validate(self) -> None:
+        for k in ("num_items", "num_categories", "max_history", "recent_window"):
+            check_positive_int(f"data.sequences.{k}", getattr(self, k))
+        check_float("data.sequences.match_rate", self.match_rate, 0.0, 1.0, "[]")
+        if self.num_items % self.num_categories:
+            raise ValueError(
+                f"data.sequences.num_items ({self.num_items}) must be a multiple of "
+                f"data.sequences.num_categories ({self.num_categories})"
+            )
 
 
 @dataclass
@@ -87,6 +114,7 @@ class DataSettings:
     eval_batch_size: int = 1024
     eval_batches: int = 10
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+    sequences: SyntheticSequenceSettings = field(default_factory=SyntheticSequenceSettings)
     label_column: str = "label"
     label2_column: Optional[str] = None
     user_column: Optional[str] = None
@@ -110,6 +138,12 @@ class DataSettings:
         check_choice("data.id_transform", self.id_transform, ID_TRANSFORMS)
         self.managed_collision.validate()
         self.synthetic.validate()
+        self.sequences.validate()
+        if self.id_transform == "managed_collision" and self.format == "synthetic_sequences":
+            raise ValueError(
+                "data.id_transform ('managed_collision') does not support data.format='synthetic_sequences' "
+                "(sequence tables are not remapped); use 'hash' or 'none'"
+            )
         if self.id_transform == "managed_collision":
             sizes = {"synthetic.num_embeddings": self.synthetic.num_embeddings} if self.format == "synthetic" else {
                 "num_embeddings": self.num_embeddings, **{f"table_sizes.{k}": v for k, v in self.table_sizes.items()}}
@@ -128,7 +162,7 @@ class DataSettings:
                     f"data.bucket_boundaries.{name} ({bounds}) must be a non-empty, "
                     "strictly increasing list"
                 )
-        if self.format != "synthetic":
+        if self.format not in SYNTHETIC_FORMATS:
             if not self.train_files:
                 raise ValueError(f"data.train_files is empty; data.format={self.format!r} needs files")
             if self.format in FILE_FORMATS_WITH_COLUMNS and not self.sparse_columns:

@@ -24,12 +24,15 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 
 from torchrec_rankmixer.data.features import FeaturePrep, Rows, rows_from_lists
-from torchrec_rankmixer.data.settings import DataSettings
+from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.data.synthetic import EVAL_OFFSET, SyntheticClickData
+from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
 from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, MalformedRow, make_parser
+from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
+from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 
 TEXT_FORMATS = ("csv", "libsvm", "criteo")
 PARSE_CHUNK = 4096
@@ -131,9 +134,11 @@ class SyntheticSource:
         [torch.Size([4]), torch.Size([4])]
     """
 
+    has_sequences = False
+
     def __init__(self, data: DataSettings, two_labels: bool = False) -> None:
         s = data.synthetic
-        self.data = SyntheticClickData(
+        self.data: "SyntheticClickData | SyntheticSequenceData" = SyntheticClickData(
             num_sparse_features=s.num_sparse_features,
             num_embeddings=s.num_embeddings,
             dense_in_features=s.dense_in_features,
@@ -167,6 +172,53 @@ class SyntheticSource:
 
     def malformed_report(self) -> Dict[str, int]:
         return {}
+
+
+class SyntheticSequenceSource(SyntheticSource):
+    """``data.format=synthetic_sequences``: :class:`SyntheticSource` batches plus a
+    candidate ``item`` and a behaviour sequence ``hist_item`` (one shared item table, for
+    the model's sequence EmbeddingCollection; data/synthetic_sequences.py).
+
+    Args:
+        data: the ``data`` settings (``data.synthetic.*`` for the base features,
+            ``data.sequences.*`` for the items and histories).
+        two_labels: must be False (the sequence data has one label).
+
+    Example::
+
+        >>> src = SyntheticSequenceSource(DataSettings(format="synthetic_sequences", batch_size=4))
+        >>> [c.name for c in src.sequence_features()], src.sequence_table_configs(8)[0].feature_names
+        (['item', 'hist_item'], ['item', 'hist_item'])
+    """
+
+    has_sequences = True
+
+    def __init__(self, data: DataSettings, two_labels: bool = False) -> None:
+        if two_labels:
+            raise ValueError("data.format ('synthetic_sequences') has one label; model.task='esmm' needs two")
+        super().__init__(data, False)
+        q = data.sequences
+        self.data = SyntheticSequenceData(
+            base=self.data, num_items=q.num_items, num_categories=q.num_categories,  # type: ignore[arg-type]
+            max_history=q.max_history, recent_window=q.recent_window, match_rate=q.match_rate,
+            effect=q.effect, seed=q.seed,
+        )
+
+    @property
+    def dense_in_features(self) -> int:
+        return self.data.base.dense_in_features  # type: ignore[union-attr]
+
+    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
+        return self.data.embedding_bag_configs(embedding_dim)  # type: ignore[union-attr]
+
+    def sequence_table_configs(self, embedding_dim: int) -> List[EmbeddingConfig]:
+        """The sequence EmbeddingCollection's tables."""
+        return self.data.sequence_table_configs(embedding_dim)  # type: ignore[union-attr]
+
+    def sequence_features(self) -> List[SequenceFeatureConfig]:
+        """The default pooling (``model.sequence_features`` overrides it): the candidate as a
+        sequence of one, the history by target attention over its ``recent_window`` items."""
+        return self.data.sequence_feature_configs(max_len=self.data.recent_window)  # type: ignore[union-attr]
 
 
 class FileSource:
@@ -337,4 +389,33 @@ def make_source(data: DataSettings, two_labels: bool, rank: int, world_size: int
     """
     if data.format == "synthetic":
         return SyntheticSource(data, two_labels)
+    if data.format == "synthetic_sequences":
+        return SyntheticSequenceSource(data, two_labels)
     return FileSource(data, two_labels, rank, world_size)
+
+
+def build_remapper(
+    data: DataSettings, tables: List[EmbeddingBagConfig],
+    process_group: Optional[dist.ProcessGroup] = None,
+) -> Optional[ManagedCollisionRemapper]:
+    """The managed-collision remapper of a run (None unless ``data.id_transform`` is
+    ``managed_collision``). It manages the tables of raw-id features: every table for
+    synthetic data, the ``data.sparse_columns`` tables for files (not ``<dense>_bucket``).
+
+    Example::
+
+        >>> data = DataSettings(id_transform="managed_collision")
+        >>> remap = build_remapper(data, SyntheticSource(data).table_configs(8))
+        >>> remap.feature_names[:2], remap.settings["eviction_policy"]
+        (['f0', 'f1'], 'distance_lfu')
+    """
+    if data.id_transform != "managed_collision":
+        return None
+    if data.format in SYNTHETIC_FORMATS:
+        managed = list(tables)
+    else:
+        raw = set(file_schema(data)[0])
+        managed = [t for t in tables if all(f in raw for f in t.feature_names)]
+    mc = data.managed_collision
+    return ManagedCollisionRemapper(managed, mc.eviction_policy, mc.eviction_interval, mc.decay_exponent,
+                                    mc.input_hash_size, process_group)

@@ -85,6 +85,18 @@ def _validate_groups(
         )
 
 
+def resolve_mode(groups: Optional[Mapping[str, Sequence[str]]], mode: Optional[str]) -> str:
+    """The tokenization mode: ``mode`` when given, else ``"groups"`` when groups are
+    given, else ``"auto"``.
+
+    Example::
+
+        >>> resolve_mode({"u": ["a"]}, None), resolve_mode(None, None), resolve_mode(None, "split")
+        ('groups', 'auto', 'split')
+    """
+    return mode if mode is not None else ("groups" if groups else "auto")
+
+
 def plan_tokens(
     feature_dims: Mapping[str, int],
     num_tokens: Optional[int],
@@ -111,7 +123,7 @@ def plan_tokens(
     """
     if len(feature_dims) == 0:
         raise ValueError("no sparse features: the EmbeddingBagCollection has no feature names")
-    mode = mode if mode is not None else ("groups" if groups else "auto")
+    mode = resolve_mode(groups, mode)
     if mode not in MODES:
         raise ValueError(f"tokenization mode ({mode!r}) must be one of {list(MODES)}")
     if num_tokens is not None and (not isinstance(num_tokens, int) or num_tokens < 1):

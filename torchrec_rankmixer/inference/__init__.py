@@ -1,6 +1,6 @@
 """Inference: quantize, export and serve DLRM_RankMixer (imports TorchRec).
 
-Steps (docs/inference.md): ``save_checkpoint`` (or keep the module, or a
+Steps (docs/inference.md): ``save_model`` (or keep the module, or a
 ``rankmixer-train`` run directory: ``export_from_run_dir``) -> ``export_model``
 (int8/int4/fp16 tables via TorchRec's quantized EmbeddingBagCollection; fp32/fp16/bf16
 or dynamic-int8 dense part; torch.export ``.pt2``, TorchScript fallback) ->
@@ -8,7 +8,7 @@ or dynamic-int8 dense part; torch.export ``.pt2``, TorchScript fallback) ->
 """
 
 from torchrec_rankmixer.inference.artifact import LoadedArtifact, load_artifact
-from torchrec_rankmixer.inference.checkpoint import full_state_dict, load_checkpoint, save_checkpoint
+from torchrec_rankmixer.inference.model_file import full_state_dict, load_model, save_model
 from torchrec_rankmixer.inference.export import ExportResult, export_model
 from torchrec_rankmixer.inference.from_run import RunCheckpoint, export_from_run_dir, load_run_model
 from torchrec_rankmixer.inference.inputs import InputSchema
@@ -19,25 +19,22 @@ from torchrec_rankmixer.inference.quantize import (
     build_inference_model,
     table_bytes,
 )
-from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
 
 __all__ = [
     "ExportResult",
     "InputSchema",
     "LoadedArtifact",
-    "ModelSpec",
     "Predictor",
     "QuantizationOptions",
     "RankMixerInferenceModule",
     "RunCheckpoint",
-    "TableSpec",
     "build_inference_model",
     "export_from_run_dir",
     "export_model",
     "full_state_dict",
     "load_artifact",
-    "load_checkpoint",
+    "load_model",
     "load_run_model",
-    "save_checkpoint",
+    "save_model",
     "table_bytes",
 ]

@@ -27,7 +27,7 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         "(torch.export .pt2, TorchScript fallback) with its metadata.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="file written by save_checkpoint")
+    source.add_argument("--checkpoint", help="file written by save_model")
     source.add_argument("--run-dir", help="rankmixer-train run directory (config.yaml + DCP "
                         "checkpoints) or one of its checkpoints/step_* directories")
     parser.add_argument("--step", type=int, default=None,

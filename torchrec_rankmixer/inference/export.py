@@ -25,7 +25,7 @@ from torchrec_rankmixer.inference.artifact import (
     METADATA_FILE,
     SCRIPT_FILE,
 )
-from torchrec_rankmixer.inference.checkpoint import full_state_dict, load_checkpoint
+from torchrec_rankmixer.inference.model_file import full_state_dict, load_model
 from torchrec_rankmixer.inference.quantize import (
     QuantizationOptions,
     RankMixerInferenceModule,
@@ -34,7 +34,7 @@ from torchrec_rankmixer.inference.quantize import (
     table_bytes,
 )
 from torchrec_rankmixer.inference.scripting import script_inference_module
-from torchrec_rankmixer.inference.spec import ModelSpec, unwrap_model
+from torchrec_rankmixer.models.spec import ModelSpec, unwrap_model
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.version import __version__
 
@@ -66,7 +66,7 @@ def input_layout(spec: ModelSpec, feature_prep: Optional[nn.Module] = None) -> T
 
     Example::
 
-        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> from torchrec_rankmixer.models.spec import TableSpec
         >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
         ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
         ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
@@ -86,7 +86,7 @@ def example_inputs(
 
     Example::
 
-        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> from torchrec_rankmixer.models.spec import TableSpec
         >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
         ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
         ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
@@ -246,7 +246,7 @@ def _as_float_model(source: Union[nn.Module, str, os.PathLike]) -> Optional[nn.M
     """A plain float DLRM_RankMixer on CPU from a module (plain or DMP) or a checkpoint;
     None on ranks other than 0 (after taking part in gathering sharded tables)."""
     if isinstance(source, (str, os.PathLike)):
-        return load_checkpoint(source)
+        return load_model(source)
     if not isinstance(source, nn.Module):
         raise ValueError(f"source ({type(source).__name__}) must be an nn.Module or a checkpoint path")
     inner = unwrap_model(source)
@@ -270,13 +270,14 @@ def export_model(
     dense_feature_names: Optional[Sequence[str]] = None,
     id_remap: Optional[nn.Module] = None,
     feature_prep: Optional[nn.Module] = None,
+    spec: Optional[ModelSpec] = None,
 ) -> ExportResult:
     """Quantize and export a DLRM_RankMixer.
 
     Args:
         source: a DLRM_RankMixer (plain or inside DistributedModelParallel: under
             torch.distributed every rank calls this and rank 0 writes) or the path of a
-            :func:`save_checkpoint` file.
+            :func:`save_model` file.
         output_dir: directory for ``model.pt2``/``model.ts`` and ``metadata.json``.
         options: table and dense dtypes.
         artifact: ``"auto"`` (torch.export, TorchScript if that fails), ``"export"`` or
@@ -290,13 +291,15 @@ def export_model(
             (:class:`~torchrec_rankmixer.features.prep.RawFeaturePrep`) built into
             the artifact: it then takes the raw training columns (metadata
             ``preprocessing``; ``dense_feature_names`` default to its dense columns).
+        spec: the model's :class:`ModelSpec` when the caller built the model from it
+            (export of a run); default: read off the model (:meth:`ModelSpec.from_model`).
     """
     if artifact not in ARTIFACT_TYPES:
         raise ValueError(f"artifact ({artifact!r}) must be one of {list(ARTIFACT_TYPES)}")
     float_model = _as_float_model(source)
     if float_model is None or not _is_writer():
         return ExportResult(path="", metadata={}, module=None)
-    spec = ModelSpec.from_model(float_model)
+    spec = spec if spec is not None else ModelSpec.from_model(float_model)
     inputs, _, dense_in = input_layout(spec, feature_prep)
     names: List[str] = list(dense_feature_names) if dense_feature_names is not None else (
         [f"dense_{i}" for i in range(dense_in)] if feature_prep is None else list(feature_prep.dense_features)

@@ -26,7 +26,7 @@ class Predictor:
     Example::
 
         >>> import tempfile
-        >>> from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+        >>> from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
         >>> from torchrec_rankmixer.inference.export import export_model
         >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=1,
         ...                  dense_arch_layer_sizes=(8,), over_arch_layer_sizes=(8, 1),

@@ -21,12 +21,13 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 from torchrec.inference.modules import quantize_embeddings
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
 from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_rankmixer.inference.dense import pin_traceable_kernels, quantize_dense_dynamic_int8
-from torchrec_rankmixer.inference.spec import unwrap_model
+from torchrec_rankmixer.models.spec import unwrap_model
 
 TABLE_DTYPES: Dict[str, torch.dtype] = {
     "int8": torch.qint8,
@@ -202,7 +203,7 @@ def build_inference_model(
 
     Example::
 
-        >>> from torchrec_rankmixer.inference.spec import ModelSpec, TableSpec
+        >>> from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
         >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=2,
         ...                  dense_arch_layer_sizes=(8,), over_arch_layer_sizes=(8, 1),
         ...                  rankmixer_config={"d_model": 9, "num_tokens": 3, "num_layers": 1})
@@ -225,7 +226,7 @@ def _build(
         raise ValueError(
             f"build_inference_model needs a DLRM_RankMixer with a plain (unsharded) "
             f"EmbeddingBagCollection, got {type(ebc).__name__}; rebuild it from "
-            "save_checkpoint/load_checkpoint or export_model, which gather sharded tables"
+            "save_model/load_model or export_model, which gather sharded tables"
         )
     if any(p.is_meta for p in source.parameters()):
         raise ValueError("the model has parameters on the meta device; load weights first")
@@ -238,9 +239,11 @@ def _build(
     table_out = torch.float16 if dense_dtype == torch.float16 else torch.float32
     if options.table_dtype != "fp32":
         align = options.row_alignment or CPU_ROW_ALIGNMENT
-        quant_prep_customize_row_alignment(work, [EmbeddingBagCollection], align)
-        quantize_embeddings(
-            work, dtype=options.table_torch_dtype, inplace=True, output_dtype=table_out
+        quant_prep_customize_row_alignment(work, [EmbeddingBagCollection, EmbeddingCollection], align)
+        quantize_embeddings(  # the EBC and, for behaviour sequences, the EmbeddingCollection
+            work, dtype=options.table_torch_dtype, inplace=True, output_dtype=table_out,
+            additional_qconfig_spec_keys=[EmbeddingCollection],
+            additional_mapping={EmbeddingCollection: QuantEmbeddingCollection},
         )
     for name, child in list(work.named_children()):
         if name != "sparse_arch":

@@ -1,5 +1,8 @@
-"""Models over TorchRec embeddings (imports TorchRec)."""
+"""Models over TorchRec embeddings (imports TorchRec): the drop-in ``DLRM_RankMixer``, its
+heads, its input checks and its serialisable recipe ``ModelSpec``."""
 
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, SparseArch, default_config
+from torchrec_rankmixer.models.heads import TaskTowers
+from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
 
-__all__ = ["DLRM_RankMixer", "SparseArch", "default_config"]
+__all__ = ["DLRM_RankMixer", "ModelSpec", "SparseArch", "TableSpec", "TaskTowers", "default_config"]

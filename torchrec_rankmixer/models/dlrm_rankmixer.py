@@ -2,7 +2,7 @@
 
 import math
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -14,8 +14,10 @@ from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
+from torchrec_rankmixer.models.heads import TaskTowers
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
+from torchrec_rankmixer.utils.checks import check_layer_sizes, check_non_negative_int
 
 # fx.wrap patches the calling module's globals: register the imported name here too, so
 # TorchRec's tracer (TrainPipelineSparseDist, torchrec.fx) records one opaque call.
@@ -40,11 +42,58 @@ class SparseArch(nn.Module):
         return self.embedding_bag_collection(features)
 
 
-def default_config(num_tokens: int) -> RankMixerConfig:
-    """The config used when none is given: T tokens, H = T, D = the smallest multiple of
-    T that is >= 64, L = 2, k = 4, post-LN, mean pooling."""
-    d_model = num_tokens * math.ceil(DEFAULT_MIN_D_MODEL / num_tokens)
-    return RankMixerConfig(d_model=d_model, num_tokens=num_tokens, num_layers=2)
+def default_num_sparse_tokens(
+    num_features: int, feature_groups: Optional[Mapping[str, Sequence[str]]], tokenization: Optional[str]
+) -> int:
+    """T_s when the config does not set it: one token per group, else
+    ``DEFAULT_MAX_SPARSE_TOKENS`` (at most one per feature unless the mode is ``"split"``)."""
+    if feature_groups:
+        return len(feature_groups)
+    if tokenization == "split":
+        return DEFAULT_MAX_SPARSE_TOKENS
+    return min(num_features, DEFAULT_MAX_SPARSE_TOKENS)
+
+
+def default_config(
+    num_features: int,
+    num_dense_tokens: int,
+    feature_groups: Optional[Mapping[str, Sequence[str]]] = None,
+    tokenization: Optional[str] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> RankMixerConfig:
+    """The encoder config the model uses when none is given (the one default rule).
+
+    T = ``overrides["num_tokens"]`` or :func:`default_num_sparse_tokens` + dense tokens;
+    D = ``overrides["d_model"]`` or the smallest multiple of T that is >= 64; L = 2; every
+    other field is ``overrides``' or :class:`RankMixerConfig`'s default (H = T, k = 4,
+    post-LN, mean pooling).
+
+    Args:
+        num_features: sparse features the tokenizer sees (EBC + pooled sequences).
+        num_dense_tokens: dense tokens (0 without dense input).
+        feature_groups: the semantic groups, if any.
+        tokenization: the tokenization mode, if given.
+        overrides: RankMixerConfig fields to set (``rankmixer-train``'s ``model.rankmixer``).
+
+    Example::
+
+        >>> cfg = default_config(num_features=10, num_dense_tokens=1)
+        >>> cfg.num_tokens, cfg.d_model, cfg.num_layers
+        (8, 64, 2)
+        >>> default_config(10, 1, overrides={"num_tokens": 3, "ln_style": "pre"}).d_model
+        66
+    """
+    values: Dict[str, Any] = {"num_layers": 2, **dict(overrides or {})}
+    if "num_tokens" not in values:
+        values["num_tokens"] = default_num_sparse_tokens(num_features, feature_groups, tokenization) + num_dense_tokens
+    T = values["num_tokens"]
+    if "d_model" not in values and isinstance(T, int) and T > 0:
+        values["d_model"] = T * math.ceil(DEFAULT_MIN_D_MODEL / T)
+    known = set(RankMixerConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown RankMixerConfig field(s) {unknown}; known: {sorted(known)}")
+    return RankMixerConfig(**values)
 
 
 class DLRM_RankMixer(nn.Module):
@@ -58,7 +107,7 @@ class DLRM_RankMixer(nn.Module):
         dense_in_features: dense feature width (0: no dense input, e.g. Frappe).
         dense_arch_layer_sizes: DenseArch MLP sizes (ignored when dense_in_features == 0).
         over_arch_layer_sizes: OverArch sizes on the pooled vector; the last is the number
-            of logits (tasks), as in DLRM_DCN.
+            of logits (tasks), as in DLRM_DCN. None when ``over_arch`` is given.
         dense_device: device for the dense modules.
         dcn_num_layers: accepted so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a
             one-line change; unused (a UserWarning says so when given).
@@ -74,6 +123,9 @@ class DLRM_RankMixer(nn.Module):
             behaviour sequences; its features come in the same KJT (docs/sequences.md).
         sequence_features: one SequenceFeatureConfig per EC feature (max_len, keep,
             pooling, candidate); pooled sequences join the tokenizer's features.
+        over_arch: a module in place of the OverArch, on the pooled vector
+            [B, rankmixer_config.output_dim] -> logits [B, n]; e.g. ESMM's
+            ``TaskTowers(config.output_dim, [64], num_tasks=2)`` (models/heads.py).
 
     Shapes:
         dense_features [B, dense_in_features], sparse_features KJT (stride B)
@@ -100,7 +152,7 @@ class DLRM_RankMixer(nn.Module):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         dense_arch_layer_sizes: List[int],
-        over_arch_layer_sizes: List[int],
+        over_arch_layer_sizes: Optional[List[int]],
         dense_device: Optional[torch.device] = None,
         dcn_num_layers: Optional[int] = None,
         dcn_low_rank_dim: Optional[int] = None,
@@ -111,6 +163,7 @@ class DLRM_RankMixer(nn.Module):
         validate_inputs: bool = True,
         sequence_embedding_collection: Optional[EmbeddingCollection] = None,
         sequence_features: Optional[Sequence[SequenceFeatureConfig]] = None,
+        over_arch: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if dcn_num_layers is not None or dcn_low_rank_dim is not None:
@@ -120,13 +173,13 @@ class DLRM_RankMixer(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-        if not isinstance(dense_in_features, int) or dense_in_features < 0:
-            raise ValueError(f"dense_in_features ({dense_in_features!r}) must be an int >= 0")
-        if len(over_arch_layer_sizes) < 2:
-            raise ValueError(
-                f"over_arch_layer_sizes ({over_arch_layer_sizes}) needs at least 2 sizes "
-                "(hidden..., num_logits), as in DLRM_DCN"
-            )
+        check_non_negative_int("dense_in_features", dense_in_features)
+        if dense_in_features > 0:
+            check_layer_sizes("dense_arch_layer_sizes", dense_arch_layer_sizes)
+        if (over_arch is None) == (over_arch_layer_sizes is None):
+            raise ValueError("give exactly one of over_arch_layer_sizes and over_arch")
+        if over_arch_layer_sizes is not None:
+            check_layer_sizes("over_arch_layer_sizes", over_arch_layer_sizes, min_len=2)
         feature_dims = feature_dims_of(embedding_bag_collection)
         self.sequence_arch = build_sequence_arch(
             sequence_embedding_collection, sequence_features, feature_dims, dense_device
@@ -136,13 +189,7 @@ class DLRM_RankMixer(nn.Module):
         n_dense = num_dense_tokens if dense_in_features > 0 else 0
         config = rankmixer_config
         if config is None:
-            if feature_groups:
-                n_sparse = len(feature_groups)
-            elif tokenization == "split":
-                n_sparse = DEFAULT_MAX_SPARSE_TOKENS
-            else:
-                n_sparse = min(len(feature_dims), DEFAULT_MAX_SPARSE_TOKENS)
-            config = default_config(n_sparse + n_dense)
+            config = default_config(len(feature_dims), n_dense, feature_groups, tokenization)
         n_sparse = config.num_tokens - n_dense
         if n_sparse < 1:
             raise ValueError(
@@ -176,7 +223,47 @@ class DLRM_RankMixer(nn.Module):
             device=dense_device,
         )
         self.encoder = RankMixerEncoder(config, device=dense_device)
-        self.over_arch = OverArch(config.output_dim, over_arch_layer_sizes, dense_device)
+        self.over_arch = (
+            over_arch if over_arch is not None
+            else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
+        )
+        self._recipe = {  # what models/spec.py's ModelSpec.from_model reads back
+            "tables": _table_specs(embedding_bag_collection.embedding_bag_configs()),
+            "dense_in_features": dense_in_features,
+            "dense_arch_layer_sizes": tuple(dense_arch_layer_sizes) if dense_in_features > 0 else (),
+            "rankmixer_config": config,
+            "over_arch_layer_sizes": None if over_arch_layer_sizes is None else tuple(over_arch_layer_sizes),
+            "tokenization": self.tokenizer.mode,
+            "feature_groups": self.tokenizer.groups,
+            "num_dense_tokens": num_dense_tokens,
+            "sequence_tables": (
+                _table_specs(sequence_embedding_collection.embedding_configs())
+                if sequence_embedding_collection is not None else ()
+            ),
+            "sequence_features": tuple(sequence_features or ()),
+        }
+
+    def recipe(self) -> Dict[str, Any]:
+        """The :class:`~torchrec_rankmixer.models.spec.ModelSpec` fields of this model.
+
+        The heads are read from ``over_arch``: an OverArch built from
+        ``over_arch_layer_sizes`` (task ``"ctr"``) or ESMM's two :class:`TaskTowers`.
+        """
+        out = dict(self._recipe)
+        if isinstance(self.over_arch, TaskTowers):
+            if len(self.over_arch.towers) != 2:
+                raise ValueError(
+                    f"over_arch has {len(self.over_arch.towers)} task towers; a ModelSpec describes "
+                    "one over-arch or ESMM's 2 towers (CTR, CVR)"
+                )
+            out.update(task="esmm", tower_layer_sizes=tuple(self.over_arch.tower_layer_sizes),
+                       over_arch_layer_sizes=None)
+        elif out["over_arch_layer_sizes"] is None:
+            raise ValueError(
+                f"over_arch is a custom {type(self.over_arch).__name__}; a ModelSpec describes an "
+                "OverArch (over_arch_layer_sizes) or ESMM's TaskTowers"
+            )
+        return out
 
     def dense_parameters(self) -> List[nn.Parameter]:
         """Every parameter outside the embedding tables."""
@@ -198,3 +285,9 @@ class DLRM_RankMixer(nn.Module):
         tokens = self.tokenizer(embedded, dense)  # (B, T, D)
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
         return self.over_arch(pooled)  # (B, num_logits)
+
+
+def _table_specs(configs: Sequence[Any]) -> tuple:
+    from torchrec_rankmixer.models.spec import TableSpec
+
+    return tuple(TableSpec.from_config(c) for c in configs)

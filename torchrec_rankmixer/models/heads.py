@@ -5,17 +5,20 @@ ESMM (Ma et al., SIGIR 2018) trains CVR on all impressions through
 BCE(CTCVR, click*convert), optionally plus a conditional CVR loss on clicked rows only.
 """
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-TASKS = ("ctr", "esmm")
+from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_positive_int
+
+TASKS: Tuple[str, ...] = ("ctr", "esmm")
 
 
 class TaskTowers(nn.Module):
-    """One MLP tower per task on the pooled encoder output; drop-in for ``over_arch``.
+    """One MLP tower per task on the pooled encoder output; passed to DLRM_RankMixer as its
+    ``over_arch`` (ESMM: ``num_tasks=2``, logits = (CTR, CVR)).
 
     Args:
         in_features: pooled width (D for mean pooling).
@@ -40,10 +43,10 @@ class TaskTowers(nn.Module):
         device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks ({num_tasks}) must be a positive int")
-        if any(s < 1 for s in tower_layer_sizes):
-            raise ValueError(f"tower_layer_sizes ({tower_layer_sizes}) must hold positive ints")
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_tasks", num_tasks)
+        check_layer_sizes("tower_layer_sizes", tower_layer_sizes, min_len=0)
+        self.tower_layer_sizes: List[int] = list(tower_layer_sizes)
         towers = []
         for _ in range(num_tasks):
             layers: List[nn.Module] = []
@@ -57,30 +60,6 @@ class TaskTowers(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.cat([tower(pooled) for tower in self.towers], dim=1)  # (B, num_tasks)
-
-
-def attach_esmm_towers(model: nn.Module, tower_layer_sizes: List[int]) -> nn.Module:
-    """Replace ``model.over_arch`` (of a DLRM_RankMixer) with CTR and CVR towers.
-
-    The model then returns logits [B, 2] = (CTR logit, CVR logit); see :func:`task_loss`.
-
-    Example::
-
-        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
-        >>> from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
-        >>> ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-        ...     name="t", embedding_dim=8, num_embeddings=10, feature_names=["f"])])
-        >>> m = attach_esmm_towers(DLRM_RankMixer(ebc, 3, [8, 8], [8, 1]), [8])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2]), torch.tensor([1, 1]))
-        >>> m(torch.rand(2, 3), kjt).shape
-        torch.Size([2, 2])
-    """
-    old = getattr(model, "over_arch", None)
-    if old is None:
-        raise ValueError(f"{type(model).__name__} has no over_arch to replace with task towers")
-    first = next(m for m in old.modules() if isinstance(m, nn.Linear))
-    model.over_arch = TaskTowers(first.in_features, tower_layer_sizes, 2, first.weight.device)
-    return model
 
 
 def task_loss(
@@ -104,8 +83,7 @@ def task_loss(
         >>> sorted(out), round(out["ctr"].item(), 4)
         (['ctcvr', 'ctr', 'cvr', 'loss'], 0.6931)
     """
-    if task not in TASKS:
-        raise ValueError(f"task ({task!r}) must be one of {list(TASKS)}")
+    check_choice("task", task, TASKS)
     logits = logits.float()
     if task == "ctr":
         y = labels if labels.dim() == 1 else labels[:, 0]

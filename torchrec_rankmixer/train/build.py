@@ -1,105 +1,77 @@
-"""Build the pieces of a run from a :class:`TrainConfig`: data source, model, train module."""
+"""Build the pieces of a run from a :class:`TrainConfig`: the model recipe and the train module."""
 
-import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection
 from torchrec.datasets.utils import Batch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from torchrec_rankmixer.config import RankMixerConfig
-from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
-from torchrec_rankmixer.models.dlrm_rankmixer import (
-    DEFAULT_MAX_SPARSE_TOKENS,
-    DEFAULT_MIN_D_MODEL,
-    DLRM_RankMixer,
-)
-from torchrec_rankmixer.models.heads import attach_esmm_towers, task_loss
+from torchrec_rankmixer.features.grouping import resolve_mode
+from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.models.dlrm_rankmixer import default_config
+from torchrec_rankmixer.models.heads import task_loss
+from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
 from torchrec_rankmixer.train.config import TrainConfig
 
 
-def rankmixer_config_of(cfg: TrainConfig, num_features: int, has_dense: bool) -> RankMixerConfig:
-    """The encoder config from ``model.*``; with ``d_model`` unset, T follows
-    DLRM_RankMixer's automatic rule and D is the smallest multiple of T that is >= 64."""
-    m = cfg.model
-    if m.d_model is not None and m.num_tokens is not None:
-        d_model, n_tokens = m.d_model, m.num_tokens
-    else:
-        if m.feature_groups:
-            n_sparse = len(m.feature_groups)
-        elif m.tokenization == "split":
-            n_sparse = DEFAULT_MAX_SPARSE_TOKENS
-        else:
-            n_sparse = min(num_features, DEFAULT_MAX_SPARSE_TOKENS)
-        n_tokens = n_sparse + (1 if has_dense else 0)
-        d_model = n_tokens * math.ceil(DEFAULT_MIN_D_MODEL / n_tokens)
-    base = RankMixerConfig(
-        d_model=d_model, num_tokens=n_tokens, num_layers=m.num_layers,
-        ffn_mult=m.ffn_mult, dropout=m.dropout,
-    )
-    if not m.rankmixer:
-        return base
-    try:
-        return base.with_updates(**m.rankmixer)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"model.rankmixer ({m.rankmixer}): {e}") from e
+def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
+    """The run's model recipe: ``model.*`` settings plus the tables and dense width that
+    the data source defines (``source.table_configs``, ``source.dense_in_features``;
+    sequences: ``source.sequence_table_configs`` and ``source.sequence_features``).
 
-
-def build_model(cfg: TrainConfig, tables: List[EmbeddingBagConfig], dense_in: int, device: torch.device) -> nn.Module:
-    """DLRM_RankMixer with its EBC on the meta device (DMP materialises it), plus ESMM
-    towers when ``model.task == "esmm"``."""
-    m = cfg.model
-    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
-    n_features = sum(len(t.feature_names) for t in tables)
-    dense_sizes = list(m.dense_arch_layer_sizes)
-    model = DLRM_RankMixer(
-        embedding_bag_collection=ebc,
-        dense_in_features=dense_in,
-        dense_arch_layer_sizes=dense_sizes,
-        over_arch_layer_sizes=list(m.over_arch_layer_sizes),
-        dense_device=device,
-        rankmixer_config=rankmixer_config_of(cfg, n_features, dense_in > 0),
-        feature_groups=m.feature_groups,
-        tokenization=m.tokenization,
-        validate_inputs=cfg.train.validate_inputs,
-    )
-    if m.task == "esmm":
-        attach_esmm_towers(model, list(m.tower_layer_sizes))
-    return model
-
-
-def build_remapper(
-    cfg: TrainConfig, tables: List[EmbeddingBagConfig], process_group: Optional[torch.distributed.ProcessGroup] = None
-) -> Optional[ManagedCollisionRemapper]:
-    """The managed-collision remapper of a run (None unless ``data.id_transform`` is
-    ``managed_collision``). It manages the tables of raw-id features: every table for
-    synthetic data, the ``data.sparse_columns`` tables for files (not ``<dense>_bucket``).
+    Errors name the ``model.*`` setting at fault.
 
     Example::
 
         >>> from torchrec_rankmixer.data.sources import SyntheticSource
         >>> from torchrec_rankmixer.train.config import load_config
-        >>> cfg = load_config(overrides=["data.id_transform=managed_collision"])
-        >>> remap = build_remapper(cfg, SyntheticSource(cfg.data).table_configs(8))
-        >>> remap.feature_names[:2], remap.settings["eviction_policy"]
-        (['f0', 'f1'], 'distance_lfu')
+        >>> cfg = load_config(overrides=["model.rankmixer={ln_style: pre}"])
+        >>> spec = model_spec(cfg, SyntheticSource(cfg.data))
+        >>> spec.rankmixer_config.num_tokens, spec.rankmixer_config.ln_style, spec.task
+        (8, 'pre', 'ctr')
     """
-    d = cfg.data
-    if d.id_transform != "managed_collision":
-        return None
-    if d.format == "synthetic":
-        managed = list(tables)
-    else:
-        from torchrec_rankmixer.data.sources import file_schema
-
-        raw = set(file_schema(d)[0])
-        managed = [t for t in tables if all(f in raw for f in t.feature_names)]
-    mc = d.managed_collision
-    return ManagedCollisionRemapper(managed, mc.eviction_policy, mc.eviction_interval, mc.decay_exponent,
-                                    mc.input_hash_size, process_group)
+    m = cfg.model
+    tables = tuple(TableSpec.from_config(c) for c in source.table_configs(m.embedding_dim))
+    seq_tables: Tuple[TableSpec, ...] = ()
+    seq_features: Tuple[SequenceFeatureConfig, ...] = ()
+    if getattr(source, "has_sequences", False):
+        seq_tables = tuple(TableSpec.from_config(c) for c in source.sequence_table_configs(m.embedding_dim))
+        try:
+            seq_features = tuple(SequenceFeatureConfig(**c) for c in m.sequence_features) or tuple(
+                source.sequence_features())
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model.sequence_features ({m.sequence_features}): {e}") from e
+    elif m.sequence_features:
+        raise ValueError(
+            f"model.sequence_features ({m.sequence_features}) needs data with behaviour sequences "
+            f"(data.format='synthetic_sequences'); data.format is {cfg.data.format!r}"
+        )
+    dense_in = source.dense_in_features
+    n_features = sum(len(t.feature_names) for t in tables) + len(seq_features)
+    try:
+        config = default_config(n_features, m.num_dense_tokens if dense_in > 0 else 0, m.feature_groups,
+                                m.tokenization, overrides=m.rankmixer)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model.rankmixer ({m.rankmixer}): {e}") from e
+    esmm = m.task == "esmm"
+    try:
+        return ModelSpec(
+            tables=tables,
+            dense_in_features=dense_in,
+            dense_arch_layer_sizes=tuple(m.dense_arch_layer_sizes) if dense_in > 0 else (),
+            rankmixer_config=config,
+            task=m.task,
+            over_arch_layer_sizes=None if esmm else tuple(m.over_arch_layer_sizes),
+            tower_layer_sizes=tuple(m.tower_layer_sizes) if esmm else None,
+            tokenization=resolve_mode(m.feature_groups, m.tokenization),
+            feature_groups=m.feature_groups,
+            num_dense_tokens=m.num_dense_tokens,
+            sequence_tables=seq_tables,
+            sequence_features=seq_features,
+        )
+    except ValueError as e:
+        raise ValueError(f"model settings: {e}") from e
 
 
 @dataclass

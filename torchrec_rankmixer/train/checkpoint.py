@@ -1,8 +1,10 @@
 """Checkpoints with torch.distributed.checkpoint (DCP): sharded model, optimisers, progress.
 
-A checkpoint is a directory: DCP's files (every rank writes its own shards of the model,
-of the fused embedding optimiser state and of the dense optimiser state) plus
-``progress.json`` (step, data cursor, world size), written by rank 0 after DCP finished.
+A checkpoint is a directory (its layout: run_format.py): DCP's files (every rank writes
+its own shards of the model, of the fused embedding optimiser state and of the dense
+optimiser state) plus ``progress.json`` (step, data cursor, world size), written by rank 0
+after DCP finished. The ``model`` entry holds the model's own state_dict keys (the
+trainer's wrapper is stripped), so export reads it without knowing how it was trained.
 DCP reshards on load, so a checkpoint written by W ranks loads on any number of ranks
 (table-wise and data-parallel shards included). Every rank must see the directory
 (a shared filesystem when training on several nodes).
@@ -10,7 +12,6 @@ DCP reshards on load, so a checkpoint written by W ranks loads on any number of 
 
 import json
 import os
-import re
 from typing import Any, Dict, Optional
 
 import torch.distributed as dist
@@ -18,39 +19,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
-PROGRESS_FILE = "progress.json"
-ID_REMAP_KEY = "id_remap"  # checkpoint entry of the managed-collision remapper (replicated)
-STEP_DIR = re.compile(r"^step_(\d+)$")
+from torchrec_rankmixer.run_format import MODEL_KEY, OPTIM_KEY, PROGRESS_FILE
+from torchrec_rankmixer.utils.files import atomic_write_text
 
-
-def checkpoint_dir(root: str, step: int) -> str:
-    """``<root>/step_<step, 8 digits>``.
-
-    Example::
-
-        >>> checkpoint_dir("runs/a/checkpoints", 40)
-        'runs/a/checkpoints/step_00000040'
-    """
-    return os.path.join(root, f"step_{step:08d}")
-
-
-def latest_checkpoint(root: str) -> Optional[str]:
-    """The complete checkpoint with the highest step under ``root`` (None if none).
-
-    Example::
-
-        >>> latest_checkpoint("/nonexistent") is None
-        True
-    """
-    if not os.path.isdir(root):
-        return None
-    best = None
-    for name in os.listdir(root):
-        m = STEP_DIR.match(name)
-        if m and os.path.isfile(os.path.join(root, name, PROGRESS_FILE)):
-            if best is None or int(m.group(1)) > best[0]:
-                best = (int(m.group(1)), os.path.join(root, name))
-    return None if best is None else best[1]
+# DMP(TrainModule).state_dict() keys start with TrainModule's attribute holding the model
+TRAIN_MODULE_PREFIX = "model."
 
 
 def _init_dense_state(optimizer: CombinedOptimizer) -> None:
@@ -60,11 +33,22 @@ def _init_dense_state(optimizer: CombinedOptimizer) -> None:
             opt.init_state()
 
 
+def model_state(train_module: nn.Module) -> Dict[str, Any]:
+    """The model's own state_dict from the DMP-wrapped TrainModule's (references to the
+    same, possibly sharded, tensors: DCP saves from and loads into them in place)."""
+    out: Dict[str, Any] = {}
+    for key, value in train_module.state_dict().items():
+        if not key.startswith(TRAIN_MODULE_PREFIX):
+            raise RuntimeError(f"unexpected state_dict key {key!r} outside TrainModule.model")
+        out[key[len(TRAIN_MODULE_PREFIX):]] = value
+    return out
+
+
 def _state(model: nn.Module, optimizer: CombinedOptimizer, extra: Optional[Dict[str, nn.Module]]) -> Dict[str, Any]:
-    state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
+    state = {MODEL_KEY: model_state(model), OPTIM_KEY: optimizer.state_dict()}
     for name, module in (extra or {}).items():
         if name in state:
-            raise ValueError(f"extra checkpoint entry {name!r} clashes with 'model'/'optim'")
+            raise ValueError(f"extra checkpoint entry {name!r} clashes with {list(state)}")
         state[name] = module.state_dict()
     return state
 
@@ -80,11 +64,9 @@ def save_checkpoint(
     state = _state(model, optimizer, extra)
     dcp.save(state, checkpoint_id=path)
     dist.barrier()
-    if dist.get_rank() == 0:
-        tmp = os.path.join(path, PROGRESS_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(dict(progress, world_size=dist.get_world_size()), f, indent=1)
-        os.replace(tmp, os.path.join(path, PROGRESS_FILE))  # marks the checkpoint complete
+    if dist.get_rank() == 0:  # progress.json marks the checkpoint complete
+        atomic_write_text(os.path.join(path, PROGRESS_FILE),
+                          json.dumps(dict(progress, world_size=dist.get_world_size()), indent=1))
     dist.barrier()
 
 
@@ -99,8 +81,8 @@ def load_checkpoint(
     _init_dense_state(optimizer)
     state = _state(model, optimizer, extra)
     dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optim"])
+    model.load_state_dict({TRAIN_MODULE_PREFIX + k: v for k, v in state[MODEL_KEY].items()})
+    optimizer.load_state_dict(state[OPTIM_KEY])
     for name, module in (extra or {}).items():
         module.load_state_dict(state[name])
     with open(progress_path) as f:

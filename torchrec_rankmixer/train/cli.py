@@ -17,7 +17,7 @@ from torchrec_rankmixer.train.config import load_config
 
 EPILOG = """examples:
   rankmixer-train
-  rankmixer-train --config my.yaml --set model.d_model=128 --set optim.dense=adam
+  rankmixer-train --config my.yaml --set model.rankmixer.d_model=128 --set optim.dense=adam
   rankmixer-train --train.steps 200 --data.batch_size 512
   torchrun --nproc_per_node 2 -m torchrec_rankmixer.train --set train.steps=300
 """

@@ -9,9 +9,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from torchrec_rankmixer.config import RankMixerConfig
-from torchrec_rankmixer.data.settings import DataSettings
+from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
+from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.models.heads import TASKS
-from torchrec_rankmixer.utils.checks import check_choice, check_non_negative, check_positive
+from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
+from torchrec_rankmixer.utils.checks import (
+    check_choice,
+    check_layer_sizes,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 from torchrec_rankmixer.utils.settings import apply_override, from_dict, load_file
 
 DENSE_OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
@@ -20,60 +28,46 @@ LR_DECAYS = ("none", "linear", "cosine", "exponential")
 SHARDING_TYPES = ("table_wise", "data_parallel", "row_wise", "column_wise", "table_row_wise")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-OWN_RANKMIXER_FIELDS = {"d_model", "num_tokens", "num_layers", "ffn_mult", "dropout"}
+# settings that moved in 0.2 (the model recipe: models/spec.py): old key -> new key
+MOVED_SETTINGS = {f"model.{k}": f"model.rankmixer.{k}" for k in ("d_model", "num_tokens", "num_layers", "ffn_mult", "dropout")}
 
 
 @dataclass
 class ModelSettings:
-    """DLRM_RankMixer size and heads (see docs/training.md, section ``model``)."""
+    """The model recipe (:class:`~torchrec_rankmixer.models.spec.ModelSpec`) minus what the
+    data defines (the tables and the dense width); docs/training.md, section ``model``.
+
+    ``rankmixer`` holds :class:`~torchrec_rankmixer.config.RankMixerConfig` fields (any of
+    them); ``num_tokens`` and ``d_model`` left out follow the model's default rule
+    (:func:`~torchrec_rankmixer.models.dlrm_rankmixer.default_config`).
+    """
 
     embedding_dim: int = 16
-    d_model: Optional[int] = None
-    num_tokens: Optional[int] = None
-    num_layers: int = 2
-    ffn_mult: int = 4
-    dropout: float = 0.0
+    rankmixer: Dict[str, Any] = field(default_factory=dict)
     tokenization: Optional[str] = None
     feature_groups: Optional[Dict[str, List[str]]] = None
+    num_dense_tokens: int = 1
     dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 16])
-    over_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 1])
     task: str = "ctr"
+    over_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 1])
     tower_layer_sizes: List[int] = field(default_factory=lambda: [64])
     cvr_loss_weight: float = 0.0
-    rankmixer: Dict[str, Any] = field(default_factory=dict)
+    sequence_features: List[Dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
-        for k in ("embedding_dim", "num_layers", "ffn_mult"):
-            check_positive(f"model.{k}", getattr(self, k))
-        for k in ("d_model", "num_tokens"):
-            if getattr(self, k) is not None:
-                check_positive(f"model.{k}", getattr(self, k))
-        if (self.d_model is None) != (self.num_tokens is None):
-            raise ValueError(
-                f"model.d_model ({self.d_model}) and model.num_tokens ({self.num_tokens}) "
-                "must be set together (or both left unset for the automatic size)"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout ({self.dropout}) must be in [0, 1)")
+        check_positive_int("model.embedding_dim", self.embedding_dim)
+        check_positive_int("model.num_dense_tokens", self.num_dense_tokens)
         check_choice("model.task", self.task, TASKS)
-        for k in ("dense_arch_layer_sizes", "over_arch_layer_sizes", "tower_layer_sizes"):
-            sizes = getattr(self, k)
-            if any(s < 1 for s in sizes):
-                raise ValueError(f"model.{k} ({sizes}) must hold positive ints")
-        if not self.dense_arch_layer_sizes:
-            raise ValueError("model.dense_arch_layer_sizes ([]) must not be empty")
-        if len(self.over_arch_layer_sizes) < 2:
-            raise ValueError(
-                f"model.over_arch_layer_sizes ({self.over_arch_layer_sizes}) needs >= 2 sizes"
-            )
+        if self.tokenization is not None:
+            check_choice("model.tokenization", self.tokenization, MODES)
+        check_layer_sizes("model.dense_arch_layer_sizes", self.dense_arch_layer_sizes)
+        check_layer_sizes("model.over_arch_layer_sizes", self.over_arch_layer_sizes, min_len=2)
+        check_layer_sizes("model.tower_layer_sizes", self.tower_layer_sizes, min_len=0)
         check_non_negative("model.cvr_loss_weight", self.cvr_loss_weight)
-        known = {f.name for f in fields(RankMixerConfig)} - OWN_RANKMIXER_FIELDS
+        known = {f.name for f in fields(RankMixerConfig)}
         unknown = sorted(set(self.rankmixer) - known)
         if unknown:
-            raise ValueError(
-                f"model.rankmixer names {unknown}, which are not RankMixerConfig fields "
-                f"settable here (model.* sets {sorted(OWN_RANKMIXER_FIELDS)}); known: {sorted(known)}"
-            )
+            raise ValueError(f"model.rankmixer names {unknown}, which are not RankMixerConfig fields; known: {sorted(known)}")
 
 
 @dataclass
@@ -143,7 +137,7 @@ class TrainSettings:
     progress_bar: bool = True
     validate_inputs: bool = False
     num_threads: Optional[int] = None
-    calibrate_moe_batches: int = 16
+    calibrate_moe_batches: int = DEFAULT_CALIBRATION_BATCHES
 
     def validate(self) -> None:
         check_positive("train.steps", self.steps)
@@ -180,9 +174,9 @@ class TrainConfig:
 
     Example::
 
-        >>> cfg = load_config(overrides=["model.d_model=64", "model.num_tokens=8"])
-        >>> cfg.model.d_model, cfg.optim.dense, cfg.optim.lr
-        (64, 'rmsprop', 0.001)
+        >>> cfg = load_config(overrides=["model.rankmixer.d_model=64", "model.rankmixer.num_tokens=8"])
+        >>> cfg.model.rankmixer, cfg.optim.dense, cfg.optim.lr
+        ({'d_model': 64, 'num_tokens': 8}, 'rmsprop', 0.001)
         >>> load_config(overrides=["model.d_modle=64"])
         Traceback (most recent call last):
         ...
@@ -200,7 +194,7 @@ class TrainConfig:
         """Check every section; returns self."""
         for section in (self.model, self.data, self.optim, self.sharding, self.train, self.run):
             section.validate()
-        if self.model.task == "esmm" and self.data.format != "synthetic" and not self.data.label2_column:
+        if self.model.task == "esmm" and self.data.format not in SYNTHETIC_FORMATS and not self.data.label2_column:
             raise ValueError("model.task ('esmm') needs data.label2_column (the conversion label)")
         interval = self.data.managed_collision.eviction_interval
         if (self.data.id_transform == "managed_collision" and self.run.checkpoint_every
@@ -222,9 +216,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
     Args:
         path: optional settings file.
-        overrides: e.g. ``["model.d_model=64", "optim.dense=adam"]``.
+        overrides: e.g. ``["model.rankmixer.d_model=64", "optim.dense=adam"]``.
     """
     data = load_file(path) if path else {}
     for assignment in overrides or []:
         apply_override(data, assignment)
+    model = data.get("model")
+    for old, new in MOVED_SETTINGS.items():
+        if isinstance(model, dict) and old.split(".", 1)[1] in model:
+            raise ValueError(f"setting {old!r} is now {new!r} (the model recipe, docs/training.md)")
     return from_dict(TrainConfig, data).validate()

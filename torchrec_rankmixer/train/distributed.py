@@ -101,10 +101,15 @@ def _constraints(sharding: ShardingSettings, table_names: List[str], env: DistEn
 def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> DistributedModelParallel:
     """Fuse the embedding optimiser into backward, plan with TorchRec's planner (topology of
     this run, constraints from ``sharding.*``) and wrap in DistributedModelParallel."""
-    ebc = module.model.sparse_arch.embedding_bag_collection  # type: ignore[union-attr]
+    model = module.model  # type: ignore[union-attr]
+    collections: List[nn.Module] = [model.sparse_arch.embedding_bag_collection]
+    tables = [t.name for t in model.sparse_arch.embedding_bag_collection.embedding_bag_configs()]
+    if getattr(model, "sequence_arch", None) is not None:  # behaviour sequences: an EmbeddingCollection
+        collections.append(model.sequence_arch.embedding_collection)
+        tables += [t.name for t in model.sequence_arch.embedding_collection.embedding_configs()]
     opt_cls, opt_kwargs = _embedding_optimizer(cfg.optim)
-    _apply_optimizer_in_backward(opt_cls, ebc.parameters(), opt_kwargs)
-    tables = [t.name for t in ebc.embedding_bag_configs()]
+    for collection in collections:
+        _apply_optimizer_in_backward(opt_cls, collection.parameters(), opt_kwargs)
     hbm = None
     if cfg.sharding.hbm_gb is not None:
         hbm = int(cfg.sharding.hbm_gb * 1024**3)

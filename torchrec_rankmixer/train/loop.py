@@ -18,15 +18,10 @@ from tqdm import tqdm
 from torchrec_rankmixer.modules.moe.statistics import collect_statistics
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.moe.calibration import all_gather_rows, calibrate_moe_routers
-from torchrec_rankmixer.data.sources import make_source
-from torchrec_rankmixer.train.build import TrainModule, build_model, build_remapper
-from torchrec_rankmixer.train.checkpoint import (
-    ID_REMAP_KEY,
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from torchrec_rankmixer.data.sources import build_remapper, make_source
+from torchrec_rankmixer.run_format import ID_REMAP_KEY, checkpoint_dir, latest_checkpoint
+from torchrec_rankmixer.train.build import TrainModule, model_spec
+from torchrec_rankmixer.train.checkpoint import load_checkpoint, save_checkpoint
 from torchrec_rankmixer.train.config import TrainConfig
 from torchrec_rankmixer.train.distributed import (
     build_optimizer,
@@ -93,18 +88,22 @@ class Trainer:
         self.bf16 = precision == "bf16" or (precision == "auto" and self.env.device.type == "cuda")
         torch.manual_seed(cfg.train.seed)
         self.source = make_source(cfg.data, cfg.model.task == "esmm", self.env.rank, self.env.world_size)
-        self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg, self.env.is_main)
+        self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg.run.tensorboard, self.env.is_main)
+        self.spec = model_spec(cfg, self.source)
+        if cfg.run.resume:
+            self.run.check_spec(self.spec)
         tables = self.source.table_configs(cfg.model.embedding_dim)
         # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
         group = None
         if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
             group = dist.new_group(backend="gloo")
-        self.remapper = build_remapper(cfg, tables, group)
+        self.remapper = build_remapper(cfg.data, tables, group)
         self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
         self._evictions_done, self._evictions_base, self.evicted_rows = 0, 0, 0
         mc = cfg.data.managed_collision
         self._row_init = {t.name: t.init_fn for t in tables} if mc.evicted_row_init == "table_init" else None
-        model = build_model(cfg, tables, self.source.dense_in_features, self.env.device)
+        # tables on meta: DistributedModelParallel materialises them sharded
+        model = self.spec.build(self.env.device, cfg.train.validate_inputs, table_device=torch.device("meta"))
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -114,6 +113,7 @@ class Trainer:
         self.step, self.cursor = 0, 0
         if cfg.run.resume:
             self.resume(cfg.run.resume)
+        self.run.write_settings(cfg, self.spec)  # after a resume has loaded, before the first step
 
     # ------------------------------------------------------------------ state
     def resume(self, where: str) -> None:

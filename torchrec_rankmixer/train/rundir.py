@@ -1,14 +1,9 @@
-"""The run directory: resolved config, metrics JSON lines, checkpoints, TensorBoard, plots.
+"""The run directory's writer: resolved config, model spec, metrics, TensorBoard, plots.
 
-Layout of ``<run.out_dir>/<run.name>/``::
-
-    config.yaml          the resolved settings (defaults + file + overrides)
-    metrics.jsonl        one JSON object per logged step / evaluation
-    checkpoints/step_*/  DCP checkpoints (see checkpoint.py)
-    tensorboard/         event files (only when tensorboard is importable)
-    loss.png, auc.png    curves drawn at the end (matplotlib, Agg backend)
-
-Only rank 0 writes files here (DCP checkpoints are written by every rank).
+The layout (what export reads) is run_format.py's; beside it this writes
+``tensorboard/`` (event files, when tensorboard is importable) and ``loss.png`` /
+``auc.png`` (curves drawn at the end). Only rank 0 writes files here (DCP checkpoints
+are written by every rank).
 """
 
 import json
@@ -19,7 +14,17 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from torchrec_rankmixer.models.spec import ModelSpec
+from torchrec_rankmixer.run_format import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+    read_spec,
+    write_spec,
+)
 from torchrec_rankmixer.train.config import TrainConfig
+from torchrec_rankmixer.utils.files import atomic_write_text
 from torchrec_rankmixer.utils.settings import to_dict
 
 
@@ -33,37 +38,65 @@ class RunDir:
 
     Args:
         path: the run directory.
-        cfg: resolved config (written to config.yaml).
+        tensorboard: write TensorBoard event files (when tensorboard is importable).
         is_main: whether this process writes files.
 
     Example::
 
         >>> import tempfile
-        >>> from torchrec_rankmixer.train.config import load_config
-        >>> d = RunDir(tempfile.mkdtemp(), load_config(overrides=["run.tensorboard=false"]), True)
+        >>> d = RunDir(tempfile.mkdtemp(), tensorboard=False, is_main=True)
         >>> d.log({"step": 1, "train_loss": 0.5}); d.close()
         >>> open(d.metrics_path).read().strip()
         '{"step": 1, "train_loss": 0.5}'
     """
 
-    def __init__(self, path: str, cfg: TrainConfig, is_main: bool) -> None:
+    def __init__(self, path: str, tensorboard: bool, is_main: bool) -> None:
         self.path, self.is_main = path, is_main
-        self.checkpoints = os.path.join(path, "checkpoints")
-        self.metrics_path = os.path.join(path, "metrics.jsonl")
+        self.checkpoints = os.path.join(path, CHECKPOINTS_DIR)
+        self.metrics_path = os.path.join(path, METRICS_FILE)
         self.records: List[Dict[str, Any]] = []
         self._tb: Optional[Any] = None
         if not is_main:
             return
         os.makedirs(self.checkpoints, exist_ok=True)
-        with open(os.path.join(path, "config.yaml"), "w") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-        if cfg.run.tensorboard:
+        if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
                 self._tb = SummaryWriter(os.path.join(path, "tensorboard"))
             except ImportError:
                 self._tb = None
+
+    def write_settings(self, cfg: TrainConfig, spec: ModelSpec) -> None:
+        """Write ``config.yaml`` and ``spec.json`` (atomically; rank 0). Called before the
+        first step, and on resume only once the checkpoint has loaded."""
+        if self.is_main:
+            atomic_write_text(os.path.join(self.path, CONFIG_FILE), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            write_spec(self.path, spec)
+
+    def check_spec(self, spec: ModelSpec) -> None:
+        """On resume: ``spec`` must describe the model ``spec.json`` recorded (ValueError
+        naming the fields that differ; the kernel, an execution choice, may change)."""
+        if not os.path.isfile(os.path.join(self.path, SPEC_FILE)):
+            return
+        saved = read_spec(self.path).to_dict()
+        now = spec.to_dict()
+        for d in (saved, now):
+            d["rankmixer_config"] = {k: v for k, v in d["rankmixer_config"].items() if k != "kernel"}
+        diff = [k for k in now if now[k] != saved.get(k)]
+        if "rankmixer_config" in diff:
+            diff.remove("rankmixer_config")
+            diff += [f"rankmixer_config.{k}" for k, v in now["rankmixer_config"].items()
+                     if v != saved["rankmixer_config"].get(k)]
+        if diff:
+            field = diff[0]
+            head, _, sub = field.partition(".")
+            old, new = (saved[head], now[head]) if not sub else (saved[head].get(sub), now[head][sub])
+            raise ValueError(
+                f"run.resume: the settings describe another model than {os.path.join(self.path, SPEC_FILE)!r}: "
+                f"{', '.join(diff)} differ (e.g. {field}: {old!r} in the run, {new!r} now); resume with "
+                "the run's model settings, or start a new run (run.name)"
+            )
 
     @property
     def has_tensorboard(self) -> bool:

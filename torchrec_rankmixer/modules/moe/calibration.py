@@ -17,6 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from torchrec_rankmixer.modules.moe.dtsi import moe_layers
+
+# training batches the h_infer routers are calibrated on at the end of a run and at export
+DEFAULT_CALIBRATION_BATCHES = 16
 from torchrec_rankmixer.utils.checks import check_float
 
 

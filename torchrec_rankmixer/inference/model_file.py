@@ -1,12 +1,16 @@
-"""A plain, self-describing checkpoint: full (unsharded) state_dict + :class:`ModelSpec`.
+"""A model file: one self-describing file with the full (unsharded) state_dict and the
+:class:`ModelSpec`, for moving a trained model to export without its run directory.
+
+(Training's resumable, sharded DCP checkpoints are train/checkpoint.py's; this is a
+single file a serving pipeline can take.)
 
 File layout (one ``torch.save`` file, loadable with ``weights_only=True``)::
 
     {"format": "torchrec_rankmixer.checkpoint", "format_version": 1,
-     "package_version": "0.1.0", "spec": ModelSpec.to_dict(), "state_dict": {...}}
+     "package_version": "0.2.0", "spec": ModelSpec.to_dict(), "state_dict": {...}}
 
 From a sharded model (TorchRec ``DistributedModelParallel``), every rank calls
-:func:`save_checkpoint`; sharded tables (ShardedTensor / DTensor) are gathered to rank 0,
+:func:`save_model`; sharded tables (ShardedTensor / DTensor) are gathered to rank 0,
 which writes the file.
 """
 
@@ -16,7 +20,7 @@ from typing import Any, Dict, Union
 import torch
 from torch import nn
 
-from torchrec_rankmixer.inference.spec import ModelSpec, unwrap_model
+from torchrec_rankmixer.models.spec import ModelSpec, unwrap_model
 from torchrec_rankmixer.version import __version__
 
 CHECKPOINT_FORMAT = "torchrec_rankmixer.checkpoint"
@@ -57,8 +61,8 @@ def full_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
-    """Write ``model`` (plain or DMP-sharded DLRM_RankMixer) as a plain checkpoint.
+def save_model(model: nn.Module, path: Union[str, os.PathLike]) -> None:
+    """Write ``model`` (plain or DMP-sharded DLRM_RankMixer) as a model file.
 
     Args:
         model: the trained model.
@@ -67,14 +71,14 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     Example::
 
         >>> import tempfile, os
-        >>> from torchrec_rankmixer.inference.spec import TableSpec
+        >>> from torchrec_rankmixer.models.spec import TableSpec
         >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=0,
         ...                  dense_arch_layer_sizes=(), over_arch_layer_sizes=(8, 1),
         ...                  rankmixer_config={"d_model": 16, "num_tokens": 2, "num_layers": 1})
         >>> model = spec.build()
-        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.pt")
-        >>> save_checkpoint(model, path)
-        >>> restored = load_checkpoint(path)
+        >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+        >>> save_model(model, path)
+        >>> restored = load_model(path)
         >>> all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
         ...                                       restored.state_dict().values()))
         True
@@ -97,48 +101,48 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     )
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The checkpoint's dict, format-checked (ValueError on anything else).
+def read_model_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The model file's dict, format-checked (ValueError on anything else).
 
     Example::
 
-        >>> read_checkpoint("/nonexistent.pt")
+        >>> read_model_file("/nonexistent.pt")
         Traceback (most recent call last):
         ...
-        ValueError: checkpoint '/nonexistent.pt' does not exist or is not a file
+        ValueError: model file '/nonexistent.pt' does not exist or is not a file
     """
     if os.path.isdir(path):
         raise ValueError(
-            f"checkpoint {str(path)!r} is a directory; for a rankmixer-train run or DCP "
+            f"model file {str(path)!r} is a directory; for a rankmixer-train run or DCP "
             "checkpoint use export_from_run_dir / rankmixer-export --run-dir"
         )
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        raise ValueError(f"model file {str(path)!r} does not exist or is not a file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {exc}") from exc
+        raise ValueError(f"cannot read model file {str(path)!r}: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
-            f"{str(path)!r} is not a {CHECKPOINT_FORMAT} file (write one with save_checkpoint; "
+            f"{str(path)!r} is not a {CHECKPOINT_FORMAT} file (write one with save_model; "
             "for a rankmixer-train run directory use export_from_run_dir)"
         )
     if data.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(
-            f"checkpoint format_version ({data.get('format_version')!r}) must be "
+            f"model file {str(path)!r}: format_version ({data.get('format_version')!r}) must be "
             f"{CHECKPOINT_VERSION}"
         )
     return data
 
 
-def load_checkpoint(path: Union[str, os.PathLike], validate_inputs: bool = True) -> nn.Module:
-    """Rebuild the DLRM_RankMixer of a plain checkpoint (CPU, eval mode, weights loaded).
+def load_model(path: Union[str, os.PathLike], validate_inputs: bool = True) -> nn.Module:
+    """Rebuild the DLRM_RankMixer of a model file (CPU, eval mode, weights loaded).
 
     Args:
-        path: a file written by :func:`save_checkpoint` (example there).
+        path: a file written by :func:`save_model` (example there).
         validate_inputs: passed to the rebuilt model.
     """
-    data = read_checkpoint(path)
+    data = read_model_file(path)
     model = ModelSpec.from_dict(data["spec"]).build(validate_inputs=validate_inputs)
     model.load_state_dict(data["state_dict"], strict=True)
     return model.eval()

@@ -1,0 +1,359 @@
+"""ModelSpec: the one serialisable recipe of a :class:`DLRM_RankMixer` (weights excluded).
+
+The spec holds exactly what shapes the model's parameters: the embedding tables, the
+dense arch, the :class:`RankMixerConfig`, the token plan (tokenization mode, groups,
+dense tokens), the heads (one over-arch, or ESMM's two towers) and, for behaviour
+sequences, the EmbeddingCollection tables and their :class:`SequenceFeatureConfig`.
+``rankmixer-train`` writes it to ``<run>/spec.json`` before the first step; export,
+checkpoints and artifacts carry it, and :meth:`ModelSpec.build` makes the model from it.
+
+JSON layout (``ModelSpec.to_dict()``; version 2)::
+
+    {"spec_version": 2,
+     "tables": [{"name": "t_f0", "embedding_dim": 16, "num_embeddings": 200,
+                 "feature_names": ["f0"], "pooling": "SUM"}, ...],
+     "dense_in_features": 4, "dense_arch_layer_sizes": [32, 16],
+     "rankmixer_config": {"d_model": 64, "num_tokens": 8, ...every field...},
+     "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
+     "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
+     "sequence_tables": [], "sequence_features": []}
+
+``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
+token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
+0.1 artifacts and model files) are read too (:func:`upgrade_v1`).
+"""
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+
+from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.features.grouping import MODES
+from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.models.heads import TASKS, TaskTowers
+from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_non_negative_int, check_positive_int
+
+SPEC_VERSION = 2
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One embedding table (the fields of TorchRec's table configs that shape it).
+
+    Example::
+
+        >>> TableSpec("t", 8, 100, ("a", "b")).to_config().num_embeddings
+        100
+    """
+
+    name: str
+    embedding_dim: int
+    num_embeddings: int
+    feature_names: Tuple[str, ...]
+    pooling: str = "SUM"
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "num_embeddings"):
+            check_positive_int(f"table {self.name!r}: {key}", getattr(self, key))
+        if isinstance(self.feature_names, str) or len(self.feature_names) == 0:
+            raise ValueError(
+                f"table {self.name!r}: feature_names ({self.feature_names!r}) must be a "
+                "non-empty list of names"
+            )
+        check_choice(f"table {self.name!r}: pooling", self.pooling, list(PoolingType.__members__))
+        object.__setattr__(self, "feature_names", tuple(self.feature_names))
+
+    def to_config(self) -> EmbeddingBagConfig:
+        """The ``EmbeddingBagConfig`` (a pooled table of the EBC)."""
+        return EmbeddingBagConfig(
+            name=self.name, embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings,
+            feature_names=list(self.feature_names), pooling=PoolingType[self.pooling],
+        )
+
+    def to_sequence_config(self) -> EmbeddingConfig:
+        """The ``EmbeddingConfig`` (an unpooled table of the sequence EmbeddingCollection)."""
+        return EmbeddingConfig(
+            name=self.name, embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings,
+            feature_names=list(self.feature_names),
+        )
+
+    @classmethod
+    def from_config(cls, config: Any) -> "TableSpec":
+        """From an ``EmbeddingBagConfig`` or an ``EmbeddingConfig``."""
+        pooling = getattr(config, "pooling", PoolingType.SUM)
+        return cls(config.name, config.embedding_dim, config.num_embeddings,
+                   tuple(config.feature_names), pooling.name)
+
+
+def _tables(value: Sequence[Any]) -> Tuple[TableSpec, ...]:
+    return tuple(t if isinstance(t, TableSpec) else TableSpec(**t) for t in value)
+
+
+def _sizes(name: str, value: Optional[Sequence[int]], min_len: int) -> Optional[Tuple[int, ...]]:
+    if value is None:
+        return None
+    check_layer_sizes(name, value, min_len)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a :class:`DLRM_RankMixer` (weights excluded).
+
+    Args:
+        tables: the EmbeddingBagCollection's tables, in order.
+        dense_in_features: dense input width (0: no dense input).
+        dense_arch_layer_sizes: DenseArch MLP sizes (empty when there is no dense input).
+        rankmixer_config: the encoder's :class:`RankMixerConfig` (or a mapping of its fields).
+        task: ``"ctr"`` (the over-arch gives the logits) or ``"esmm"`` (CTR and CVR
+            towers: logits [B, 2] = (CTR, CVR); CTCVR = sigmoid(CTR) * sigmoid(CVR)).
+        over_arch_layer_sizes: ``task="ctr"``: OverArch sizes, the last is the number of
+            logits (as DLRM_DCN). None for ESMM.
+        tower_layer_sizes: ``task="esmm"``: hidden sizes of each tower (each ends in one
+            logit). None for CTR.
+        tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (features/grouping.py).
+        feature_groups: group -> feature names (``"groups"``/``"split"``) or None.
+        num_dense_tokens: tokens made from the dense arch output.
+        sequence_tables: the sequence EmbeddingCollection's tables (empty: none).
+        sequence_features: one :class:`SequenceFeatureConfig` per sequence feature.
+
+    Example::
+
+        >>> spec = ModelSpec(
+        ...     tables=(TableSpec("t0", 8, 50, ("f0",)), TableSpec("t1", 8, 50, ("f1",))),
+        ...     dense_in_features=3, dense_arch_layer_sizes=(16, 8),
+        ...     rankmixer_config={"d_model": 18, "num_tokens": 3, "num_layers": 1},
+        ...     over_arch_layer_sizes=(16, 1))
+        >>> model = spec.build()
+        >>> ModelSpec.from_json(spec.to_json()) == spec == ModelSpec.from_model(model)
+        True
+    """
+
+    tables: Tuple[TableSpec, ...]
+    dense_in_features: int
+    dense_arch_layer_sizes: Tuple[int, ...]
+    rankmixer_config: RankMixerConfig
+    task: str = "ctr"
+    over_arch_layer_sizes: Optional[Tuple[int, ...]] = None
+    tower_layer_sizes: Optional[Tuple[int, ...]] = None
+    tokenization: str = "auto"
+    feature_groups: Optional[Mapping[str, Tuple[str, ...]]] = None
+    num_dense_tokens: int = 1
+    sequence_tables: Tuple[TableSpec, ...] = ()
+    sequence_features: Tuple[SequenceFeatureConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.tables) == 0:
+            raise ValueError("tables is empty: a DLRM_RankMixer needs at least one embedding table")
+        object.__setattr__(self, "tables", _tables(self.tables))
+        object.__setattr__(self, "sequence_tables", _tables(self.sequence_tables))
+        object.__setattr__(self, "sequence_features", tuple(
+            c if isinstance(c, SequenceFeatureConfig) else SequenceFeatureConfig(**c)
+            for c in self.sequence_features))
+        check_non_negative_int("dense_in_features", self.dense_in_features)
+        check_positive_int("num_dense_tokens", self.num_dense_tokens)
+        object.__setattr__(self, "dense_arch_layer_sizes", tuple(self.dense_arch_layer_sizes))
+        if self.dense_in_features > 0:
+            check_layer_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
+        check_choice("task", self.task, TASKS)
+        check_choice("tokenization", self.tokenization, MODES)
+        if self.task == "ctr":
+            if self.tower_layer_sizes is not None:
+                raise ValueError(f"tower_layer_sizes ({list(self.tower_layer_sizes)}) are ESMM's; task is 'ctr'")
+            if self.over_arch_layer_sizes is None:
+                raise ValueError("task 'ctr' needs over_arch_layer_sizes (hidden..., num_logits)")
+            object.__setattr__(self, "over_arch_layer_sizes", _sizes("over_arch_layer_sizes", self.over_arch_layer_sizes, 2))
+        else:
+            if self.over_arch_layer_sizes is not None:
+                raise ValueError(
+                    f"over_arch_layer_sizes ({list(self.over_arch_layer_sizes)}) are for task 'ctr'; "
+                    "ESMM's towers take tower_layer_sizes"
+                )
+            object.__setattr__(self, "tower_layer_sizes", _sizes("tower_layer_sizes", self.tower_layer_sizes or (), 0))
+        if self.feature_groups is not None:
+            pairs = (self.feature_groups.items() if isinstance(self.feature_groups, Mapping)
+                     else self.feature_groups)  # [[name, features], ...] as in to_dict()
+            object.__setattr__(self, "feature_groups", {str(k): tuple(v) for k, v in pairs})
+        config = self.rankmixer_config
+        if not isinstance(config, RankMixerConfig):
+            known = {f.name for f in fields(RankMixerConfig)}
+            unknown = sorted(set(config) - known)
+            if unknown:
+                raise ValueError(
+                    f"rankmixer_config has unknown field(s) {unknown}; this torchrec_rankmixer "
+                    f"knows {sorted(known)}"
+                )
+            object.__setattr__(self, "rankmixer_config", RankMixerConfig(**config))
+        if bool(self.sequence_tables) != bool(self.sequence_features):
+            raise ValueError("sequence_tables and sequence_features must be given together")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def feature_names(self) -> List[str]:
+        """The KJT's keys: the EBC's features (KeyedTensor order), then the sequences'."""
+        return [f for t in self.tables + self.sequence_tables for f in t.feature_names]
+
+    @property
+    def num_embeddings(self) -> List[int]:
+        """Table rows per feature, aligned with :attr:`feature_names`."""
+        return [t.num_embeddings for t in self.tables + self.sequence_tables for _ in t.feature_names]
+
+    @property
+    def num_logits(self) -> int:
+        if self.task == "esmm":
+            return 2
+        assert self.over_arch_layer_sizes is not None  # checked in __post_init__
+        return self.over_arch_layer_sizes[-1]
+
+    # ------------------------------------------------------------------ build
+    def build(
+        self, device: Optional[torch.device] = None, validate_inputs: bool = True,
+        table_device: Optional[torch.device] = None,
+    ) -> nn.Module:
+        """A freshly initialised :class:`DLRM_RankMixer` of this shape.
+
+        Args:
+            device: device of the dense parameters (``"meta"`` works).
+            validate_inputs: passed to the model (eager input checks in forward).
+            table_device: device of the embedding tables (default: ``device``); training
+                passes ``"meta"`` so DistributedModelParallel materialises them sharded.
+        """
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+        from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
+
+        tables_on = device if table_device is None else table_device
+        ebc = EmbeddingBagCollection(tables=[t.to_config() for t in self.tables], device=tables_on)
+        ec = None
+        if self.sequence_tables:
+            ec = EmbeddingCollection(tables=[t.to_sequence_config() for t in self.sequence_tables], device=tables_on)
+        config = self.rankmixer_config
+        over_arch = None
+        if self.task == "esmm":
+            assert self.tower_layer_sizes is not None  # set in __post_init__
+            over_arch = TaskTowers(config.output_dim, list(self.tower_layer_sizes), 2, device)
+        return DLRM_RankMixer(
+            embedding_bag_collection=ebc,
+            dense_in_features=self.dense_in_features,
+            dense_arch_layer_sizes=list(self.dense_arch_layer_sizes),
+            over_arch_layer_sizes=list(self.over_arch_layer_sizes) if self.over_arch_layer_sizes else None,
+            dense_device=device,
+            rankmixer_config=config,
+            feature_groups=self.feature_groups,
+            tokenization=self.tokenization,
+            num_dense_tokens=self.num_dense_tokens,
+            validate_inputs=validate_inputs,
+            sequence_embedding_collection=ec,
+            sequence_features=list(self.sequence_features) or None,
+            over_arch=over_arch,
+        )
+
+    # ------------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON types only (lists, dicts, str, int, float, bool, None)."""
+        out: Dict[str, Any] = {"spec_version": SPEC_VERSION}
+        for f in fields(self):
+            out[f.name] = getattr(self, f.name)
+        out["tables"] = [dict(asdict(t), feature_names=list(t.feature_names)) for t in self.tables]
+        out["sequence_tables"] = [dict(asdict(t), feature_names=list(t.feature_names)) for t in self.sequence_tables]
+        out["sequence_features"] = [asdict(c) for c in self.sequence_features]
+        out["rankmixer_config"] = asdict(self.rankmixer_config)
+        for key in ("dense_arch_layer_sizes", "over_arch_layer_sizes", "tower_layer_sizes"):
+            out[key] = None if out[key] is None else list(out[key])
+        if self.feature_groups is not None:
+            out["feature_groups"] = [[k, list(v)] for k, v in self.feature_groups.items()]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        """Inverse of :meth:`to_dict` (version 1 is upgraded); unknown or missing keys
+        raise ValueError."""
+        data = dict(data)
+        version = data.pop("spec_version", None)
+        if version == 1:
+            data = upgrade_v1(data)
+        elif version != SPEC_VERSION:
+            raise ValueError(f"spec_version ({version!r}) must be 1 or {SPEC_VERSION}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"model spec has unknown key(s) {unknown}")
+        missing = sorted({f.name for f in fields(cls) if f.default is MISSING} - set(data))
+        if missing:
+            raise ValueError(f"model spec lacks key(s) {missing}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model spec is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"model spec must be a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------ from a model
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "ModelSpec":
+        """Read the spec off a built :class:`DLRM_RankMixer` (plain or inside DMP).
+
+        Every field is read from what the model recorded at construction (tables, token
+        plan, heads); nothing is inferred by trial.
+        """
+        model = unwrap_model(model)
+        recipe = getattr(model, "recipe", None)
+        if recipe is None:
+            raise ValueError(f"{type(model).__name__} is not a DLRM_RankMixer (it has no recipe)")
+        return cls(**recipe())
+
+
+def upgrade_v1(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A version-1 spec dict (0.1) in version-2 form: ``ffn_kernel`` -> ``kernel``
+    (``loop`` -> ``reference``, ``bmm`` -> ``batched``); ESMM's ``over_arch_layer_sizes``
+    (tower sizes + [1]) -> ``tower_layer_sizes``; ``tokenization: null`` resolved.
+
+    Example::
+
+        >>> v1 = {"tables": [], "dense_in_features": 0, "dense_arch_layer_sizes": [],
+        ...       "over_arch_layer_sizes": [8, 1], "task": "esmm", "tokenization": None,
+        ...       "feature_groups": None, "rankmixer_config": {"ffn_kernel": "bmm"}}
+        >>> v2 = upgrade_v1(v1)
+        >>> v2["tower_layer_sizes"], v2["over_arch_layer_sizes"], v2["rankmixer_config"]
+        ([8], None, {'kernel': 'batched'})
+    """
+    out = dict(data)
+    config = dict(out.get("rankmixer_config", {}))
+    if "ffn_kernel" in config:
+        old = config.pop("ffn_kernel")
+        config["kernel"] = {"loop": "reference", "bmm": "batched"}.get(old, old)
+    out["rankmixer_config"] = config
+    if out.get("task") == "esmm":
+        out["tower_layer_sizes"] = list(out.pop("over_arch_layer_sizes", [1]))[:-1]
+        out["over_arch_layer_sizes"] = None
+    if out.get("tokenization") is None:
+        out["tokenization"] = "groups" if out.get("feature_groups") else "auto"
+    return out
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside TorchRec's ``DistributedModelParallel`` (or the model itself).
+
+    Example::
+
+        >>> m = nn.Linear(2, 2)
+        >>> unwrap_model(m) is m
+        True
+    """
+    inner = getattr(model, "_dmp_wrapped_module", None)
+    while inner is not None:
+        model = inner
+        inner = getattr(model, "_dmp_wrapped_module", None)
+    return model.module if type(model).__name__ == "DistributedDataParallel" else model

@@ -1,0 +1,174 @@
+"""The on-disk format of a ``rankmixer-train`` run directory, shared by the trainer (which
+writes it) and export (which reads it), so neither reaches into the other.
+
+Layout of ``<run.out_dir>/<run.name>/``::
+
+    config.yaml          the resolved training settings (defaults + file + overrides)
+    spec.json            the model recipe (models/spec.py), written before the first step
+    metrics.jsonl        one JSON object per logged step / evaluation
+    checkpoints/step_XXXXXXXX/
+        *.distcp, .metadata   DCP files: {"model": the model's own state_dict,
+                              "optim": optimiser state, "id_remap": managed-collision state}
+        progress.json         step, data cursor, world size; written last: marks it complete
+
+A checkpoint's ``model`` entry holds the model's own keys (``sparse_arch...``,
+``encoder...``), whatever wrapper trained it.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Union
+
+from torchrec_rankmixer.data.settings import DataSettings
+from torchrec_rankmixer.models.spec import ModelSpec
+from torchrec_rankmixer.utils.files import atomic_write_text
+from torchrec_rankmixer.utils.settings import from_dict, load_file
+
+CONFIG_FILE = "config.yaml"
+SPEC_FILE = "spec.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+PROGRESS_FILE = "progress.json"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+MODEL_KEY = "model"  # checkpoint entry: the model's state_dict
+OPTIM_KEY = "optim"  # checkpoint entry: the optimiser's state_dict
+ID_REMAP_KEY = "id_remap"  # checkpoint entry: the managed-collision remapper (replicated)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def checkpoint_dir(root: str, step: int) -> str:
+    """``<root>/step_<step, 8 digits>``.
+
+    Example::
+
+        >>> checkpoint_dir("runs/a/checkpoints", 40)
+        'runs/a/checkpoints/step_00000040'
+    """
+    return os.path.join(root, f"step_{step:08d}")
+
+
+def complete_checkpoints(root: str) -> Dict[int, str]:
+    """step -> directory of every complete checkpoint under ``root`` (has progress.json).
+
+    Example::
+
+        >>> complete_checkpoints("/nonexistent")
+        {}
+    """
+    steps: Dict[int, str] = {}
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            m = STEP_DIR.match(name)
+            if m and os.path.isfile(os.path.join(root, name, PROGRESS_FILE)):
+                steps[int(m.group(1))] = os.path.join(root, name)
+    return steps
+
+
+def latest_checkpoint(root: str) -> Optional[str]:
+    """The complete checkpoint with the highest step under ``root`` (None if none)."""
+    steps = complete_checkpoints(root)
+    return steps[max(steps)] if steps else None
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """One complete checkpoint of a training run.
+
+    Attributes:
+        run_dir: the run directory (holds ``config.yaml`` and ``spec.json``).
+        path: the checkpoint directory (``<run_dir>/checkpoints/step_XXXXXXXX``).
+        step: the training step it was written at.
+    """
+
+    run_dir: str
+    path: str
+    step: int
+
+
+def find_run_checkpoint(run_dir: PathLike, step: Optional[int] = None) -> RunCheckpoint:
+    """The checkpoint to read: step ``step``, or the latest complete one.
+
+    Args:
+        run_dir: a run directory, or one of its ``checkpoints/step_XXXXXXXX`` directories
+            (then ``step`` must be None or that step).
+        step: the training step; None: the highest complete checkpoint.
+
+    Example::
+
+        >>> find_run_checkpoint("/nonexistent/run")
+        Traceback (most recent call last):
+        ...
+        ValueError: run directory '/nonexistent/run' does not exist
+    """
+    path = os.path.normpath(os.fspath(run_dir))
+    if not os.path.isdir(path):
+        raise ValueError(f"run directory {os.fspath(run_dir)!r} does not exist")
+    m = STEP_DIR.match(os.path.basename(path))
+    if m and os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # a checkpoint directory
+        own = int(m.group(1))
+        if step is not None and step != own:
+            raise ValueError(f"step ({step}) does not match checkpoint directory {path!r} (step {own})")
+        root = os.path.dirname(os.path.dirname(path))
+        if not os.path.isfile(os.path.join(root, CONFIG_FILE)):
+            raise ValueError(f"checkpoint {path!r} is not inside a run directory (no {CONFIG_FILE} in {root!r})")
+        return RunCheckpoint(root, path, own)
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        raise ValueError(f"{os.fspath(run_dir)!r} is not a rankmixer-train run directory (no {CONFIG_FILE})")
+    root = os.path.join(path, CHECKPOINTS_DIR)
+    steps = complete_checkpoints(root)
+    if not steps:
+        raise ValueError(
+            f"run directory {os.fspath(run_dir)!r} has no complete checkpoint under {root!r} "
+            "(train with run.save_final=true or run.checkpoint_every > 0)"
+        )
+    if step is None:
+        step = max(steps)
+    elif isinstance(step, bool) or not isinstance(step, int) or step not in steps:
+        raise ValueError(f"step ({step!r}) has no complete checkpoint in {root!r}; steps: {sorted(steps)}")
+    return RunCheckpoint(path, steps[step], step)
+
+
+def write_spec(run_dir: PathLike, spec: ModelSpec) -> str:
+    """Write ``<run_dir>/spec.json`` atomically; returns its path."""
+    path = os.path.join(os.fspath(run_dir), SPEC_FILE)
+    atomic_write_text(path, spec.to_json() + "\n")
+    return path
+
+
+def read_spec(run_dir: PathLike) -> ModelSpec:
+    """The model recipe of a run (``<run_dir>/spec.json``).
+
+    A run directory written before runs recorded their recipe (torchrec-rankmixer 0.1)
+    has no spec.json: the error says how to upgrade it.
+    """
+    path = os.path.join(os.fspath(run_dir), SPEC_FILE)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(os.fspath(run_dir), CONFIG_FILE)):
+            raise ValueError(
+                f"run directory {os.fspath(run_dir)!r} has no {SPEC_FILE}: it was written by "
+                "torchrec-rankmixer 0.1, before runs recorded their model recipe; upgrade it "
+                f"once with: rankmixer-train --upgrade-run {os.fspath(run_dir)}"
+            )
+        raise ValueError(f"{path!r} does not exist")
+    with open(path) as f:
+        text = f.read()
+    try:
+        return ModelSpec.from_json(text)
+    except ValueError as e:
+        raise ValueError(f"{path!r}: {e}") from e
+
+
+def read_data_settings(run_dir: PathLike) -> DataSettings:
+    """The ``data`` section of a run's ``config.yaml`` (validated), without the trainer's
+    other sections: export needs to know where the run's batches came from (feature
+    preparation, managed-collision tables, calibration batches), nothing else."""
+    path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
+    raw = load_file(path).get("data", {})
+    try:
+        data = from_dict(DataSettings, raw, prefix="data")
+        data.validate()
+    except ValueError as e:
+        raise ValueError(f"{path!r}: {e}") from e
+    return data
