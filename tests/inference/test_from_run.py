@@ -51,6 +51,22 @@ def run(tmp_path_factory):
     return os.path.join(out, "r4"), states
 
 
+@pytest.fixture
+def builds(monkeypatch) -> list:
+    """Records every DLRM_RankMixer construction (export must build the model once)."""
+    from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
+
+    calls: list = []
+    original = DLRM_RankMixer.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("rankmixer_config"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DLRM_RankMixer, "__init__", counting)
+    return calls
+
+
 def _inputs(model: torch.nn.Module, batch: int = 16) -> tuple:
     from torchrec_rankmixer.data.synthetic import SyntheticClickData
 
@@ -77,9 +93,10 @@ def test_loads_latest_and_chosen_step_exactly(run):
     assert find_run_checkpoint(ckpt2.path) == ckpt2
 
 
-def test_artifact_equals_trained_model_quantized(run, tmp_path):
+def test_artifact_equals_trained_model_quantized(run, tmp_path, builds):
     run_dir, states = run
     result, ckpt = export_from_run_dir(run_dir, tmp_path / "exp")
+    assert len(builds) == 1  # built once, from spec.json
     assert ckpt.step == 4 and result.path.endswith(("model.pt2", "model.ts"))
     trained, _, _ = load_run_model(run_dir)
     trained.load_state_dict(states[4])  # the in-memory trained weights
@@ -165,7 +182,7 @@ def test_spec_mismatch_and_legacy_run_directories_are_rejected(run, tmp_path):
         load_run_model(copy)
 
 
-def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path) -> None:
+def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path, builds) -> None:
     """A CTR + CVR (ESMM) run exports; the artifact scores as the trained model."""
     from torchrec_rankmixer.inference.predictor import Predictor
 
@@ -179,7 +196,9 @@ def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path) -> None:
     run_dir = os.path.join(tmp_path, "esmm")
     model, ckpt, _ = load_run_model(run_dir)
     assert ckpt.step == 2 and type(model.over_arch).__name__ == "TaskTowers"
+    builds.clear()
     result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    assert len(builds) == 1
     assert result.metadata["task"] == "esmm"
     args = _inputs(model)
     with torch.no_grad():
@@ -190,7 +209,7 @@ def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path) -> None:
     assert not torch.allclose(got[:, 0], got[:, 1])  # two towers, not one logit twice
 
 
-def test_moe_run_is_calibrated_before_export(tmp_path) -> None:
+def test_moe_run_is_calibrated_before_export(tmp_path, builds) -> None:
     """A Sparse-MoE run: export calibrates h_infer to the target ratio on training batches."""
     from torchrec_rankmixer.inference.from_run import calibrate_run_moe
     from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
@@ -219,8 +238,9 @@ def test_moe_run_is_calibrated_before_export(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"calibrate_moe_batches \(-1\) must be an int >= 0"):
         calibrate_run_moe(untouched, spec, data, -1)
 
+    builds.clear()
     result, _ = export_from_run_dir(run_dir, tmp_path / "export")
-    assert result.metadata["moe_execution"] == "sparse"
+    assert result.metadata["moe_execution"] == "sparse" and len(builds) == 1
 
 
 def test_calibration_of_a_run_without_moe_is_an_error(run) -> None:
@@ -232,3 +252,38 @@ def test_calibration_of_a_run_without_moe_is_an_error(run) -> None:
     assert calibrate_run_moe(model, spec, data) == []  # default: nothing to do
     with pytest.raises(ValueError, match=r"calibrate_moe_batches \(4\) was asked for, but the model"):
         calibrate_run_moe(model, spec, data, 4)
+
+
+def test_sequence_run_exports_and_scores_as_trained(tmp_path, builds) -> None:
+    """A behaviour-sequence run (data.format=synthetic_sequences): spec.json records the
+    EmbeddingCollection and the pooling; export builds the model once, quantizes the
+    sequence table too, and the artifact scores as the trained model."""
+    from torchrec import KeyedJaggedTensor
+
+    from torchrec_rankmixer.data.sources import SyntheticSequenceSource
+    from torchrec_rankmixer.inference.predictor import Predictor
+
+    destroy_group()
+    cfg = load_config(overrides=tiny(
+        tmp_path, "data.format=synthetic_sequences", "data.sequences.max_history=6",
+        "data.sequences.num_items=40", "data.sequences.num_categories=8", "train.steps=2",
+        "train.eval_every=0", "data.eval_batches=0", "run.plots=false", "run.name=seq",
+        "model.sequence_features=[{name: item, max_len: 1}, {name: hist_item, max_len: 4, pooling: target, candidate: item}]"))
+    Trainer(cfg).fit()
+    destroy_group()
+    run_dir = os.path.join(tmp_path, "seq")
+    spec = read_spec(run_dir)
+    assert [t.name for t in spec.sequence_tables] == ["t_item"]
+    assert [(c.name, c.pooling) for c in spec.sequence_features] == [("item", "mean"), ("hist_item", "target")]
+    builds.clear()
+    result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    assert len(builds) == 1
+    model, _, _ = load_run_model(run_dir)
+    batch = SyntheticSequenceSource(cfg.data).train_batches(cursor=99, rank=0, world_size=1, num=1)
+    b = next(iter(batch))
+    kjt: KeyedJaggedTensor = b.sparse_features
+    with torch.no_grad():
+        want = model(b.dense_features, kjt)
+    lengths = kjt.lengths().reshape(len(kjt.keys()), -1)
+    got = Predictor(result.path).run(b.dense_features, kjt.values(), lengths)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)  # int8 tables by default

@@ -20,5 +20,12 @@ def test_missing_key():
         ordered_values_scriptable(kt, ["a", "b"])
 
 
-def test_scripts():
-    torch.jit.script(ordered_values_scriptable)
+@pytest.mark.parametrize("order", [["a", "b", "c"], ["c", "a", "b"]])
+def test_scripted_twin_gives_the_same_columns(order):
+    """The TorchScript-compiled function (what the .ts artifact runs) reorders columns as
+    the eager tokenizer helper does, and raises on a missing key."""
+    scripted = torch.jit.script(ordered_values_scriptable)
+    kt = KeyedTensor(keys=["a", "b", "c"], length_per_key=[1, 2, 3], values=torch.randn(4, 6))
+    assert torch.equal(scripted(kt, order), _ordered_values(kt, order))
+    with pytest.raises(Exception, match="lacks feature d"):
+        scripted(kt, ["a", "d"])

@@ -114,3 +114,44 @@ def test_torchrec_fx_symbolic_trace_round_trip() -> None:
 
         renamed = KeyedJaggedTensor(keys=["zz"] + bad.keys()[1:], values=bad.values(), lengths=bad.lengths())
         gm(b.dense_features, renamed)
+
+
+def _tokens(model: DLRM_RankMixer, dense: torch.Tensor, kjt) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """X0 [B, T, D]: the tokens entering the encoder."""
+    seen = []
+    hook = model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        model(dense, kjt)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _with_ids(kjt, feature: str, shift: int):  # type: ignore[no-untyped-def]
+    """The same KJT with ``feature``'s ids moved to other table rows."""
+    from torchrec import KeyedJaggedTensor
+
+    parts = kjt.to_dict()
+    values = [(parts[k].values() + (shift if k == feature else 0)) % 50 for k in kjt.keys()]
+    return KeyedJaggedTensor.from_lengths_sync(kjt.keys(), torch.cat(values), kjt.lengths())
+
+
+@pytest.mark.parametrize("groups,owner", [
+    ({"a": ["f0", "f1"], "b": ["f2", "f3", "f4"]}, {"f0": 0, "f1": 0, "f2": 1, "f3": 1, "f4": 1}),
+    ({"a": ["f3"], "b": ["f0", "f4"], "c": ["f1", "f2"]}, {"f3": 0, "f0": 1, "f4": 1, "f1": 2, "f2": 2}),
+    (None, {f"f{i}": i for i in range(5)}),  # the default plan: one token per feature here
+])
+def test_each_feature_group_reaches_its_own_token(groups, owner) -> None:
+    """The swap routes features as promised: changing one feature's ids changes exactly its
+    group's token, and the dense input changes exactly the dense token (the last)."""
+    torch.manual_seed(0)
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], feature_groups=groups).eval()
+    b = DATA.batch(8, 3)
+    base = _tokens(model, b.dense_features, b.sparse_features)
+    T = base.shape[1]
+    for feature, token in owner.items():
+        moved = _tokens(model, b.dense_features, _with_ids(b.sparse_features, feature, 7))
+        changed = [t for t in range(T) if not torch.equal(moved[:, t], base[:, t])]
+        assert changed == [token], (feature, changed)
+    dense_moved = _tokens(model, b.dense_features + 1.0, b.sparse_features)
+    assert [t for t in range(T) if not torch.equal(dense_moved[:, t], base[:, t])] == [T - 1]

@@ -37,10 +37,10 @@ def test_parse_value(text, value):
 
 
 def test_cli_flags_are_overrides():
-    path, overrides, printed, verbose = parse_args(
+    path, overrides, printed, verbose, upgrade = parse_args(
         ["--config", "x.yaml", "--set", "model.rankmixer.d_model=8", "--train.steps", "5", "--optim.dense=adam"]
     )
-    assert path == "x.yaml" and not printed and not verbose
+    assert path == "x.yaml" and not printed and not verbose and upgrade is None
     assert overrides == ["model.rankmixer.d_model=8", "train.steps=5", "optim.dense=adam"]
 
 

@@ -180,3 +180,44 @@ def test_final_eval_of_a_moe_run_is_calibrated(tmp_path):
     assert not any("moe_calib_0_ratio_after" in r for r in recs)
     with pytest.raises(ValueError, match="train.calibrate_moe_batches"):
         load_config(overrides=base + ["train.calibrate_moe_batches=-1"])
+
+
+def test_spec_json_before_the_first_step_and_checked_on_resume(tmp_path):
+    """spec.json is in the run directory before any step; a resume whose settings describe
+    another model is refused before anything in the run directory is rewritten."""
+    from torchrec_rankmixer.models.spec import ModelSpec
+    from torchrec_rankmixer.run_format import read_spec
+
+    base = tiny(tmp_path, "train.steps=2", "train.eval_every=0", "run.checkpoint_every=2", "run.name=s",
+                "run.plots=false")
+    trainer = Trainer(load_config(overrides=base))
+    run_dir = os.path.join(tmp_path, "s")
+    assert trainer.step == 0 and read_spec(run_dir) == trainer.spec
+    trainer.fit()
+    destroy_group()
+    assert ModelSpec.from_model(trainer.model.module.model) == read_spec(run_dir)
+    config_before = open(os.path.join(run_dir, "config.yaml")).read()
+    resumed = base + ["run.resume=latest", "train.steps=4", "model.rankmixer.d_model=32"]
+    with pytest.raises(ValueError, match=r"describe another model .*rankmixer_config.d_model .*16 in the run, 32 now"):
+        Trainer(load_config(overrides=resumed))
+    destroy_group()
+    assert open(os.path.join(run_dir, "config.yaml")).read() == config_before
+    ok = Trainer(load_config(overrides=base + ["run.resume=latest", "train.steps=4", "model.rankmixer.kernel=reference"]))
+    assert ok.step == 2  # the kernel is an execution choice: the same model
+    destroy_group()
+
+
+def test_sequence_tables_are_never_data_parallel(tmp_path):
+    """TorchRec's data-parallel EmbeddingCollection mis-sizes jagged outputs, so the planner
+    never gets that choice for sequence tables and an explicit request is refused."""
+    base = tiny(tmp_path, "data.format=synthetic_sequences", "train.steps=1", "train.eval_every=0",
+                "run.plots=false", "run.save_final=false")
+    trainer = Trainer(load_config(overrides=base + ["run.name=seq"]))
+    plan = trainer.model.plan.plan
+    seq = next(v for k, v in plan.items() if "sequence_arch" in k)
+    assert {p.sharding_type for p in seq.values()} == {"table_wise"}
+    trainer.fit()
+    destroy_group()
+    with pytest.raises(ValueError, match="sequence tables cannot be data_parallel"):
+        Trainer(load_config(overrides=base + ["run.name=seq2", "sharding.constraints={t_item: [data_parallel]}"]))
+    destroy_group()

@@ -6,8 +6,8 @@ section of :class:`~torchrec_rankmixer.train.config.TrainConfig`) and export (wh
 a run directory's ``config.yaml``) both use this one class.
 """
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
@@ -27,48 +27,33 @@ FILE_FORMATS_WITH_COLUMNS: Tuple[str, ...] = ("csv", "libsvm", "parquet", "orc")
 EVICTED_ROW_INITS: Tuple[str, ...] = ("table_init", "zero")
 
 
-@dataclass
-class SyntheticSettings:
-    """Built-in synthetic data (:class:`~torchrec_rankmixer.data.synthetic.SyntheticClickData`;
-    the defaults are that class's)."""
+def _settings_of(cls: type, name: str, exclude: Tuple[str, ...], prefix: str, doc: str) -> type:
+    """A settings dataclass with the fields (names, types, defaults) of data class ``cls``,
+    minus ``exclude``; ``validate()`` builds ``cls``, which checks its own arguments, and
+    names the failing setting ``<prefix>.<field>``. One source for fields and checks."""
 
-    num_sparse_features: int = SyntheticClickData.num_sparse_features
-    num_embeddings: int = SyntheticClickData.num_embeddings
-    dense_in_features: int = SyntheticClickData.dense_in_features
-    num_interactions: int = SyntheticClickData.num_interactions
-    ids_per_feature: int = SyntheticClickData.ids_per_feature
-    seed: int = SyntheticClickData.seed
+    def validate(self: Any) -> None:
+        try:
+            cls(**asdict(self))
+        except ValueError as e:
+            raise ValueError(f"{prefix}.{e}") from e
 
-    def validate(self) -> None:
-        for k in ("num_sparse_features", "num_embeddings", "ids_per_feature"):
-            check_positive_int(f"data.synthetic.{k}", getattr(self, k))
-        for k in ("dense_in_features", "num_interactions"):
-            check_non_negative_int(f"data.synthetic.{k}", getattr(self, k))
+    members = [(f.name, f.type, field(default=f.default)) for f in fields(cls) if f.name not in exclude]
+    return make_dataclass(name, members, namespace={"validate": validate, "__doc__": doc,
+                                                    "__module__": __name__})
 
 
-@dataclass
-class SyntheticSequenceSettings:
-    """``data.format=synthetic_sequences``: behaviour sequences on top of ``data.synthetic``
-    (:class:`~torchrec_rankmixer.data.synthetic_sequences.SyntheticSequenceData`, whose
-    defaults these are): a candidate ``item`` and a history ``hist_item`` sharing one table."""
-
-    num_items: int = SyntheticSequenceData.num_items
-    num_categories: int = SyntheticSequenceData.num_categories
-    max_history: int = SyntheticSequenceData.max_history
-    recent_window: int = SyntheticSequenceData.recent_window
-    match_rate: float = SyntheticSequenceData.match_rate
-    effect: float = SyntheticSequenceData.effect
-    seed: int = SyntheticSequenceData.seed
-
-    def validate(self) -> None:
-        for k in ("num_items", "num_categories", "max_history", "recent_window"):
-            check_positive_int(f"data.sequences.{k}", getattr(self, k))
-        check_float("data.sequences.match_rate", self.match_rate, 0.0, 1.0, "[]")
-        if self.num_items % self.num_categories:
-            raise ValueError(
-                f"data.sequences.num_items ({self.num_items}) must be a multiple of "
-                f"data.sequences.num_categories ({self.num_categories})"
-            )
+SyntheticSettings = _settings_of(
+    SyntheticClickData, "SyntheticSettings", ("latent_dim", "conversion_label"), "data.synthetic",
+    """Built-in synthetic data: the fields of
+    :class:`~torchrec_rankmixer.data.synthetic.SyntheticClickData` (same defaults)."""
+)
+SyntheticSequenceSettings = _settings_of(
+    SyntheticSequenceData, "SyntheticSequenceSettings", ("base",), "data.sequences",
+    """``data.format=synthetic_sequences``: behaviour sequences on top of ``data.synthetic``,
+    the fields of :class:`~torchrec_rankmixer.data.synthetic_sequences.SyntheticSequenceData`
+    (same defaults): a candidate ``item`` and a history ``hist_item`` sharing one table."""
+)
 
 
 @dataclass
@@ -113,8 +98,8 @@ class DataSettings:
     batch_size: int = 256
     eval_batch_size: int = 1024
     eval_batches: int = 10
-    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
-    sequences: SyntheticSequenceSettings = field(default_factory=SyntheticSequenceSettings)
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)  # type: ignore[valid-type]
+    sequences: SyntheticSequenceSettings = field(default_factory=SyntheticSequenceSettings)  # type: ignore[valid-type]
     label_column: str = "label"
     label2_column: Optional[str] = None
     user_column: Optional[str] = None

@@ -37,6 +37,9 @@ def parse_args(argv: Optional[List[str]]) -> tuple:
                         help="print the resolved settings and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="keep TorchRec's planner logs and library warnings")
+    parser.add_argument("--upgrade-run", metavar="RUN_DIR",
+                        help="upgrade a run directory written by torchrec-rankmixer 0.1 (spec.json, "
+                             "checkpoint keys) so it exports and resumes, then exit")
     args, rest = parser.parse_known_args(argv)
     overrides = list(args.set)
     i = 0
@@ -52,12 +55,22 @@ def parse_args(argv: Optional[List[str]]) -> tuple:
             i += 2
         else:
             parser.error(f"{flag} needs a value")
-    return args.config, overrides, args.print_config, args.verbose
+    return args.config, overrides, args.print_config, args.verbose, args.upgrade_run
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point; returns the process exit code."""
-    path, overrides, print_only, verbose = parse_args(argv)
+    path, overrides, print_only, verbose, upgrade = parse_args(argv)
+    if upgrade is not None:
+        from torchrec_rankmixer.train.upgrade import upgrade_run_dir
+
+        try:
+            written = upgrade_run_dir(upgrade)
+        except ValueError as e:
+            print(f"rankmixer-train: error: {e}", file=sys.stderr)
+            return 2
+        print(f"upgraded {upgrade}: wrote {len(written)} files and checkpoints")
+        return 0
     try:
         cfg = load_config(path, overrides)
     except ValueError as e:

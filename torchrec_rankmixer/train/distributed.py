@@ -80,13 +80,24 @@ def _embedding_optimizer(o: OptimSettings) -> tuple:
     return torch.optim.SGD, {"lr": o.embedding_lr}
 
 
-def _constraints(sharding: ShardingSettings, table_names: List[str], env: DistEnv) -> Dict[str, ParameterConstraints]:
+def _constraints(
+    sharding: ShardingSettings, table_names: List[str], env: DistEnv, sequence_tables: List[str]
+) -> Dict[str, ParameterConstraints]:
     unknown = sorted(set(sharding.constraints) - set(table_names))
     if unknown:
         raise ValueError(f"sharding.constraints names unknown table(s) {unknown}; tables: {table_names}")
     out = {}
     for name in table_names:
-        types = sharding.constraints.get(name, sharding.sharding_types)
+        types = list(sharding.constraints.get(name, sharding.sharding_types))
+        if name in sequence_tables:
+            # TorchRec 1.9.2's data-parallel EmbeddingCollection returns fewer rows than the
+            # jagged lengths under the train pipeline (split_with_sizes error; docs/sequences.md)
+            if name in sharding.constraints and "data_parallel" in types:
+                raise ValueError(
+                    f"sharding.constraints.{name} ({types}): sequence tables cannot be data_parallel "
+                    "(TorchRec's data-parallel EmbeddingCollection mis-sizes jagged outputs); use table_wise"
+                )
+            types = [t for t in types if t != "data_parallel"] or ["table_wise"]
         if env.backend == "gloo":
             bad = [t for t in types if t not in CPU_SHARDING_TYPES]
             if bad:
@@ -104,9 +115,11 @@ def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> Distribute
     model = module.model  # type: ignore[union-attr]
     collections: List[nn.Module] = [model.sparse_arch.embedding_bag_collection]
     tables = [t.name for t in model.sparse_arch.embedding_bag_collection.embedding_bag_configs()]
+    sequence_tables: List[str] = []
     if getattr(model, "sequence_arch", None) is not None:  # behaviour sequences: an EmbeddingCollection
         collections.append(model.sequence_arch.embedding_collection)
-        tables += [t.name for t in model.sequence_arch.embedding_collection.embedding_configs()]
+        sequence_tables = [t.name for t in model.sequence_arch.embedding_collection.embedding_configs()]
+        tables += sequence_tables
     opt_cls, opt_kwargs = _embedding_optimizer(cfg.optim)
     for collection in collections:
         _apply_optimizer_in_backward(opt_cls, collection.parameters(), opt_kwargs)
@@ -120,7 +133,7 @@ def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> Distribute
         local_world_size=env.local_world_size,
     )
     planner = EmbeddingShardingPlanner(
-        topology=topology, constraints=_constraints(cfg.sharding, tables, env)
+        topology=topology, constraints=_constraints(cfg.sharding, tables, env, sequence_tables)
     )
     plan = planner.collective_plan(module, pg=dist.GroupMember.WORLD)
     return DistributedModelParallel(module, device=env.device, plan=plan)
