@@ -80,8 +80,9 @@ class RankMixerConfig:
             that are evaluated) or ``"token"`` (one draw per (sample, token) and layer).
         block: ``"rankmixer"`` (the paper's block, Eq. 1) or ``"tokenmixer_large"``
             (TokenMixer-Large: mixing and reverting, pre-RMSNorm, pSwiGLU FFNs;
-            :class:`~torchrec_rankmixer.modules.tokenmixer_large.TokenMixerLargeBlock`).
-            The ``tml_*`` fields and ``moe_gate_scale`` apply to it only.
+            :class:`~torchrec_rankmixer.modules.tokenmixer_large.TokenMixerLargeBlock`;
+            always pre-RMSNorm, so ``ln_style`` does not apply and ``final_norm`` is an
+            RMSNorm). The ``tml_*`` fields and ``moe_gate_scale`` apply to it only.
         tml_inter_residual_every: TokenMixer-Large inter-layer residuals: after every
             n-th block (not the last) the stream of n blocks earlier is added; 0: off.
         tml_down_init_scale: each pSwiGLU down projection starts at nn.Linear's init
@@ -269,7 +270,8 @@ class RankMixerConfig:
         ``active=False`` gives the total (``2·E·h·LTD`` approximately, h the expert
         width), ``active=True`` the parameters one inference touches at the target
         ratio (``target·E`` experts and only the h_infer router), rounded down.
-        ``active`` is ignored without ``use_moe``.
+        ``active`` is ignored without ``use_moe``. TokenMixer-Large: see
+        :meth:`_tml_size` (the same ``exact`` / ``active`` meanings).
         """
         if self.block == TOKENMIXER_LARGE:
             return self._tml_size(exact, active, flops=False)
@@ -308,6 +310,7 @@ class RankMixerConfig:
         ratio (``target·E`` experts per token; ``exact=True`` adds the h_infer router
         matmul). ``training=True`` gives the dense-training cost: all E experts, every
         router and the gate-weighted bias matmul. The measured ratio varies per batch; see docs/moe.md.
+        TokenMixer-Large: see :meth:`_tml_size`.
         """
         if self.block == TOKENMIXER_LARGE:
             return self._tml_size(exact, not training, flops=True)
