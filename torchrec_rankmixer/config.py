@@ -169,7 +169,9 @@ class RankMixerConfig:
         check_float("moe_gate_scale", self.moe_gate_scale, 0.0, float("inf"), "()")
         if self.block != TOKENMIXER_LARGE:
             if self.tml_global_token:
-                raise ValueError(f"tml_global_token=True needs block='{TOKENMIXER_LARGE}' (got {self.block!r})")
+                raise ValueError(
+                    f"tml_global_token=True needs block='{TOKENMIXER_LARGE}' (got {self.block!r})"
+                )
             return
         if self.ffn_type != "per_token" or self.token_mixer != "multihead":
             raise ValueError(

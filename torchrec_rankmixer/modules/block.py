@@ -94,7 +94,9 @@ class RankMixerEncoder(nn.Module):
         tml = config.block == TOKENMIXER_LARGE
         block = TokenMixerLargeBlock if tml else RankMixerBlock
         self.blocks = nn.ModuleList(block(config, device) for _ in range(config.num_layers))
-        self.global_token = GlobalToken(config.num_tokens, config.d_model, device) if config.tml_global_token else None
+        self.global_token = (
+            GlobalToken(config.num_tokens, config.d_model, device) if config.tml_global_token else None
+        )
         self.inter_residual = inter_residual_sources(config)  # {block: stream index}
         final_norm = rms_norm(config.d_model, device) if tml else nn.LayerNorm(config.d_model, device=device)
         self.final_norm = final_norm if config.final_norm else nn.Identity()
@@ -116,13 +118,14 @@ class RankMixerEncoder(nn.Module):
         draw_dtsi_paths(moes, x)
         if self.global_token is not None:
             x = self.global_token(x)  # (B, T+1, D)
-        stream = [x]
+        stream = [x]  # kept only while inter-layer residuals read it
         try:
             for i, block in enumerate(self.blocks):
                 x = block(x)  # (B, T, D)
                 if i in self.inter_residual:
                     x = x + stream[self.inter_residual[i]]
-                stream.append(x)
+                if self.inter_residual:
+                    stream.append(x)
         finally:
             clear_dtsi_paths(moes)
         if self.global_token is not None:

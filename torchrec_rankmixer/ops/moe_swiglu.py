@@ -27,7 +27,9 @@ from torchrec_rankmixer.ops.moe import _check_shapes, group_active, pad_groups, 
 from torchrec_rankmixer.ops.per_token_swiglu import swiglu
 
 
-def swiglu_experts_reference(x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+def swiglu_experts_reference(
+    x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor
+) -> torch.Tensor:
     """The definition, one expert at a time (slow; for tests and reading).
 
     Args:
@@ -57,7 +59,9 @@ def swiglu_experts_reference(x: torch.Tensor, gates: torch.Tensor, w_in: torch.T
     return torch.stack(tokens, dim=1)  # (B, T, D)
 
 
-def swiglu_experts_dense(x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+def swiglu_experts_dense(
+    x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor
+) -> torch.Tensor:
     """Every expert for every row, in two batched matmuls over T (dense execution).
 
     Args and returns as :func:`swiglu_experts_reference`.
@@ -81,7 +85,9 @@ def swiglu_experts_dense(x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tenso
     return torch.bmm(gated, w_out.reshape(T, E * h, D)).transpose(0, 1)  # (B, T, D)
 
 
-def _sparse_reference(xs: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+def _sparse_reference(
+    xs: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor
+) -> torch.Tensor:
     """Rows xs [N, D] sorted by group -> [N, D], one pair of mm per non-empty group."""
     outs: List[torch.Tensor] = []
     start = 0
@@ -153,7 +159,8 @@ def swiglu_experts_sparse(
         True
     """
     _check_shapes(x, gates, w_in, w_out, in_factor=2)
-    return swiglu_experts_sparse_resolved(x, gates, w_in, w_out, resolve_sparse_kernel(x, kernel, w_out.shape[2]))
+    chosen = resolve_sparse_kernel(x, kernel, w_out.shape[2])
+    return swiglu_experts_sparse_resolved(x, gates, w_in, w_out, chosen)
 
 
 def swiglu_experts(

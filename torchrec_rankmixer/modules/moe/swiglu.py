@@ -81,9 +81,12 @@ class SwiGLUTokenExperts(nn.Module):
         """(w_in, w_out)."""
         return self.w_in, self.w_out
 
-    def forward(self, x: torch.Tensor, gates: torch.Tensor, sparse: bool, kernel: str = "auto") -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, gates: torch.Tensor, sparse: bool, kernel: str = "auto"
+    ) -> torch.Tensor:
         """Gated sum of the experts; ``sparse`` computes only the active triples."""
-        return swiglu_experts(x, gates, self.w_in, self.w_out, sparse, check_kernel("kernel", kernel))  # (B, T, D)
+        kernel = check_kernel("kernel", kernel)
+        return swiglu_experts(x, gates, self.w_in, self.w_out, sparse, kernel)  # (B, T, D)
 
     def sparse(self, x: torch.Tensor, gates: torch.Tensor, kernel: str) -> torch.Tensor:
         """The sparse inference path, as one FX leaf call with the kernel resolved here
@@ -148,7 +151,8 @@ class PerTokenSwiGLUMoE(nn.Module):
                                      config.tml_down_init_scale, device=device)
         shared = PerTokenSwiGLU(num_tokens, width, hidden, config.tml_down_init_scale,
                                 kernel=config.kernel, device=device)
-        return cls(PerTokenSparseMoE.from_config(config, device, experts=experts), shared, config.moe_gate_scale)
+        routed = PerTokenSparseMoE.from_config(config, device, experts=experts)
+        return cls(routed, shared, config.moe_gate_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gate_scale * self.routed(x) + self.shared(x)  # (B, T, D)
