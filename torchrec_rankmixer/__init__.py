@@ -21,9 +21,11 @@ from torchrec_rankmixer.modules import (
     MultiHeadTokenMixing,
     PerTokenFFN,
     PerTokenSparseMoE,
+    PerTokenSwiGLU,
     RankMixerBlock,
     RankMixerEncoder,
     SharedFFN,
+    TokenMixerLargeBlock,
 )
 from torchrec_rankmixer.version import __version__
 
@@ -47,11 +49,13 @@ __all__ = [
     "MultiHeadTokenMixing",
     "PerTokenFFN",
     "PerTokenSparseMoE",
+    "PerTokenSwiGLU",
     "RankMixerBlock",
     "RankMixerConfig",
     "RankMixerEncoder",
     "SemanticTokenizer",
     "SharedFFN",
     "SyntheticClickData",
+    "TokenMixerLargeBlock",
     "__version__",
 ]

@@ -12,6 +12,7 @@ from torchrec_rankmixer.utils.checks import (
     check_bool,
     check_choice,
     check_float,
+    check_non_negative_int,
     check_positive_int,
 )
 
@@ -27,6 +28,10 @@ MOE_ROUTERS: Tuple[str, ...] = ("dtsi", "relu", "topk")
 MOE_OFFSET_PER: Tuple[str, ...] = ("expert", "token")
 MOE_TRAIN_GATES: Tuple[str, ...] = ("relu", "softplus")
 MOE_PATH_DRAWS: Tuple[str, ...] = ("sample", "token")
+# Block types of the encoder: RankMixer's (Eq. 1) or TokenMixer-Large's (modules/tokenmixer_large.py).
+TOKENMIXER_LARGE = "tokenmixer_large"
+BLOCKS: Tuple[str, ...] = ("rankmixer", TOKENMIXER_LARGE)
+TML_DOWN_INIT_SCALE = 0.01  # TokenMixer-Large's small init of each pSwiGLU down projection
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,19 @@ class RankMixerConfig:
         moe_path_draw: DTSI: ``"sample"`` (one draw per sample, shared by every MoE
             layer of the encoder, so each sample trains exactly one of the two models
             that are evaluated) or ``"token"`` (one draw per (sample, token) and layer).
+        block: ``"rankmixer"`` (the paper's block, Eq. 1) or ``"tokenmixer_large"``
+            (TokenMixer-Large: mixing and reverting, pre-RMSNorm, pSwiGLU FFNs;
+            :class:`~torchrec_rankmixer.modules.tokenmixer_large.TokenMixerLargeBlock`;
+            always pre-RMSNorm, so ``ln_style`` does not apply and ``final_norm`` is an
+            RMSNorm). The ``tml_*`` fields and ``moe_gate_scale`` apply to it only.
+        tml_inter_residual_every: TokenMixer-Large inter-layer residuals: after every
+            n-th block (not the last) the stream of n blocks earlier is added; 0: off.
+        tml_down_init_scale: each pSwiGLU down projection starts at nn.Linear's init
+            times this factor (>= 0), so every block starts near the identity.
+        tml_global_token: TokenMixer-Large: append a global token (a Linear of all T
+            tokens) that every block mixes with the others; dropped before pooling.
+        moe_gate_scale: TokenMixer-Large Sparse-MoE: the routed experts' gated sum is
+            scaled by this factor before the shared expert is added (> 0).
 
     Example::
 
@@ -111,6 +129,11 @@ class RankMixerConfig:
     moe_offset_per: str = "expert"
     moe_train_gate: str = "softplus"
     moe_path_draw: str = "sample"
+    block: str = "rankmixer"
+    tml_inter_residual_every: int = 2
+    tml_down_init_scale: float = TML_DOWN_INIT_SCALE
+    tml_global_token: bool = False
+    moe_gate_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_tokens", "num_layers", "ffn_mult"):
@@ -136,6 +159,26 @@ class RankMixerConfig:
                 "paper's strict mode; pass strict_heads=False for general H"
             )
         self._check_moe()
+        self._check_block()
+
+    def _check_block(self) -> None:
+        check_choice("block", self.block, BLOCKS)
+        check_non_negative_int("tml_inter_residual_every", self.tml_inter_residual_every)
+        check_float("tml_down_init_scale", self.tml_down_init_scale, 0.0, float("inf"), "[)")
+        check_bool("tml_global_token", self.tml_global_token)
+        check_float("moe_gate_scale", self.moe_gate_scale, 0.0, float("inf"), "()")
+        if self.block != TOKENMIXER_LARGE:
+            if self.tml_global_token:
+                raise ValueError(
+                    f"tml_global_token=True needs block='{TOKENMIXER_LARGE}' (got {self.block!r})"
+                )
+            return
+        if self.ffn_type != "per_token" or self.token_mixer != "multihead":
+            raise ValueError(
+                f"block='{TOKENMIXER_LARGE}' mixes and reverts with per-token FFNs: it needs "
+                f"ffn_type='per_token' and token_mixer='multihead' (got {self.ffn_type!r}, "
+                f"{self.token_mixer!r})"
+            )
 
     def _check_moe(self) -> None:
         check_bool("use_moe", self.use_moe)
@@ -179,9 +222,20 @@ class RankMixerConfig:
     @property
     def moe_hidden(self) -> int:
         """Hidden width of each MoE expert (``moe_expert_hidden`` or the FLOP-matched default)."""
+        return self.moe_hidden_for(self.d_model)
+
+    def moe_hidden_for(self, width: int) -> int:
+        """Expert width of a MoE on tokens of ``width``: ``moe_expert_hidden``, or the width
+        whose active experts match the dense FFN's k*width hidden units: target*E experts
+        (+1, the shared expert of the TokenMixer-Large block)."""
         if self.moe_expert_hidden is not None:
             return self.moe_expert_hidden
-        return max(1, round(self.hidden_dim / (self.moe_num_experts * self.moe_target_active_ratio)))
+        active = self.moe_num_experts * self.moe_target_active_ratio + self._shared_experts
+        return max(1, round(self.ffn_mult * width / active))
+
+    @property
+    def _shared_experts(self) -> int:
+        return 1 if self.block == TOKENMIXER_LARGE else 0
 
     @property
     def moe_top_k(self) -> int:
@@ -218,8 +272,11 @@ class RankMixerConfig:
         ``active=False`` gives the total (``2·E·h·LTD`` approximately, h the expert
         width), ``active=True`` the parameters one inference touches at the target
         ratio (``target·E`` experts and only the h_infer router), rounded down.
-        ``active`` is ignored without ``use_moe``.
+        ``active`` is ignored without ``use_moe``. TokenMixer-Large: see
+        :meth:`_tml_size` (the same ``exact`` / ``active`` meanings).
         """
+        if self.block == TOKENMIXER_LARGE:
+            return self._tml_size(exact, active, flops=False)
         L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
         if self.use_moe:
             E, h, n = self.moe_num_experts, self.moe_hidden, self._moe_active_experts(active)
@@ -255,7 +312,10 @@ class RankMixerConfig:
         ratio (``target·E`` experts per token; ``exact=True`` adds the h_infer router
         matmul). ``training=True`` gives the dense-training cost: all E experts, every
         router and the gate-weighted bias matmul. The measured ratio varies per batch; see docs/moe.md.
+        TokenMixer-Large: see :meth:`_tml_size`.
         """
+        if self.block == TOKENMIXER_LARGE:
+            return self._tml_size(exact, not training, flops=True)
         L, T, D, kD = self.num_layers, self.num_tokens, self.d_model, self.hidden_dim
         if self.use_moe:
             E, h, n = self.moe_num_experts, self.moe_hidden, self._moe_active_experts(not training)
@@ -274,6 +334,35 @@ class RankMixerConfig:
         if self.token_mixer == "self_attention":
             attn = 2 * 4 * T * D * D + 2 * 2 * T * T * D  # projections + QK^T and AV
         return int(L * (ffn + attn))
+
+    def _tml_size(self, exact: bool, active: bool, flops: bool) -> int:
+        """Parameters (``flops=False``) or forward FLOPs per sample of a TokenMixer-Large
+        encoder (docs/configuration.md, "Sizes"). Each block holds two pSwiGLU FFNs
+        (3 weights of w*h per token, no biases): H heads of width W = T'D/H after mixing
+        and T' tokens of width D after reverting (T' = T + the global token)."""
+        L, D, T = self.num_layers, self.d_model, self.num_tokens
+        tokens = T + int(self.tml_global_token)
+        H = self.heads
+        layer = 0.0
+        for n, w in ((H, tokens * D // H), (tokens, D)):  # (tokens, width) of each FFN
+            if not self.use_moe:
+                layer += 3 * n * w * self.ffn_mult * w
+                continue
+            E, h = self.moe_num_experts, self.moe_hidden_for(w)
+            layer += 3 * n * w * h * (self._moe_active_experts(active) + self._shared_experts)
+            if exact:
+                routers = 1 if active or self.moe_router != "dtsi" else 2
+                layer += routers * n * (w * E + (0 if flops else E))
+        if flops:
+            layer *= 2  # every weight is one multiply-add per sample
+        if exact and not flops and self.layer_norm:
+            layer += tokens * D // H + D  # the two RMSNorm scales
+        total = L * layer
+        if exact and self.tml_global_token:
+            total += (2 * T * D * D) if flops else (T * D * D + D)
+        if exact and not flops and self.final_norm:
+            total += D
+        return int(total)
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -44,3 +44,17 @@ def test_dynamic_int8_close():
     ref = model(x)
     q = quantize_dense_dynamic_int8(model)
     assert (q(x) - ref).abs().max() < 0.05
+
+
+def test_per_token_linear_swiglu_matches_fused_and_unfuses():
+    from torchrec_rankmixer.inference.dense import PerTokenLinearSwiGLU
+    from torchrec_rankmixer.modules.per_token_swiglu import PerTokenSwiGLU
+
+    torch.manual_seed(0)
+    ffn = PerTokenSwiGLU(num_tokens=4, d_model=8, hidden_dim=12, down_init_scale=1.0, kernel="reference")
+    x = torch.randn(7, 4, 8)
+    torch.testing.assert_close(PerTokenLinearSwiGLU(ffn)(x), ffn(x), atol=1e-6, rtol=1e-5)
+    model = nn.Sequential(nn.Sequential(ffn), PerTokenFFN(2, 4, 2))
+    assert unfuse_per_token_ffns(model) == 2
+    assert isinstance(model[0][0], PerTokenLinearSwiGLU) and isinstance(model[1], PerTokenLinearFFN)
+    assert all(fc.bias is None for fc in model[0][0].fc_in)

@@ -152,3 +152,33 @@ def test_moe_execution_names_each_setting():
     moes[0].configure_inference(execution="sparse")
     assert moe_execution(model) == "sparse+dense_h_train"
     assert moe_execution(small_model()) is None
+
+
+def _tml_model(**changes):
+    """A small DLRM_RankMixer with TokenMixer-Large blocks."""
+    rc = small_spec().rankmixer_config.with_updates(block="tokenmixer_large", **changes)
+    return small_model(seed=4, rankmixer_config=rc)
+
+
+def test_tokenmixer_large_exports_with_float_parity(tmp_path):
+    """A dense TokenMixer-Large model with the global token (.pt2) and a top-k Sparse-MoE one
+    (.pt2 and .ts, sparse kernel): fresh-process outputs equal the float models' logits."""
+    from torchrec import KeyedJaggedTensor
+
+    dense_model = _tml_model(tml_global_token=True, num_layers=3)
+    moe_model = _tml_model(use_moe=True, moe_router="topk", moe_num_experts=4, moe_target_active_ratio=0.5)
+    fp32 = QuantizationOptions(table_dtype="fp32")
+    results = [export_model(dense_model, tmp_path / "dense", fp32), export_model(moe_model, tmp_path / "moe", fp32),
+               export_model(moe_model, tmp_path / "moe_ts", fp32, artifact="torchscript")]
+    assert [r.path[-3:] for r in results] == ["pt2", "pt2", ".ts"]
+    assert results[0].metadata["fallback_reason"] is None and results[1].metadata["moe_execution"] == "sparse"
+    assert results[0].metadata["model_spec"]["rankmixer_config"]["block"] == "tokenmixer_large"
+    inputs = [artifact_inputs(b, 20 + i) for i, b in enumerate((1, 9, 64))]
+    outs, reports = run_fresh([r.path for r in results], inputs, tmp_path)
+    assert all(r["leaked"] == [] for r in reports)
+    for model, result, out in zip((dense_model, moe_model, moe_model), results, outs):
+        for (dense, values, lengths), o in zip(inputs, out):
+            kjt = KeyedJaggedTensor(keys=model.feature_names, values=values, lengths=lengths.reshape(-1))
+            with torch.inference_mode():
+                assert torch.equal(o, result.module(dense, values, lengths))
+                torch.testing.assert_close(o, model(dense, kjt), rtol=1e-5, atol=1e-5)

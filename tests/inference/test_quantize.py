@@ -100,3 +100,26 @@ def test_model_errors():
     meta = small_spec().build(device=torch.device("meta"))
     with pytest.raises(ValueError, match="meta device"):
         build_inference_model(meta)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"tml_global_token": True, "use_moe": True, "moe_router": "topk", "moe_num_experts": 4,
+     "moe_target_active_ratio": 0.5},
+])
+def test_tokenmixer_large_dynamic_int8(changes):
+    from tests.inference.helpers import small_spec
+
+    rc = small_spec().rankmixer_config.with_updates(block="tokenmixer_large", **changes)
+    model = small_model(seed=3, rankmixer_config=rc)
+    infer = build_inference_model(model, QuantizationOptions(dynamic_int8_linear=True))
+    names = [type(m).__name__ for m in infer.modules()]
+    assert "PerTokenSwiGLU" not in names  # every pSwiGLU (shared experts too) unfused
+    unfused = [m for m in infer.modules() if type(m).__name__ == "PerTokenLinearSwiGLU"]
+    assert len(unfused) == 2 * 2  # two FFNs per block, two blocks
+    quantized = {type(l).__module__ for m in unfused for l in m.fc_in}
+    assert quantized == {"torch.ao.nn.quantized.dynamic.modules.linear"}
+    inputs = artifact_inputs(16, 1)
+    diff = (infer(*inputs) - _float_logits(model, *inputs)).abs().max()
+    assert 0 < diff < 0.1
+    assert module_bytes(infer) < module_bytes(model)

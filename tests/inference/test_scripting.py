@@ -29,3 +29,22 @@ def test_scripted_twin_gives_the_same_columns(order):
     assert torch.equal(scripted(kt, order), _ordered_values(kt, order))
     with pytest.raises(Exception, match="lacks feature d"):
         scripted(kt, ["a", "d"])
+
+
+@pytest.mark.parametrize("changes,options", [
+    ({"tml_global_token": True}, {}),
+    ({"tml_global_token": True}, {"dynamic_int8_linear": True}),
+    ({"use_moe": True, "moe_num_experts": 4}, {}),
+])
+def test_tokenmixer_large_inference_module_scripts(changes, options):
+    from tests.inference.helpers import artifact_inputs, small_model, small_spec
+    from torchrec_rankmixer.inference.quantize import QuantizationOptions, build_inference_model
+    from torchrec_rankmixer.inference.scripting import script_inference_module
+
+    rc = small_spec().rankmixer_config.with_updates(block="tokenmixer_large", **changes)
+    module = build_inference_model(small_model(seed=5, rankmixer_config=rc), QuantizationOptions(**options))
+    scripted = script_inference_module(module)
+    for i, batch in enumerate((1, 8)):
+        args = artifact_inputs(batch, i)
+        with torch.inference_mode():
+            assert torch.equal(scripted(*args), module(*args))

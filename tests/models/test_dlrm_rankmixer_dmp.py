@@ -2,12 +2,15 @@
 
 Table-wise sharded embeddings (gloo, CPU), fused row-wise Adagrad for the tables, Adam
 for the dense part. Checks that the loss falls and both ranks hold identical dense
-weights after training.
+weights after training, for the RankMixer block (the default config) and for the
+TokenMixer-Large block.
 """
 
 import os
 import socket
-from typing import Dict
+from typing import Dict, Optional
+
+import pytest
 
 import torch
 import torch.distributed as dist
@@ -23,7 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: Dict[int, dict]) -> None:
+def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
@@ -40,16 +43,20 @@ def _worker(rank: int, port: int, out: Dict[int, dict]) -> None:
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     from torchrec_rankmixer.data.synthetic import SyntheticClickData
-    from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
+    from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_config
 
     data = SyntheticClickData(num_sparse_features=4, num_embeddings=100, seed=1)
     ebc = EmbeddingBagCollection(tables=data.table_configs(8), device=torch.device("meta"))
+    config = None  # DLRM_RankMixer's default: 4 sparse tokens + 1 dense token
+    if block is not None:
+        config = default_config(5).with_updates(block=block, num_layers=3, tml_global_token=True)
     model = DLRMTrain(
         DLRM_RankMixer(
             embedding_bag_collection=ebc,
             dense_in_features=data.dense_in_features,
             dense_arch_layer_sizes=[16, 8],
             over_arch_layer_sizes=[16, 1],
+            rankmixer_config=config,
         )
     )
     apply_optimizer_in_backward(
@@ -83,16 +90,19 @@ def _worker(rank: int, port: int, out: Dict[int, dict]) -> None:
         if not k.startswith("sparse_arch") and v.is_floating_point()
     }
     sharding = {t: p.sharding_type for m in plan.plan.values() for t, p in m.items()}
-    out[rank] = {"losses": losses, "dense": dense, "sharding": sharding}
+    blocks = {type(b).__name__ for b in dmp.module.model.encoder.blocks}
+    out[rank] = {"losses": losses, "dense": dense, "sharding": sharding, "blocks": blocks}
     dist.destroy_process_group()
 
 
-def test_two_process_table_wise_training() -> None:
+@pytest.mark.parametrize("block", [None, "tokenmixer_large"])
+def test_two_process_table_wise_training(block: Optional[str]) -> None:
     manager = mp.Manager()
     out = manager.dict()
-    mp.start_processes(_worker, args=(_free_port(), out), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(_free_port(), out, block), nprocs=WORLD, start_method="spawn")
     r0, r1 = out[0], out[1]
     assert set(r0["sharding"].values()) == {"table_wise"}
+    assert r0["blocks"] == {"TokenMixerLargeBlock" if block else "RankMixerBlock"}
     for r in (r0, r1):
         assert len(r["losses"]) >= STEPS - 2
         first, last = sum(r["losses"][:5]) / 5, sum(r["losses"][-5:]) / 5

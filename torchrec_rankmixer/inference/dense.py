@@ -13,7 +13,9 @@ from torch import nn
 
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.modules.per_token_ffn import PerTokenFFN
+from torchrec_rankmixer.modules.per_token_swiglu import PerTokenSwiGLU
 from torchrec_rankmixer.ops.kernels import Kernel
+from torchrec_rankmixer.ops.per_token_swiglu import swiglu
 
 
 class PerTokenLinearFFN(nn.Module):
@@ -58,6 +60,49 @@ class PerTokenLinearFFN(nn.Module):
         return torch.stack(outs, dim=1)  # (B, T, D)
 
 
+class PerTokenLinearSwiGLU(nn.Module):
+    """A :class:`PerTokenSwiGLU` as T pairs of bias-free ``nn.Linear`` (so dynamic int8
+    can swap them): token t computes ``swiglu(x[:, t] @ w_in[t]) @ w_out[t]``, the gate
+    and up projections in one Linear of width 2h.
+
+    Args:
+        ffn: the trained fused module (weights w_in [T, D, 2h], w_out [T, h, D]).
+
+    Shapes:
+        x: [B, T, D] -> [B, T, D].
+
+    Example::
+
+        >>> ffn = PerTokenSwiGLU(num_tokens=3, d_model=4, hidden_dim=8, down_init_scale=1.0)
+        >>> x = torch.randn(5, 3, 4)
+        >>> torch.allclose(PerTokenLinearSwiGLU(ffn)(x), ffn(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, ffn: PerTokenSwiGLU) -> None:
+        super().__init__()
+        self.fc_in = nn.ModuleList()
+        self.fc_out = nn.ModuleList()
+        with torch.no_grad():
+            for t in range(ffn.num_tokens):
+                fc_in = nn.Linear(ffn.d_model, 2 * ffn.hidden_dim, bias=False, dtype=ffn.w_in.dtype)
+                fc_in.weight.copy_(ffn.w_in[t].t())
+                fc_out = nn.Linear(ffn.hidden_dim, ffn.d_model, bias=False, dtype=ffn.w_out.dtype)
+                fc_out.weight.copy_(ffn.w_out[t].t())
+                self.fc_in.append(fc_in)
+                self.fc_out.append(fc_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: List[torch.Tensor] = []
+        for t, (fc_in, fc_out) in enumerate(zip(self.fc_in, self.fc_out)):
+            outs.append(fc_out(swiglu(fc_in(x[:, t]))))  # (B, D)
+        return torch.stack(outs, dim=1)  # (B, T, D)
+
+
+# fused per-token FFN type -> its nn.Linear twin
+UNFUSED = {PerTokenFFN: PerTokenLinearFFN, PerTokenSwiGLU: PerTokenLinearSwiGLU}
+
+
 def pin_traceable_kernels(module: nn.Module) -> None:
     """Replace every ``kernel="auto"`` (chosen per call from the batch size; ops/kernels.py)
     and :class:`PerTokenSparseMoE`'s ``sparse_kernel="auto"`` by ``"batched"``.
@@ -81,19 +126,20 @@ def pin_traceable_kernels(module: nn.Module) -> None:
 
 
 def unfuse_per_token_ffns(module: nn.Module) -> int:
-    """Swap every :class:`PerTokenFFN` inside ``module`` for a :class:`PerTokenLinearFFN`.
+    """Swap every :class:`PerTokenFFN` / :class:`PerTokenSwiGLU` inside ``module`` for
+    its :class:`PerTokenLinearFFN` / :class:`PerTokenLinearSwiGLU` twin (``UNFUSED``).
 
     Returns the number of modules swapped.
 
     Example::
 
-        >>> unfuse_per_token_ffns(nn.Sequential(PerTokenFFN(2, 4, 2)))
-        1
+        >>> unfuse_per_token_ffns(nn.Sequential(PerTokenFFN(2, 4, 2), PerTokenSwiGLU(2, 4, 8)))
+        2
     """
     swapped = 0
     for name, child in list(module.named_children()):
-        if isinstance(child, PerTokenFFN):
-            setattr(module, name, PerTokenLinearFFN(child))
+        if type(child) in UNFUSED:
+            setattr(module, name, UNFUSED[type(child)](child))
             swapped += 1
         else:
             swapped += unfuse_per_token_ffns(child)
@@ -102,7 +148,8 @@ def unfuse_per_token_ffns(module: nn.Module) -> int:
 
 def quantize_dense_dynamic_int8(module: nn.Module) -> nn.Module:
     """Dynamic int8 ``nn.Linear`` (weights int8 per tensor, activations quantized per
-    call; CPU only). Per-token FFNs are unfused first so their matmuls quantize too.
+    call; CPU only). Per-token FFNs (GELU and SwiGLU) are unfused first so their
+    matmuls quantize too.
 
     Example::
 

@@ -1,11 +1,17 @@
-"""RankMixerBlock (Eq. 1) and RankMixerEncoder (L blocks + pooling)."""
+"""RankMixerBlock (Eq. 1) and RankMixerEncoder (L blocks of the configured type + pooling)."""
 
 import torch
 from torch import nn
 
-from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.config import TOKENMIXER_LARGE, RankMixerConfig
 from torchrec_rankmixer.modules.ffn_factory import build_ffn, build_token_mixer
 from torchrec_rankmixer.modules.moe.dtsi import clear_dtsi_paths, draw_dtsi_paths, moe_layers
+from torchrec_rankmixer.modules.tokenmixer_large import (
+    GlobalToken,
+    TokenMixerLargeBlock,
+    inter_residual_sources,
+    rms_norm,
+)
 
 
 def _norm(config: RankMixerConfig, device: torch.device | str | None) -> nn.Module:
@@ -57,7 +63,13 @@ class RankMixerBlock(nn.Module):
 
 
 class RankMixerEncoder(nn.Module):
-    """L RankMixer blocks, an optional final LayerNorm, then pooling.
+    """L blocks (``config.block``: :class:`RankMixerBlock` or
+    :class:`~torchrec_rankmixer.modules.tokenmixer_large.TokenMixerLargeBlock`), an
+    optional final norm (LayerNorm; RMSNorm for TokenMixer-Large), then pooling.
+
+    TokenMixer-Large also adds its inter-layer residuals between blocks and, with
+    ``tml_global_token``, appends the global token before the first block and drops it
+    after the last (modules/tokenmixer_large.py).
 
     Args:
         config: the :class:`RankMixerConfig`.
@@ -79,10 +91,15 @@ class RankMixerEncoder(nn.Module):
     def __init__(self, config: RankMixerConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.config = config
-        self.blocks = nn.ModuleList(RankMixerBlock(config, device) for _ in range(config.num_layers))
-        self.final_norm = (
-            nn.LayerNorm(config.d_model, device=device) if config.final_norm else nn.Identity()
+        tml = config.block == TOKENMIXER_LARGE
+        block = TokenMixerLargeBlock if tml else RankMixerBlock
+        self.blocks = nn.ModuleList(block(config, device) for _ in range(config.num_layers))
+        self.global_token = (
+            GlobalToken(config.num_tokens, config.d_model, device) if config.tml_global_token else None
         )
+        self.inter_residual = inter_residual_sources(config)  # {block: stream index}
+        final_norm = rms_norm(config.d_model, device) if tml else nn.LayerNorm(config.d_model, device=device)
+        self.final_norm = final_norm if config.final_norm else nn.Identity()
         self.mean_pool = config.pooling == "mean"
 
     @property
@@ -99,11 +116,20 @@ class RankMixerEncoder(nn.Module):
         sharing = self.training and not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
         moes = moe_layers(self.blocks) if sharing else []
         draw_dtsi_paths(moes, x)
+        if self.global_token is not None:
+            x = self.global_token(x)  # (B, T+1, D)
+        stream = [x]  # kept only while inter-layer residuals read it
         try:
-            for block in self.blocks:
+            for i, block in enumerate(self.blocks):
                 x = block(x)  # (B, T, D)
+                if i in self.inter_residual:
+                    x = x + stream[self.inter_residual[i]]
+                if self.inter_residual:
+                    stream.append(x)
         finally:
             clear_dtsi_paths(moes)
+        if self.global_token is not None:
+            x = x[:, : self.config.num_tokens]  # (B, T, D)
         return self.final_norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torchrec_rankmixer.ops.kernels import Kernel, check_kernel
 
 
-def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> None:
+def _check_shapes(
+    x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, in_factor: int = 1
+) -> None:
+    """x [B, T, D], gates [B, T, E], w1 [T, E, D, in_factor*h], w2 [T, E, h, D] agree
+    (``in_factor=2``: SwiGLU experts, whose w1 stacks gate and up; ops/moe_swiglu.py)."""
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return  # FX proxies cannot drive control flow; the traced module fixes the shapes
     if x.dim() != 3 or gates.dim() != 3:
@@ -43,8 +47,9 @@ def _check_shapes(x: torch.Tensor, gates: torch.Tensor, w1: torch.Tensor, w2: to
             f"shapes disagree: x {tuple(x.shape)}, gates {tuple(gates.shape)}, "
             f"w1 {tuple(w1.shape)} (want [T, E, D, h])"
         )
-    if tuple(w2.shape) != (T, gates.shape[2], w1.shape[3], D):
-        raise ValueError(f"w2 {tuple(w2.shape)} must be [T, E, h, D] = {(T, gates.shape[2], w1.shape[3], D)}")
+    want = (T, gates.shape[2], w1.shape[3] // in_factor, D)
+    if tuple(w2.shape) != want or w1.shape[3] % in_factor:
+        raise ValueError(f"w2 {tuple(w2.shape)} must be [T, E, h, D] = {want}")
 
 
 def moe_experts_reference(
@@ -148,18 +153,31 @@ def group_active(gates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch
     return group, idx // E, flat[idx], counts
 
 
+def pad_groups(xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows xs [N, D] sorted by group -> ``(padded [G, C, D], pos [N])``: row i sits at
+    ``padded[group[i], pos[i]]``; C is the largest group, the other slots are zero.
+
+    Example::
+
+        >>> padded, pos = pad_groups(torch.ones(3, 2), torch.tensor([0, 0, 2]), torch.tensor([2, 0, 1]))
+        >>> padded.shape, pos.tolist()
+        (torch.Size([3, 2, 2]), [0, 1, 0])
+    """
+    capacity = counts.max().item()  # unbacked (data-dependent) under torch.export
+    torch._check(capacity >= 0)
+    starts = torch.cumsum(counts, 0) - counts  # (G,)
+    pos = torch.arange(xs.shape[0], device=xs.device) - starts[group]  # slot in its group
+    padded = xs.new_zeros(counts.shape[0], capacity, xs.shape[1])
+    padded[group, pos] = xs  # (G, C, D)
+    return padded, pos
+
+
 def _sparse_batched(
     xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
     """Rows xs [N, D] sorted by group -> expert outputs [N, D] via [G, C, .] bmm."""
-    G, D, h = w1.shape
-    capacity = counts.max().item()  # unbacked (data-dependent) under torch.export
-    torch._check(capacity >= 0)
-    starts = torch.cumsum(counts, 0) - counts  # (G,)
-    pos = torch.arange(xs.shape[0], device=xs.device) - starts[group]  # slot in its group
-    padded = xs.new_zeros(G, capacity, D)
-    padded[group, pos] = xs  # (G, C, D)
+    padded, pos = pad_groups(xs, group, counts)  # (G, C, D)
     hidden = F.gelu(torch.baddbmm(b1.unsqueeze(1), padded, w1))  # (G, C, h)
     out = torch.baddbmm(b2.unsqueeze(1), hidden, w2)  # (G, C, D)
     return out[group, pos]  # (N, D)
@@ -211,6 +229,22 @@ def choose_sparse_kernel(x: torch.Tensor, requested: str) -> str:
     if requested != Kernel.AUTO:
         return requested
     return Kernel.GROUPED_MM.value if _grouped_mm_ok(x) else Kernel.BATCHED.value
+
+
+def resolve_sparse_kernel(x: torch.Tensor, kernel: str, hidden: int) -> str:
+    """The sparse kernel that runs for ``x`` [B, T, D] and experts of width ``hidden``:
+    :func:`choose_sparse_kernel`, then ``"batched"`` in place of a ``"grouped_mm"`` that
+    ``torch._grouped_mm`` would reject (dtype or 16-byte alignment; same result).
+
+    Example::
+
+        >>> resolve_sparse_kernel(torch.randn(2, 3, 5), "grouped_mm", hidden=7)
+        'batched'
+    """
+    chosen = choose_sparse_kernel(x, kernel)
+    if chosen == Kernel.GROUPED_MM and not _grouped_mm_runs(x, x.shape[2], hidden):
+        chosen = Kernel.BATCHED.value  # same result; the op rejects this dtype / alignment
+    return str(chosen)
 
 
 def moe_experts_sparse_resolved(
@@ -288,10 +322,8 @@ def moe_experts_sparse(
         True
     """
     _check_shapes(x, gates, w1, w2)
-    chosen = choose_sparse_kernel(x, kernel)
-    if chosen == Kernel.GROUPED_MM and not _grouped_mm_runs(x, x.shape[2], w1.shape[3]):
-        chosen = Kernel.BATCHED.value  # same result; the op rejects this dtype / alignment
-    return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, str(chosen))
+    chosen = resolve_sparse_kernel(x, kernel, w1.shape[3])
+    return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, chosen)
 
 
 def moe_experts(

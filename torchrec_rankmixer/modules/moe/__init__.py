@@ -3,7 +3,8 @@ adaptive L1 target, DTSI (dense-training / sparse-inference) and its serving cal
 
 One file per part: ``layer`` (:class:`PerTokenSparseMoE`), ``experts``, ``router``,
 ``adaptive_l1``, ``dtsi`` (path draw, inference switch), ``calibration`` and
-``statistics``. Formulation and results: docs/moe.md.
+``statistics``; ``swiglu`` holds the TokenMixer-Large variant (pSwiGLU experts and a
+shared expert). Formulation and results: docs/moe.md.
 """
 
 from torchrec_rankmixer.modules.moe.adaptive_l1 import AdaptiveL1
@@ -13,10 +14,13 @@ from torchrec_rankmixer.modules.moe.experts import TokenExperts
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.modules.moe.router import TokenRouter, topk_softmax_gates
 from torchrec_rankmixer.modules.moe.statistics import collect_statistics, reset_statistics
+from torchrec_rankmixer.modules.moe.swiglu import PerTokenSwiGLUMoE, SwiGLUTokenExperts
 
 __all__ = [
     "AdaptiveL1",
     "PerTokenSparseMoE",
+    "PerTokenSwiGLUMoE",
+    "SwiGLUTokenExperts",
     "TokenExperts",
     "TokenRouter",
     "calibrate_moe_routers",

@@ -7,8 +7,12 @@ from torch import nn
 
 from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
 from torchrec_rankmixer.ops.kernels import check_kernel
-from torchrec_rankmixer.ops.moe import moe_experts
+from torchrec_rankmixer.ops.moe import moe_experts, moe_experts_sparse
 from torchrec_rankmixer.utils.checks import check_positive_int
+
+# A leaf for FX symbolic tracing (data-dependent shapes cannot be traced symbolically);
+# the TorchScript export points these calls at the scriptable moe_experts_sparse_resolved.
+torch.fx.wrap("moe_experts_sparse")
 
 
 class TokenExperts(nn.Module):
@@ -65,3 +69,7 @@ class TokenExperts(nn.Module):
     def forward(self, x: torch.Tensor, gates: torch.Tensor, sparse: bool, kernel: str = "auto") -> torch.Tensor:
         """Gated sum of the experts; ``sparse`` computes only the active triples (ops/moe.py)."""
         return moe_experts(x, gates, *self.weights, sparse=sparse, kernel=check_kernel("kernel", kernel))  # (B, T, D)
+
+    def sparse(self, x: torch.Tensor, gates: torch.Tensor, kernel: str) -> torch.Tensor:
+        """The sparse inference path: only the active triples, as one FX leaf call."""
+        return moe_experts_sparse(x, gates, *self.weights, kernel=kernel)  # (B, T, D)

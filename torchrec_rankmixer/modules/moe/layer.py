@@ -24,12 +24,7 @@ from torchrec_rankmixer.modules.moe.experts import TokenExperts
 from torchrec_rankmixer.modules.moe.router import TokenRouter, topk_softmax_gates, update_ratio_offset
 from torchrec_rankmixer.modules.moe.statistics import RoutingStatistics
 from torchrec_rankmixer.ops.kernels import check_kernel
-from torchrec_rankmixer.ops.moe import moe_experts_sparse
 from torchrec_rankmixer.utils.checks import check_choice, check_float, check_positive_int
-
-# A leaf for FX symbolic tracing (data-dependent shapes cannot be traced symbolically);
-# the TorchScript export points these calls at the scriptable moe_experts_sparse_resolved.
-torch.fx.wrap("moe_experts_sparse")
 
 # state-dict names before the experts moved into ``experts`` (torchrec-rankmixer 0.1)
 _LEGACY_EXPERT_KEYS = ("w1", "b1", "w2", "b2")
@@ -78,6 +73,11 @@ class PerTokenSparseMoE(nn.Module):
         kernel: how the experts run (ops/kernels.py); dense training and sparse
             inference both use it.
         device: where to allocate (``"meta"`` works).
+        experts: the experts, built for the same T, D and E; default: GELU
+            :class:`TokenExperts` of width ``expert_hidden``. Any module with
+            ``weights``, ``forward(x, gates, sparse, kernel)`` and ``sparse(x, gates,
+            kernel)`` fits, e.g. TokenMixer-Large's pSwiGLU experts
+            (:class:`~torchrec_rankmixer.modules.moe.swiglu.SwiGLUTokenExperts`).
 
     Shapes:
         x: [B, T, D] -> [B, T, D]. Experts: w1 [T, E, D, h], b1 [T, E, h],
@@ -116,6 +116,7 @@ class PerTokenSparseMoE(nn.Module):
         path_draw: str = "sample",
         kernel: str = "auto",
         device: torch.device | str | None = None,
+        experts: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         for name, value in (("num_tokens", num_tokens), ("d_model", d_model),
@@ -145,7 +146,12 @@ class PerTokenSparseMoE(nn.Module):
         self.offset_rate = float(offset_rate) if router != "topk" else 0.0
         self.offset_per, self.train_gate, self.path_draw = offset_per, train_gate, path_draw
         self._path_mask: Optional[torch.Tensor] = None
-        self.experts = TokenExperts(T, D, E, expert_hidden, device=device)
+        self.experts = experts if experts is not None else TokenExperts(T, D, E, expert_hidden, device=device)
+        if tuple(self.experts.weights[0].shape[:3]) != (T, E, D):
+            raise ValueError(
+                f"experts hold weights {tuple(self.experts.weights[0].shape)}; this MoE needs "
+                f"[T, E, D, ...] = {(T, E, D)}"
+            )
         self.router_infer = TokenRouter(T, D, E, offset=self.offset_rate > 0, device=device)
         self.router_train: Optional[TokenRouter] = (
             TokenRouter(T, D, E, device=device) if router == "dtsi" else None
@@ -159,17 +165,22 @@ class PerTokenSparseMoE(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: RankMixerConfig, device: torch.device | str | None = None
+        cls, config: RankMixerConfig, device: torch.device | str | None = None,
+        experts: Optional[nn.Module] = None,
     ) -> "PerTokenSparseMoE":
-        """The MoE a :class:`RankMixerConfig` with ``use_moe=True`` describes."""
+        """The MoE a :class:`RankMixerConfig` with ``use_moe=True`` describes; given
+        ``experts``, their ``num_tokens``, ``d_model`` and ``expert_hidden`` size it."""
+        T, D, h = config.num_tokens, config.d_model, config.moe_hidden
+        if experts is not None:
+            T, D, h = experts.num_tokens, experts.d_model, experts.expert_hidden
         return cls(
-            config.num_tokens, config.d_model, config.moe_num_experts, config.moe_hidden,
+            T, D, config.moe_num_experts, h,
             router=config.moe_router, target_active_ratio=config.moe_target_active_ratio,
             l1_kp=config.moe_l1_kp, l1_ki=config.moe_l1_ki,
             balance_coef=config.moe_balance_coef, dense_path_prob=config.moe_dense_path_prob,
             offset_rate=config.moe_offset_rate, offset_per=config.moe_offset_per,
             train_gate=config.moe_train_gate, path_draw=config.moe_path_draw,
-            kernel=config.kernel, device=device,
+            kernel=config.kernel, device=device, experts=experts,
         )
 
     def configure_inference(
@@ -239,7 +250,7 @@ class PerTokenSparseMoE(nn.Module):
             return self.experts(x, self._train_gates(x), sparse=False, kernel=self.kernel)
         if self.execution == "dense":
             return self.experts(x, gates, sparse=False, kernel=self.kernel)
-        return moe_experts_sparse(x, gates, *self.experts.weights, kernel=self.sparse_kernel)
+        return self.experts.sparse(x, gates, self.sparse_kernel)
 
     # ------------------------------------------------------------------ statistics
     def reset_statistics(self) -> None:

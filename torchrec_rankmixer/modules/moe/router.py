@@ -128,11 +128,11 @@ def topk_softmax_gates(
     B, T, E = logits.shape
     probs = torch.softmax(logits, dim=-1)  # (B, T, E)
     top_p, top_i = probs.topk(k, dim=-1)  # (B, T, k)
-    with torch.no_grad():
-        routed = torch.zeros_like(probs).scatter_(-1, top_i, 1.0)  # (B, T, E) one-hots
-        frac = routed.mean(0) / k  # (T, E): f
-        balance = E * (frac * probs.mean(0)).sum(-1).mean()
-    if probs.requires_grad and balance_coef > 0:
+    # detached rather than under no_grad: a grad-mode switch does not survive torch.export
+    routed = torch.zeros_like(probs).detach().scatter_(-1, top_i, 1.0)  # (B, T, E) one-hots
+    frac = routed.mean(0) / k  # (T, E): f
+    balance = E * (frac * probs.detach().mean(0)).sum(-1).mean()
+    if balance_coef > 0 and probs.requires_grad:  # coef first: eval (0) traces under FX
         probs = inject_gradient(probs, balance_coef * E * frac / (B * T))  # dLB/dp
         top_p = probs.gather(-1, top_i)
     gates = torch.zeros_like(probs).scatter(-1, top_i, top_p / top_p.sum(-1, keepdim=True))
