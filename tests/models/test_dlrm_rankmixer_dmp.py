@@ -49,7 +49,7 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     ebc = EmbeddingBagCollection(tables=data.table_configs(8), device=torch.device("meta"))
     config = None  # DLRM_RankMixer's default: 4 sparse tokens + 1 dense token
     if block is not None:
-        config = default_config(5).with_updates(block=block, num_layers=3, tml_global_token=True)
+        config = default_config(4, 1, overrides={"block": block, "num_layers": 3, "tml_global_token": True})
     model = DLRMTrain(
         DLRM_RankMixer(
             embedding_bag_collection=ebc,
