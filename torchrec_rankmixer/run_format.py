@@ -9,16 +9,26 @@ Layout of ``<run.out_dir>/<run.name>/``::
     checkpoints/step_XXXXXXXX/
         *.distcp, .metadata   DCP files: {"model": the model's own state_dict,
                               "optim": optimiser state, "id_remap": managed-collision state}
-        progress.json         step, data cursor, world size; written last: marks it complete
+        progress.json         step, data cursor, world size
+        manifest.json         size and SHA-256 of every other file; written last
 
-A checkpoint's ``model`` entry holds the model's own keys (``sparse_arch...``,
-``encoder...``), whatever wrapper trained it.
+A checkpoint is written into ``checkpoints/.tmp_step_XXXXXXXX`` and renamed into place
+once complete, so a crash at any point leaves either the previous checkpoints or the new
+one, never a half-written one under a step name. It counts as complete when its
+``manifest.json`` exists, and is trusted only when every file matches the manifest
+(:func:`verify_checkpoint`); a checkpoint that does not is skipped with a warning by
+``run.resume=latest`` and by export. A checkpoint's ``model`` entry holds the model's own
+keys (``sparse_arch...``, ``encoder...``), whatever wrapper trained it. DCP files are read
+with a restricted unpickler (utils/safe_load.py): a planted file cannot run code.
 """
 
+import hashlib
+import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 from torchrec_rankmixer.data.settings import DataSettings
 from torchrec_rankmixer.models.spec import ModelSpec
@@ -30,6 +40,9 @@ SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "manifest.json"
+TMP_PREFIX = ".tmp_"  # checkpoints/.tmp_step_XXXXXXXX while being written
+LOCK_FILE = ".lock"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_KEY = "model"  # checkpoint entry: the model's state_dict
 OPTIM_KEY = "optim"  # checkpoint entry: the optimiser's state_dict
@@ -50,7 +63,7 @@ def checkpoint_dir(root: str, step: int) -> str:
 
 
 def complete_checkpoints(root: str) -> Dict[int, str]:
-    """step -> directory of every complete checkpoint under ``root`` (has progress.json).
+    """step -> directory of every complete checkpoint under ``root`` (has its manifest).
 
     Example::
 
@@ -61,15 +74,80 @@ def complete_checkpoints(root: str) -> Dict[int, str]:
     if os.path.isdir(root):
         for name in os.listdir(root):
             m = STEP_DIR.match(name)
-            if m and os.path.isfile(os.path.join(root, name, PROGRESS_FILE)):
+            if m and os.path.isfile(os.path.join(root, name, MANIFEST_FILE)):
                 steps[int(m.group(1))] = os.path.join(root, name)
     return steps
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(path: str) -> str:
+    """Write ``<path>/manifest.json``: size and SHA-256 of every other file of checkpoint
+    ``path`` (call it last: its presence marks the checkpoint complete)."""
+    files = {}
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name != MANIFEST_FILE and os.path.isfile(full):
+            files[name] = {"size": os.path.getsize(full), "sha256": _sha256(full)}
+    out = os.path.join(path, MANIFEST_FILE)
+    atomic_write_text(out, json.dumps({"files": files}, indent=1, sort_keys=True))
+    return out
+
+
+def verify_checkpoint(path: str) -> None:
+    """Every file of checkpoint ``path`` matches its manifest (ValueError naming the first
+    that does not: missing, truncated, overwritten).
+
+    Example::
+
+        >>> verify_checkpoint("/nonexistent/step_00000001")
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint '/nonexistent/step_00000001' is incomplete: it has no manifest.json
+    """
+    manifest = os.path.join(path, MANIFEST_FILE)
+    if not os.path.isfile(manifest):
+        raise ValueError(f"checkpoint {path!r} is incomplete: it has no {MANIFEST_FILE}")
+    try:
+        files = json.load(open(manifest))["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {path!r} is damaged: its {MANIFEST_FILE} is unreadable ({e})") from e
+    for name, want in sorted(files.items()):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            raise ValueError(f"checkpoint {path!r} is damaged: {name} is missing")
+        if os.path.getsize(full) != want["size"]:
+            raise ValueError(f"checkpoint {path!r} is damaged: {name} has {os.path.getsize(full)} bytes, "
+                             f"the manifest says {want['size']}")
+        if _sha256(full) != want["sha256"]:
+            raise ValueError(f"checkpoint {path!r} is damaged: {name} does not match its checksum")
+
+
+def good_checkpoints(root: str) -> List[str]:
+    """Complete checkpoints under ``root`` that verify, newest first; each one that does not
+    is skipped with a warning that names it and says why."""
+    good = []
+    for step, path in sorted(complete_checkpoints(root).items(), reverse=True):
+        try:
+            verify_checkpoint(path)
+        except ValueError as e:
+            warnings.warn(f"skipping a damaged checkpoint: {e}", UserWarning, stacklevel=2)
+            continue
+        good.append(path)
+    return good
+
+
 def latest_checkpoint(root: str) -> Optional[str]:
-    """The complete checkpoint with the highest step under ``root`` (None if none)."""
-    steps = complete_checkpoints(root)
-    return steps[max(steps)] if steps else None
+    """The newest complete checkpoint under ``root`` that verifies (None if none; damaged
+    ones are skipped with a warning)."""
+    good = good_checkpoints(root)
+    return good[0] if good else None
 
 
 @dataclass(frozen=True)
@@ -106,28 +184,40 @@ def find_run_checkpoint(run_dir: PathLike, step: Optional[int] = None) -> RunChe
     if not os.path.isdir(path):
         raise ValueError(f"run directory {os.fspath(run_dir)!r} does not exist")
     m = STEP_DIR.match(os.path.basename(path))
-    if m and os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # a checkpoint directory
-        own = int(m.group(1))
+    if m and os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(path)), CHECKPOINTS_DIR)):
+        own = int(m.group(1))  # a checkpoint directory
         if step is not None and step != own:
             raise ValueError(f"step ({step}) does not match checkpoint directory {path!r} (step {own})")
         root = os.path.dirname(os.path.dirname(path))
         if not os.path.isfile(os.path.join(root, CONFIG_FILE)):
             raise ValueError(f"checkpoint {path!r} is not inside a run directory (no {CONFIG_FILE} in {root!r})")
+        _check_not_legacy(root)
+        verify_checkpoint(path)
         return RunCheckpoint(root, path, own)
     if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
         raise ValueError(f"{os.fspath(run_dir)!r} is not a rankmixer-train run directory (no {CONFIG_FILE})")
+    _check_not_legacy(path)
     root = os.path.join(path, CHECKPOINTS_DIR)
     steps = complete_checkpoints(root)
-    if not steps:
-        raise ValueError(
-            f"run directory {os.fspath(run_dir)!r} has no complete checkpoint under {root!r} "
-            "(train with run.save_final=true or run.checkpoint_every > 0)"
-        )
     if step is None:
-        step = max(steps)
-    elif isinstance(step, bool) or not isinstance(step, int) or step not in steps:
+        good = good_checkpoints(root)
+        if not good:
+            raise ValueError(
+                f"run directory {os.fspath(run_dir)!r} has no complete, undamaged checkpoint under {root!r} "
+                "(train with run.save_final=true or run.checkpoint_every > 0)"
+            )
+        newest = good[0]
+        return RunCheckpoint(path, newest, int(STEP_DIR.match(os.path.basename(newest)).group(1)))  # type: ignore[union-attr]
+    if isinstance(step, bool) or not isinstance(step, int) or step not in steps:
         raise ValueError(f"step ({step!r}) has no complete checkpoint in {root!r}; steps: {sorted(steps)}")
+    verify_checkpoint(steps[step])
     return RunCheckpoint(path, steps[step], step)
+
+
+def _check_not_legacy(run_dir: str) -> None:
+    """A 0.1 run directory (config.yaml, no spec.json) gets the upgrade message."""
+    if not os.path.isfile(os.path.join(run_dir, SPEC_FILE)):
+        read_spec(run_dir)  # raises the message that says how to upgrade
 
 
 def write_spec(run_dir: PathLike, spec: ModelSpec) -> str:

@@ -161,11 +161,15 @@ def test_error_paths(run, tmp_path):
     copy = _copy_run(run_dir, tmp_path)
     with pytest.raises(ValueError, match="step \\(2\\) does not match checkpoint directory"):
         find_run_checkpoint(os.path.join(copy, "checkpoints", "step_00000004"), step=2)
-    os.remove(os.path.join(copy, "checkpoints", "step_00000004", "progress.json"))  # incomplete
+    os.remove(os.path.join(copy, "checkpoints", "step_00000004", "manifest.json"))  # incomplete
     assert find_run_checkpoint(copy).step == 2
-    os.remove(os.path.join(copy, "checkpoints", "step_00000002", "progress.json"))
-    with pytest.raises(ValueError, match=f"run directory {copy!r} has no complete checkpoint"):
-        load_run_model(copy)
+    with open(os.path.join(copy, "checkpoints", "step_00000002", "progress.json"), "a") as f:
+        f.write(" ")  # damaged: no longer matches its manifest
+    with pytest.warns(UserWarning, match="skipping a damaged checkpoint: .*progress.json has"):
+        with pytest.raises(ValueError, match=f"run directory {copy!r} has no complete, undamaged checkpoint"):
+            load_run_model(copy)
+    with pytest.raises(ValueError, match="step_00000002' is damaged: progress.json has"):
+        load_run_model(copy, step=2)
 
 
 def test_spec_mismatch_and_legacy_run_directories_are_rejected(run, tmp_path):

@@ -82,7 +82,7 @@ def test_cpu_rejects_row_wise_and_bf16(tmp_path):
     with pytest.raises(ValueError, match="unknown table"):
         Trainer(load_config(overrides=tiny(tmp_path, "sharding.constraints={nope: [table_wise]}")))
     destroy_group()
-    with pytest.raises(ValueError, match="no checkpoint under"):
+    with pytest.raises(ValueError, match="no complete, undamaged checkpoint under"):
         Trainer(load_config(overrides=tiny(tmp_path, "run.resume=latest", "run.name=empty")))
 
 

@@ -25,7 +25,6 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
@@ -44,20 +43,14 @@ from torchrec_rankmixer.run_format import (
     read_spec,
 )
 from torchrec_rankmixer.utils.checks import check_non_negative_int
+from torchrec_rankmixer.utils.safe_load import dcp_load, dcp_metadata
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _read_metadata(path: str):  # type: ignore[no-untyped-def]
-    try:
-        return dcp.FileSystemReader(path).read_metadata().state_dict_metadata
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"cannot read checkpoint {path!r}: {exc}") from exc
-
-
 def _load_weights(model: nn.Module, path: str) -> None:
     """Read ``model``'s weights from the ``model`` entry of DCP checkpoint ``path``."""
-    metadata = _read_metadata(path)
+    metadata = dcp_metadata(path)
     local = model.state_dict()
     wanted = {f"{MODEL_KEY}.{k}": v for k, v in local.items()}
     missing = sorted(k for k in wanted if k not in metadata)
@@ -74,7 +67,7 @@ def _load_weights(model: nn.Module, path: str) -> None:
                 f"{list(saved)} in the checkpoint, {list(value.shape)} in the model"
             )
     state = {MODEL_KEY: dict(local)}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    dcp_load(state, path, no_dist=True)
     model.load_state_dict(state[MODEL_KEY], strict=True)
 
 
@@ -126,7 +119,7 @@ def load_run_id_remap(
     remapper = build_remapper(data, [t.to_config() for t in spec.tables])
     if remapper is None:
         return None
-    metadata = _read_metadata(ckpt.path)
+    metadata = dcp_metadata(ckpt.path)
     state = {k: v.clone() for k, v in remapper.state_dict().items()}
     missing = sorted(k for k in state if f"{ID_REMAP_KEY}.{k}" not in metadata)
     if missing:
@@ -134,7 +127,7 @@ def load_run_id_remap(
             f"checkpoint {ckpt.path!r} lacks the id mapping of a data.id_transform='managed_collision' "
             f"run ({len(missing)} entries, e.g. {ID_REMAP_KEY}.{missing[0]})"
         )
-    dcp.load({ID_REMAP_KEY: state}, checkpoint_id=ckpt.path, no_dist=True)
+    dcp_load({ID_REMAP_KEY: state}, ckpt.path, no_dist=True)
     remapper.load_state_dict(state)
     return remapper.eval()
 

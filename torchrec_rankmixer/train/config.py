@@ -5,6 +5,7 @@ documented in docs/training.md. Load with :func:`load_config` (file + ``key=valu
 overrides); every error is a ``ValueError`` naming the dotted key.
 """
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -159,6 +160,7 @@ class RunSettings:
     checkpoint_every: int = 0
     save_final: bool = True
     resume: Optional[str] = None
+    overwrite: bool = False
     tensorboard: bool = True
     plots: bool = True
 
@@ -166,6 +168,10 @@ class RunSettings:
         check_non_negative("run.checkpoint_every", self.checkpoint_every)
         if not self.out_dir:
             raise ValueError("run.out_dir ('') must name a directory")
+        if os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            raise ValueError(f"run.out_dir ({self.out_dir!r}) is a file, not a directory")
+        if self.resume and self.overwrite:
+            raise ValueError(f"run.resume ({self.resume!r}) and run.overwrite (true) exclude each other")
 
 
 @dataclass

@@ -5,9 +5,10 @@ import contextlib
 import itertools
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -19,7 +20,7 @@ from torchrec_rankmixer.modules.moe.statistics import collect_statistics
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
 from torchrec_rankmixer.modules.moe.calibration import all_gather_rows, calibrate_moe_routers
 from torchrec_rankmixer.data.sources import build_remapper, make_source
-from torchrec_rankmixer.run_format import ID_REMAP_KEY, checkpoint_dir, latest_checkpoint
+from torchrec_rankmixer.run_format import ID_REMAP_KEY, checkpoint_dir, latest_checkpoint, verify_checkpoint
 from torchrec_rankmixer.train.build import TrainModule, model_spec
 from torchrec_rankmixer.train.checkpoint import load_checkpoint, save_checkpoint
 from torchrec_rankmixer.train.config import TrainConfig
@@ -32,6 +33,9 @@ from torchrec_rankmixer.train.distributed import (
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
 from torchrec_rankmixer.train.evictions import reset_rows
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,6 +65,24 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def _agreed(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; a ValueError raised on rank 0 (which owns the run
+    directory) is raised on every rank, so no rank waits for a collective that never comes."""
+    error: List[Optional[str]] = [None]
+    result: Optional[T] = None
+    try:
+        result = fn()
+    except ValueError as e:
+        if dist.get_rank() != 0:
+            raise
+        error = [str(e)]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise ValueError(error[0])
+    return result  # type: ignore[return-value]
+
+
 def _drain(pipeline: TrainPipelineSparseDist, it: Iterator, num: int, on_out=None) -> None:  # type: ignore[no-untyped-def]
     for _ in range(num):
         out = pipeline.progress(it)
@@ -88,39 +110,57 @@ class Trainer:
         self.bf16 = precision == "bf16" or (precision == "auto" and self.env.device.type == "cuda")
         torch.manual_seed(cfg.train.seed)
         self.source = make_source(cfg.data, cfg.model.task == "esmm", self.env.rank, self.env.world_size)
-        self.run = RunDir(os.path.join(cfg.run.out_dir, _agree_on_name(cfg)), cfg.run.tensorboard, self.env.is_main)
-        self.spec = model_spec(cfg, self.source)
-        if cfg.run.resume:
-            self.run.check_spec(self.spec)
-        tables = self.source.table_configs(cfg.model.embedding_dim)
-        # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
-        group = None
-        if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
-            group = dist.new_group(backend="gloo")
-        self.remapper = build_remapper(cfg.data, tables, group)
-        self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
-        self._evictions_done, self._evictions_base, self.evicted_rows = 0, 0, 0
-        mc = cfg.data.managed_collision
-        self._row_init = {t.name: t.init_fn for t in tables} if mc.evicted_row_init == "table_init" else None
-        # tables on meta: DistributedModelParallel materialises them sharded
-        model = self.spec.build(self.env.device, cfg.train.validate_inputs, table_device=torch.device("meta"))
-        module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
-        self.model = shard_model(module, cfg, self.env)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.pipeline = TrainPipelineSparseDist(
-            self.model, self.optimizer, self.env.device, execute_all_batches=True
-        )
-        self.step, self.cursor = 0, 0
-        if cfg.run.resume:
-            self.resume(cfg.run.resume)
-        self.run.write_settings(cfg, self.spec)  # after a resume has loaded, before the first step
+        run_path = os.path.join(cfg.run.out_dir, _agree_on_name(cfg))
+        self.run = _agreed(lambda: RunDir(run_path, cfg.run.tensorboard, self.env.is_main))
+        try:  # the run directory is locked from here: release it if the set-up fails
+            self.spec = model_spec(cfg, self.source)
+            _agreed(lambda: self.run.claim(bool(cfg.run.resume), cfg.run.overwrite))
+            if cfg.run.resume:
+                _agreed(lambda: self.run.check_spec(self.spec))
+            tables = self.source.table_configs(cfg.model.embedding_dim)
+            # the id remapper runs on CPU in the data path: a gloo group (a side group on NCCL runs)
+            group = None
+            if cfg.data.id_transform == "managed_collision" and self.env.backend != "gloo":
+                group = dist.new_group(backend="gloo")
+            self.remapper = build_remapper(cfg.data, tables, group)
+            self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
+            self._evictions_done, self._evictions_base, self.evicted_rows = 0, 0, 0
+            mc = cfg.data.managed_collision
+            self._row_init = {t.name: t.init_fn for t in tables} if mc.evicted_row_init == "table_init" else None
+            # tables on meta: DistributedModelParallel materialises them sharded
+            model = self.spec.build(self.env.device, cfg.train.validate_inputs, table_device=torch.device("meta"))
+            module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
+            self.model = shard_model(module, cfg, self.env)
+            self.optimizer = build_optimizer(self.model, cfg.optim)
+            self.pipeline = TrainPipelineSparseDist(
+                self.model, self.optimizer, self.env.device, execute_all_batches=True
+            )
+            self.step, self.cursor = 0, 0
+            if cfg.run.resume:
+                self.resume(cfg.run.resume)
+            self.run.write_settings(cfg, self.spec)  # after a resume has loaded, before the first step
+        except BaseException:
+            self.run.close()
+            raise
 
     # ------------------------------------------------------------------ state
+    def _resume_path(self, where: str) -> List[str]:
+        """Rank 0 picks the checkpoint: ``"latest"`` is the newest that verifies against
+        its manifest (damaged ones are skipped with a warning); a named one must verify."""
+        if where != "latest":
+            verify_checkpoint(where)
+            return [where]
+        path = latest_checkpoint(self.run.checkpoints) if self.env.is_main else ""
+        if path is None:
+            raise ValueError(f"run.resume ('latest'): no complete, undamaged checkpoint under {self.run.checkpoints!r}")
+        return [path]
+
     def resume(self, where: str) -> None:
         """Load ``where`` (a checkpoint directory or ``"latest"`` in this run's directory)."""
-        path = latest_checkpoint(self.run.checkpoints) if where == "latest" else where
-        if path is None:
-            raise ValueError(f"run.resume ('latest'): no checkpoint under {self.run.checkpoints!r}")
+        chosen = _agreed(lambda: self._resume_path(where))
+        if dist.get_world_size() > 1:
+            dist.broadcast_object_list(chosen, src=0)
+        path = chosen[0]
         progress = load_checkpoint(path, self.model, self.optimizer, self._extra_state())
         self.step, self.cursor = int(progress["step"]), int(progress["cursor"])
 
@@ -237,47 +277,71 @@ class Trainer:
         bar = tqdm(total=total, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (env.is_main and cfg.train.progress_bar))
         running, count = torch.zeros((), dtype=torch.float64, device=env.device), 0  # no per-step sync
+        first_bad = torch.full((), -1, dtype=torch.int64, device=env.device)  # first non-finite step
         last_loss, metrics = math.nan, {}
         self.model.train()
-        for end in self._boundaries(total):
-            n = end - self.step
-            it = self._remapped(self.source.train_batches(self.cursor, env.rank, W, n), True)
-            for k in range(n):
-                self._reset_evicted(k)
-                lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
-                with self._autocast():
-                    out = self.pipeline.progress(it)
-                self.step += 1
-                self.cursor += W
-                running += out.losses["loss"].to(torch.float64)
-                count += 1
-                if self.step % cfg.train.log_every == 0 or self.step == total:
-                    last_loss = _mean_over_ranks(float(running) / count, env.device)
-                    record = {"step": self.step, "train_loss": last_loss, "lr": lr}
-                    record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
-                    record.update(self._window_statistics())
-                    if self.remapper is not None:
-                        record["id_remap_evicted_rows"] = self.evicted_rows  # since start/resume
-                    self.run.log(record)
-                    running, count = torch.zeros_like(running), 0
-                    bar.set_postfix(loss=f"{last_loss:.4f}")
-                bar.update(1)
-            if self.step == total:
-                self.calibrate_moe()
-            if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
-                metrics = self.evaluate()
-                if metrics:
-                    self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
-            every = cfg.run.checkpoint_every
-            if (every and self.step % every == 0) or (self.step == total and (every or cfg.run.save_final)):
-                self.save()
-        bar.close()
+        try:
+            for end in self._boundaries(total):
+                n = end - self.step
+                it = self._remapped(self.source.train_batches(self.cursor, env.rank, W, n), True)
+                for k in range(n):
+                    self._reset_evicted(k)
+                    lr = set_dense_lr(self.optimizer, cfg.optim, self.step, total)
+                    with self._autocast():
+                        out = self.pipeline.progress(it)
+                    self.step += 1
+                    self.cursor += W
+                    loss = out.losses["loss"].detach()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), self.step, first_bad)
+                    running += loss.to(torch.float64)
+                    count += 1
+                    if self.step % cfg.train.log_every == 0 or self.step == total:
+                        self._stop_if_not_finite(first_bad, lr)
+                        last_loss = _mean_over_ranks(float(running) / count, env.device)
+                        record = {"step": self.step, "train_loss": last_loss, "lr": lr}
+                        record.update({f"train_{k}": float(v) for k, v in out.losses.items() if k != "loss"})
+                        record.update(self._window_statistics())
+                        if self.remapper is not None:
+                            record["id_remap_evicted_rows"] = self.evicted_rows  # since start/resume
+                        self.run.log(record)
+                        running, count = torch.zeros_like(running), 0
+                        bar.set_postfix(loss=f"{last_loss:.4f}")
+                    bar.update(1)
+                self._stop_if_not_finite(first_bad, lr)  # never checkpoint a diverged model
+                if self.step == total:
+                    self.calibrate_moe()
+                if (cfg.train.eval_every and self.step % cfg.train.eval_every == 0) or self.step == total:
+                    metrics = self.evaluate()
+                    if metrics:
+                        self.run.log({"step": self.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+                every = cfg.run.checkpoint_every
+                if (every and self.step % every == 0) or (self.step == total and (every or cfg.run.save_final)):
+                    self.save()
+        finally:
+            bar.close()
+            if sys.exc_info()[0] is not None:
+                self.run.close()
         if cfg.run.plots:
             self.run.plot()
         self.run.close()
         return TrainSummary(
             run_dir=self.run.path, step=self.step, seconds=time.perf_counter() - start_time,
             metrics=metrics, train_loss=last_loss, malformed=self._malformed_over_ranks(),
+        )
+
+    def _stop_if_not_finite(self, first_bad: torch.Tensor, lr: float) -> None:
+        """Stop the run (ValueError on every rank) when any rank's training loss was NaN or
+        inf at some step; no checkpoint is written after it, so the last one stays good."""
+        if dist.get_world_size() > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        step = int(first_bad)
+        if step < 0:
+            return
+        kept = latest_checkpoint(self.run.checkpoints) if self.env.is_main else None
+        raise ValueError(
+            f"the training loss is not finite (NaN or inf) at step {step} (dense lr {lr:g}); the run "
+            f"stopped, last good checkpoint: {kept or 'none'}. Lower optim.lr / optim.embedding_lr or "
+            "set optim.grad_clip_norm, then resume (run.resume=latest) or start over"
         )
 
     def _window_statistics(self) -> Dict[str, float]:

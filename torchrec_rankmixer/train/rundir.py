@@ -9,6 +9,7 @@ are written by every rank).
 import json
 import math
 import os
+import shutil
 import time
 from typing import Any, Dict, List, Optional
 
@@ -24,7 +25,7 @@ from torchrec_rankmixer.run_format import (
     write_spec,
 )
 from torchrec_rankmixer.train.config import TrainConfig
-from torchrec_rankmixer.utils.files import atomic_write_text
+from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text
 from torchrec_rankmixer.utils.settings import to_dict
 
 
@@ -56,9 +57,13 @@ class RunDir:
         self.metrics_path = os.path.join(path, METRICS_FILE)
         self.records: List[Dict[str, Any]] = []
         self._tb: Optional[Any] = None
+        self._lock: Optional[DirectoryLock] = None
         if not is_main:
             return
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"run directory {path!r} is a file")
         os.makedirs(self.checkpoints, exist_ok=True)
+        self._lock = DirectoryLock(path, "run directory")  # one process per run directory
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
@@ -66,6 +71,25 @@ class RunDir:
                 self._tb = SummaryWriter(os.path.join(path, "tensorboard"))
             except ImportError:
                 self._tb = None
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """A new run never overwrites another (rank 0): refuse a directory that holds a
+        run unless ``resume`` (continue it) or ``overwrite`` (its files are removed)."""
+        if not self.is_main:
+            return
+        previous = [n for n in (SPEC_FILE, CONFIG_FILE, METRICS_FILE) if os.path.exists(os.path.join(self.path, n))]
+        previous += [CHECKPOINTS_DIR] if os.listdir(self.checkpoints) else []
+        if resume or not previous:
+            return
+        if not overwrite:
+            raise ValueError(
+                f"run directory {self.path!r} already holds a run ({', '.join(previous)}); continue it with "
+                "run.resume=latest, replace it with run.overwrite=true, or choose another run.name"
+            )
+        for name in previous:
+            target = os.path.join(self.path, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        os.makedirs(self.checkpoints, exist_ok=True)
 
     def write_settings(self, cfg: TrainConfig, spec: ModelSpec) -> None:
         """Write ``config.yaml`` and ``spec.json`` (atomically; rank 0). Called before the
@@ -149,3 +173,7 @@ class RunDir:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -30,12 +30,14 @@ from torchrec_rankmixer.run_format import (
     MODEL_KEY,
     PROGRESS_FILE,
     SPEC_FILE,
-    complete_checkpoints,
+    STEP_DIR,
+    write_manifest,
     write_spec,
 )
 from torchrec_rankmixer.train.build import model_spec
 from torchrec_rankmixer.train.config import MOVED_SETTINGS, TrainConfig
 from torchrec_rankmixer.utils.files import atomic_write_text
+from torchrec_rankmixer.utils.safe_load import dcp_metadata
 from torchrec_rankmixer.utils.settings import from_dict, load_file, to_dict
 
 LEGACY_CONFIG_FILE = "config.v0_1.yaml"
@@ -69,6 +71,11 @@ def _upgrade_checkpoint(path: str) -> None:
     that then replaces ``path``; progress.json is copied last)."""
     with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
         flat = os.path.join(tmp, "all.pt")
+        # the restricted unpickler first: a planted .metadata cannot run code; 0.1 wrote
+        # tensors only, so a non-tensor entry (unpickled by DCP's own loader) is refused
+        entries = dcp_metadata(path)
+        if any(type(m).__name__ == "BytesStorageMetadata" for m in entries.values()):
+            raise ValueError(f"checkpoint {path!r} holds non-tensor entries, which 0.1 never wrote; not upgrading it")
         dcp_to_torch_save(path, flat)
         state = torch.load(flat, map_location="cpu", weights_only=True)
         os.remove(flat)
@@ -79,6 +86,7 @@ def _upgrade_checkpoint(path: str) -> None:
         fresh = os.path.join(tmp, "ckpt")
         dcp.save(state, checkpoint_id=fresh, no_dist=True)
         shutil.copy2(os.path.join(path, PROGRESS_FILE), os.path.join(fresh, PROGRESS_FILE))
+        write_manifest(fresh)
         old = path + ".v0_1"
         os.replace(path, old)
         os.replace(fresh, path)
@@ -112,9 +120,12 @@ def upgrade_run_dir(run_dir: str) -> List[str]:
     source = make_source(cfg.data, cfg.model.task == "esmm", rank=0, world_size=1)
     spec = model_spec(cfg, source)
     written = []
-    for step, path in sorted(complete_checkpoints(os.path.join(run_dir, CHECKPOINTS_DIR)).items()):
-        _upgrade_checkpoint(path)
-        written.append(path)
+    root = os.path.join(run_dir, CHECKPOINTS_DIR)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if STEP_DIR.match(name) and os.path.isfile(os.path.join(path, PROGRESS_FILE)):  # 0.1: complete
+            _upgrade_checkpoint(path)
+            written.append(path)
     legacy = os.path.join(run_dir, LEGACY_CONFIG_FILE)
     if not os.path.isfile(legacy):
         shutil.copy2(config_path, legacy)

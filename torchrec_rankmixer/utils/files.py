@@ -1,8 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never a partial one."""
 
+import fcntl
 import os
 import tempfile
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -58,3 +59,48 @@ def fsync_dir(folder: PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking lock on ``<folder>/.lock`` (``fcntl.flock``), held until
+    :meth:`release` or process exit, so two processes never write one directory.
+
+    Args:
+        folder: the directory to lock (must exist).
+        what: how the error names it (e.g. ``"run directory"``).
+
+    Example::
+
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> lock = DirectoryLock(d, "export output")
+        >>> DirectoryLock(d, "export output")
+        Traceback (most recent call last):
+        ...
+        ValueError: export output '...' is in use by another process (pid ...)
+        >>> lock.release()
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, folder: PathLike, what: str) -> None:
+        path = os.path.join(os.fspath(folder), self.FILE)
+        self._fd: Optional[int] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise ValueError(f"{what} {os.fspath(folder)!r} is in use by another process (pid {holder})") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def __del__(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
