@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_kernels import single_gemm_bound  # noqa: E402
+from benchmarks.bench_ffn_kernels import single_gemm_bound  # noqa: E402
 from benchmarks.common import interleaved  # noqa: E402
 from torchrec_rankmixer.ops.per_token_ffn import per_token_ffn_batched, per_token_ffn_reference  # noqa: E402
 

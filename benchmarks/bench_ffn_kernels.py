@@ -14,8 +14,8 @@ is reported beside the fraction of the single-GEMM bound.
 
 Usage::
 
-    python benchmarks/bench_kernels.py                      # T=16 D=128 k=4, both dtypes
-    python benchmarks/bench_kernels.py --batches 1 64 --dtypes fp32 --json out.json
+    python benchmarks/bench_ffn_kernels.py                      # T=16 D=128 k=4, both dtypes
+    python benchmarks/bench_ffn_kernels.py --batches 1 64 --dtypes fp32 --json out.json
 
 bf16 note: on this VM the CPU advertises AMX but executing AMX tiles raises SIGILL, so
 bf16 GEMMs crash unless oneDNN is capped below AMX; the script sets
