@@ -51,6 +51,10 @@ ID_REMAP_KEY = "id_remap"  # checkpoint entry: the managed-collision remapper (r
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint that does not match its manifest was skipped (the message names it)."""
+
+
 def checkpoint_dir(root: str, step: int) -> str:
     """``<root>/step_<step, 8 digits>``.
 
@@ -137,7 +141,7 @@ def good_checkpoints(root: str) -> List[str]:
         try:
             verify_checkpoint(path)
         except ValueError as e:
-            warnings.warn(f"skipping a damaged checkpoint: {e}", UserWarning, stacklevel=2)
+            warnings.warn(f"skipping a damaged checkpoint: {e}", DamagedCheckpointWarning, stacklevel=2)
             continue
         good.append(path)
     return good

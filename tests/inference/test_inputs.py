@@ -87,8 +87,16 @@ def test_columns():
         ({"a": [None]}, r"sparse column 'a' row 0 is empty \(null\)"),
         ({"a": ["1|x"]}, r"sparse column 'a' row 0: '1\|x' is not integer ids"),
         ({"x": [None]}, r"dense column 'x' row 0 is empty"),
-        ({"x": ["1.5"]}, r"dense column 'x' row 0: '1.5' is not a number"),
+        ({"x": ["1.5x"]}, r"dense column 'x' row 0: '1.5x' is not a number"),
+        ({"b": [2.5]}, r"sparse column 'b' row 0: 2.5 is not integer ids"),
     ]:
         base = {"a": [1], "b": [1], "x": [1.0], "y": [1.0]}
         with pytest.raises(ValueError, match=message):
             columns_to_inputs(SCHEMA, {**base, **bad})
+    # a CSV column with one bad cell is read as text: numbers still parse, and the error
+    # names the bad cell's own row (offset by the chunk's first row) and value
+    text = {"a": [1, 2, 3], "b": [1, 2, 3], "x": ["0.5", "1", "oops"], "y": ["0", "0", "0"]}
+    with pytest.raises(ValueError, match=r"dense column 'x' row 102: 'oops' is not a number"):
+        columns_to_inputs(SCHEMA, text, first_row=100)
+    _, dense = columns_to_inputs(SCHEMA, {**text, "x": ["0.5", "1", "2"]})
+    assert dense == [[0.5, 0.0], [1.0, 0.0], [2.0, 0.0]]

@@ -80,7 +80,7 @@ def test_table_errors(exported, tmp_path):
     with pytest.raises(ValueError, match=r"rows 0..4: dense column 'dense_0' has a non-finite value \(NaN/inf\) at row 1"):
         p.predict_table(nan, passthrough=["label"])
     floats = table.set_column(2, "f2", pa.array([0.5, 1.0, 2.0, 3.0, 4.0]))
-    with pytest.raises(ValueError, match="ids must be integers"):
+    with pytest.raises(ValueError, match="is not integer ids"):
         p.predict_table(floats, passthrough=["label"])
     with pytest.raises(ValueError, match="has no rows"):
         p.predict_table(table.slice(0, 0), passthrough=["label"])

@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Union
 
 import torch
 
+from torchrec_rankmixer.utils.safe_load import check_pt2_archive
+
 METADATA_FILE = "metadata.json"
 EXPORT_FILE = "model.pt2"
 SCRIPT_FILE = "model.ts"
@@ -88,20 +90,31 @@ def load_artifact(path: Union[str, os.PathLike]) -> LoadedArtifact:
         serde_log = logging.getLogger("torch._export.serde.serialize")
         level = serde_log.level
         serde_log.setLevel(logging.ERROR)
+        check_pt2_archive(model_file)  # no pickled entry may need torch's unsafe fallback
         try:
             program = torch.export.load(model_file, extra_files=extra)
+        except Exception as e:  # noqa: BLE001 - a damaged archive, named
+            raise ValueError(f"artifact {model_file!r} cannot be loaded: {type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:300]}") from e
         finally:
             serde_log.setLevel(level)
         module: Callable[..., torch.Tensor] = program.module()
     elif model_file.endswith(".ts"):
-        module = torch.jit.load(model_file, _extra_files=extra, map_location="cpu")
+        try:
+            module = torch.jit.load(model_file, _extra_files=extra, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - a damaged archive, named
+            raise ValueError(f"artifact {model_file!r} cannot be loaded: {type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:300]}") from e
     else:
         raise ValueError(f"artifact {model_file!r} must end in .pt2 (torch.export) or .ts (TorchScript)")
     raw = extra[METADATA_FILE]
     if not raw:
         raise ValueError(f"{model_file!r} has no embedded {METADATA_FILE}; it was not exported "
                          "by rankmixer-export")
-    metadata = json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{model_file!r} has unreadable embedded {METADATA_FILE}: {e}") from e
     if metadata.get("format") != ARTIFACT_FORMAT:
         raise ValueError(f"{model_file!r} metadata format ({metadata.get('format')!r}) must be "
                          f"{ARTIFACT_FORMAT!r}")

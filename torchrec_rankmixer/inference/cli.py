@@ -11,14 +11,15 @@ Examples::
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from torchrec_rankmixer.inference.quantize import DENSE_DTYPES, TABLE_DTYPES
+from torchrec_rankmixer.utils.cli import run_reporting_errors
 
 
 def export_main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``rankmixer-export``."""
-    from torchrec_rankmixer.inference.export import ARTIFACT_TYPES, export_model
+    from torchrec_rankmixer.inference.export import ARTIFACT_TYPES
     from torchrec_rankmixer.inference.quantize import QuantizationOptions
 
     parser = argparse.ArgumentParser(
@@ -48,6 +49,7 @@ def export_main(argv: Optional[List[str]] = None) -> int:
                         help="quantized row padding in bytes (default 1 on CPU)")
     parser.add_argument("--dense-names", default=None,
                         help="comma-separated names of the dense columns (default dense_0,...)")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
     if args.step is not None and args.run_dir is None:
         parser.error("--step needs --run-dir")
@@ -62,22 +64,24 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         row_alignment=args.row_alignment,
     )
     names = args.dense_names.split(",") if args.dense_names else None
-    source_info: dict = {}
-    try:
-        if args.run_dir is not None:
-            from torchrec_rankmixer.inference.from_run import export_from_run_dir
+    return run_reporting_errors("rankmixer-export", args.verbose, lambda: _export(args, options, names))
 
-            result, ckpt = export_from_run_dir(
-                args.run_dir, args.output, options, args.step, args.artifact, names,
-                calibrate_moe_batches=args.calibrate_moe_batches,
-                preprocessing=not args.no_preprocessing,
-            )
-            source_info = {"checkpoint": ckpt.path, "step": ckpt.step}
-        else:
-            result = export_model(args.checkpoint, args.output, options, args.artifact, names)
-    except ValueError as exc:
-        print(f"rankmixer-export: error: {exc}", file=sys.stderr)
-        return 2
+
+def _export(args: argparse.Namespace, options: Any, names: Optional[List[str]]) -> int:
+    from torchrec_rankmixer.inference.export import export_model
+
+    source_info: dict = {}
+    if args.run_dir is not None:
+        from torchrec_rankmixer.inference.from_run import export_from_run_dir
+
+        result, ckpt = export_from_run_dir(
+            args.run_dir, args.output, options, args.step, args.artifact, names,
+            calibrate_moe_batches=args.calibrate_moe_batches,
+            preprocessing=not args.no_preprocessing,
+        )
+        source_info = {"checkpoint": ckpt.path, "step": ckpt.step}
+    else:
+        result = export_model(args.checkpoint, args.output, options, args.artifact, names)
     meta = result.metadata
     print(json.dumps({
         **source_info,
@@ -105,18 +109,18 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--passthrough", default="", help="comma-separated columns to copy")
     parser.add_argument("--label-column", default=None, help="0/1 label column: report AUC")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback of an error")
     args = parser.parse_args(argv)
     passthrough = [c for c in args.passthrough.split(",") if c]
-    try:
-        predictor = Predictor(args.model)
-        summary = predictor.predict_file(
+
+    def body() -> int:
+        summary = Predictor(args.model).predict_file(
             args.input, args.output, args.batch_size, passthrough, args.label_column
         )
-    except ValueError as exc:
-        print(f"rankmixer-predict: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    return run_reporting_errors("rankmixer-predict", args.verbose, body)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from torchrec_rankmixer.inference.quantize import (
 from torchrec_rankmixer.inference.scripting import script_inference_module
 from torchrec_rankmixer.models.spec import ModelSpec, unwrap_model
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
+from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text
 from torchrec_rankmixer.version import __version__
 
 ARTIFACT_TYPES = ("auto", "export", "torchscript")
@@ -156,12 +157,24 @@ def _torch_export(module: RankMixerInferenceModule, spec: ModelSpec, path: str, 
         dynamic_shapes=({0: batch}, {0: num_ids}, {1: batch}),
         strict=False,
     )
-    torch.export.save(program, path, extra_files=extra)
+    _atomic(path, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
 
 
 def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
     scripted = script_inference_module(module)
-    torch.jit.save(scripted, path, _extra_files=extra)
+    _atomic(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _versions() -> Dict[str, str]:
@@ -313,7 +326,22 @@ def export_model(
         raise ValueError(f"dense_feature_names {clash} are also sparse feature names")
     module = build_inference_model(float_model, options, id_remap, feature_prep)
     drop_table_views(module)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"export output {os.fspath(output_dir)!r} is a file, not a directory")
     os.makedirs(output_dir, exist_ok=True)
+    lock = DirectoryLock(output_dir, "export output")  # one export per output directory
+    try:
+        return _write_artifact(module, spec, options, float_model, names, artifact, os.fspath(output_dir))
+    finally:
+        lock.release()
+
+
+def _write_artifact(
+    module: RankMixerInferenceModule, spec: ModelSpec, options: QuantizationOptions, float_model: nn.Module,
+    names: List[str], artifact: str, output_dir: str,
+) -> ExportResult:
+    """The model file (``.pt2``, or ``.ts`` as fallback) and ``metadata.json``, each written
+    atomically into ``output_dir``."""
     fallback_reason: Optional[str] = None
     kind = "torchscript" if artifact == "torchscript" else "torch.export"
 
@@ -345,6 +373,6 @@ def export_model(
     stale = os.path.join(output_dir, SCRIPT_FILE if kind == "torch.export" else EXPORT_FILE)
     if os.path.exists(stale):
         os.remove(stale)
-    with open(os.path.join(output_dir, METADATA_FILE), "w") as f:
-        f.write(json.dumps(json.loads(extra[METADATA_FILE]), indent=2, sort_keys=True))
+    atomic_write_text(os.path.join(output_dir, METADATA_FILE),
+                      json.dumps(json.loads(extra[METADATA_FILE]), indent=2, sort_keys=True))
     return ExportResult(path=path, metadata=json.loads(extra[METADATA_FILE]), module=module)

@@ -14,7 +14,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.data.text import raw_id
-from torchrec_rankmixer.models.validation import check_model_inputs
+from torchrec_rankmixer.models.validation import check_kjt, check_model_inputs
 
 Batch3 = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -106,6 +106,7 @@ class InputSchema:
 
     def kjt_to_tensors(self, kjt: KeyedJaggedTensor, dense: Optional[Any] = None) -> Batch3:
         """Convert a KeyedJaggedTensor (keys in any order) and dense features, checked."""
+        check_kjt(kjt)  # before any use of its lengths (a bad KJT reads past its values)
         self.check_keys(kjt.keys())
         if kjt.values().is_floating_point():
             raise ValueError(f"sparse feature ids must be integers, got {kjt.values().dtype}")
@@ -174,14 +175,18 @@ def _ids_to_bags(name: str, ids: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"sparse feature {name!r}: ids of shape {tuple(t.shape)} must be [B] or [B, n]")
 
 
-def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tuple[Dict[str, Any], Optional[List[List[float]]]]:
+def columns_to_inputs(
+    schema: InputSchema, columns: Dict[str, List[Any]], first_row: int = 0
+) -> Tuple[Dict[str, Any], Optional[List[List[float]]]]:
     """Table columns (python lists per column) -> (sparse mapping, dense rows).
 
     Sparse cells: an int (one id), a list of ints (a bag), or a string ``"3|17|5"``
     (a bag; ``""`` is an empty bag). In a string, a token of a ``raw_id_features``
     feature that is not an integer is hashed to int64 as the training readers do
     (:func:`~torchrec_rankmixer.data.text.raw_id`: blake2b), so text categories score as
-    they trained. Dense cells: numbers; a missing cell is an error.
+    they trained. Dense cells: numbers, or strings that parse as numbers (a CSV column
+    with one bad cell is read as text); a missing cell is an error. Errors name the row
+    (``first_row`` + the position in these columns) and the cell.
 
     Example::
 
@@ -193,7 +198,7 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
     for name in schema.feature_names:
         cells, raw = columns[name], name in schema.raw_id_features
         bags: List[List[int]] = []
-        for row, cell in enumerate(cells):
+        for row, cell in enumerate(cells, start=first_row):
             if cell is None:
                 raise ValueError(f"sparse column {name!r} row {row} is empty (null); "
                                  "write an empty bag as \"\" or []")
@@ -204,20 +209,28 @@ def columns_to_inputs(schema: InputSchema, columns: Dict[str, List[Any]]) -> Tup
                 except ValueError:
                     raise ValueError(f"sparse column {name!r} row {row}: {cell!r} is not "
                                      "integer ids separated by '|'") from None
-            elif isinstance(cell, (list, tuple)):
-                bags.append(list(cell))
             else:
-                bags.append([cell])
+                bag = list(cell) if isinstance(cell, (list, tuple)) else [cell]
+                for x in bag:
+                    if isinstance(x, bool) or not isinstance(x, int):
+                        raise ValueError(f"sparse column {name!r} row {row}: {cell!r} is not integer ids")
+                bags.append(bag)
         sparse[name] = bags
     if schema.dense_in_features == 0:
         return sparse, None
     rows = len(columns[schema.feature_names[0]])
     dense: List[List[float]] = [[0.0] * schema.dense_in_features for _ in range(rows)]
     for j, name in enumerate(schema.dense_feature_names):
-        for row, cell in enumerate(columns[name]):
+        for i, cell in enumerate(columns[name]):
+            row = first_row + i
             if cell is None:
                 raise ValueError(f"dense column {name!r} row {row} is empty (null)")
+            if isinstance(cell, str):
+                try:
+                    cell = float(cell)
+                except ValueError:
+                    raise ValueError(f"dense column {name!r} row {row}: {cell!r} is not a number") from None
             if isinstance(cell, bool) or not isinstance(cell, (int, float)):
                 raise ValueError(f"dense column {name!r} row {row}: {cell!r} is not a number")
-            dense[row][j] = float(cell)
+            dense[i][j] = float(cell)
     return sparse, dense

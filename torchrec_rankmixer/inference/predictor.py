@@ -5,6 +5,7 @@ the artifact runs, so bad data gives a ValueError instead of garbage scores.
 """
 
 import os
+import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -118,14 +119,18 @@ class Predictor:
         missing += [c for c in passthrough if c not in names]
         if missing:
             raise ValueError(f"missing columns {missing}")
+        clash = sorted(set(passthrough) & set(self.score_columns))
+        if clash:
+            raise ValueError(f"passthrough columns {clash} have the names of score columns "
+                             f"{self.score_columns}; rename them in the input")
         if table.num_rows == 0:
             raise ValueError("the table has no rows")
         logits = []
         for start in range(0, table.num_rows, batch_size):
             chunk = table.slice(start, batch_size)
             cols = {c: chunk.column(c).to_pylist() for c in known}
+            sparse, dense = columns_to_inputs(self.schema, cols, first_row=start)
             try:
-                sparse, dense = columns_to_inputs(self.schema, cols)
                 logits.append(self.predict(sparse, dense))
             except ValueError as exc:
                 raise ValueError(f"rows {start}..{start + chunk.num_rows - 1}: {exc}") from None
@@ -144,6 +149,14 @@ class Predictor:
             out[f"probability{suffix}"] = pa.array(torch.sigmoid(scores[:, i]).tolist(), type=pa.float32())
         return pa.table(out)
 
+    @property
+    def score_columns(self) -> List[str]:
+        """The columns :meth:`predict_table` writes."""
+        if self.task == "esmm":
+            return ["logit_ctr", "logit_cvr", "probability_ctr", "probability_cvr", "probability_ctcvr"]
+        n = int(self.metadata["num_logits"])
+        return [f"{kind}{'' if n == 1 else f'_{i}'}" for i in range(n) for kind in ("logit", "probability")]
+
     def predict_file(
         self,
         path: Union[str, os.PathLike],
@@ -155,12 +168,17 @@ class Predictor:
         """Score a CSV or Parquet file; optionally write the scores and report AUC.
 
         Returns ``{"rows": n, "output": path or None, "auc"/"logloss": with a label}``.
+        The output is written atomically and may not be the input file.
         """
+        if output is not None and os.path.exists(output) and os.path.samefile(path, output):
+            raise ValueError(f"--output {os.fspath(output)!r} is the input file; write the scores elsewhere")
+        if output is not None:
+            _suffix(output)  # before scoring: a bad output name fails fast
         keep = list(passthrough) + ([label_column] if label_column and label_column not in passthrough else [])
         result = self.predict_table(read_table(path), batch_size, keep)
         summary: Dict[str, Any] = {"rows": result.num_rows, "output": None}
         if label_column:
-            labels = torch.tensor(result.column(label_column).to_pylist(), dtype=torch.float64)
+            labels = _labels(result.column(label_column).to_pylist(), label_column)
             first = next(c for c in ("logit", "logit_ctr", "logit_0") if c in result.column_names)
             logits = torch.tensor(result.column(first).to_pylist(), dtype=torch.float64)
             summary["auc"] = binary_auc(logits, labels)
@@ -169,6 +187,20 @@ class Predictor:
             write_table(result, output)
             summary["output"] = os.fspath(output)
         return summary
+
+
+def _labels(cells: List[Any], column: str) -> torch.Tensor:
+    """A label column as 0/1 floats [N]; ValueError naming the row of an empty or other cell."""
+    out = []
+    for row, cell in enumerate(cells):
+        text = cell.strip() if isinstance(cell, str) else None
+        if text in ("0", "1", "0.0", "1.0"):
+            out.append(float(text))  # type: ignore[arg-type]
+        elif not isinstance(cell, bool) and isinstance(cell, (int, float)) and cell in (0, 1):
+            out.append(float(cell))
+        else:
+            raise ValueError(f"label column {column!r} row {row}: {cell!r} is not 0 or 1")
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def _suffix(path: Union[str, os.PathLike]) -> str:
@@ -188,16 +220,22 @@ def read_table(path: Union[str, os.PathLike]) -> Any:
         ...
         ValueError: file 'scores.json' must end in one of ['.csv', '.parquet', '.pq']
     """
+    import pyarrow as pa
+
     suffix = _suffix(path)
     if not os.path.isfile(path):
         raise ValueError(f"input file {os.fspath(path)!r} does not exist")
-    if suffix == ".csv":
-        import pyarrow.csv as pacsv
+    try:
+        if suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        return pacsv.read_csv(path)
-    import pyarrow.parquet as pq
+            return pacsv.read_csv(path)
+        import pyarrow.parquet as pq
 
-    return pq.read_table(path)
+        return pq.read_table(path)
+    except (pa.ArrowException, UnicodeDecodeError, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"input file {os.fspath(path)!r} is not a readable {suffix[1:]} table: {first}") from e
 
 
 def write_table(table: Any, path: Union[str, os.PathLike]) -> None:
@@ -211,11 +249,20 @@ def write_table(table: Any, path: Union[str, os.PathLike]) -> None:
         >>> read_table(path).column("logit").to_pylist()
         [0.5]
     """
-    if _suffix(path) == ".csv":
-        import pyarrow.csv as pacsv
+    suffix = _suffix(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        if suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, path)
-    else:
-        import pyarrow.parquet as pq
+            pacsv.write_csv(table, tmp)
+        else:
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+            pq.write_table(table, tmp)
+        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -276,7 +276,7 @@ class DLRM_RankMixer(nn.Module):
         if self.validate_inputs:
             check_model_inputs(
                 dense_features, sparse_features, self.feature_names, self.num_embeddings,
-                self.dense_in_features,
+                self.dense_in_features, None, _dense_dtype(self.dense_arch),
             )
         embedded = self.sparse_arch(sparse_features)  # KeyedTensor, values (B, sum(dims))
         if self.sequence_arch is not None:  # append pooled sequences, (B, sum(dims) + S * d_seq)
@@ -285,6 +285,13 @@ class DLRM_RankMixer(nn.Module):
         tokens = self.tokenizer(embedded, dense)  # (B, T, D)
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
         return self.over_arch(pooled)  # (B, num_logits)
+
+
+def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:
+    """The dtype the dense arch computes in (None without dense input)."""
+    if dense_arch is None:
+        return None
+    return next(dense_arch.parameters()).dtype
 
 
 def _table_specs(configs: Sequence[Any]) -> tuple:

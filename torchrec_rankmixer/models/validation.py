@@ -10,6 +10,42 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
+def check_kjt(kjt: KeyedJaggedTensor) -> None:
+    """The KJT itself is well formed: distinct keys, no weights (the tables are unweighted
+    bags), one length per (key, sample), no negative length, lengths summing to the
+    number of values. ValueError naming the key (and sample) otherwise.
+
+    Example::
+
+        >>> bad = KeyedJaggedTensor(keys=["a"], values=torch.tensor([1, 2]), lengths=torch.tensor([1, 3]))
+        >>> check_kjt(bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: the KeyedJaggedTensor's lengths sum to 4 but it holds 2 values
+    """
+    keys = kjt.keys()
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ValueError(f"the KeyedJaggedTensor names keys {dupes} more than once")
+    if kjt.weights_or_none() is not None:
+        raise ValueError("the KeyedJaggedTensor carries weights; the model's tables are unweighted "
+                         "bags (weights would be ignored): pass ids without weights")
+    lengths, values = kjt.lengths(), kjt.values()
+    if lengths.is_floating_point():
+        raise ValueError(f"the KeyedJaggedTensor's lengths must be integers, got {lengths.dtype}")
+    stride = kjt.stride()
+    if lengths.numel() != len(keys) * stride:
+        raise ValueError(f"the KeyedJaggedTensor has {lengths.numel()} lengths for {len(keys)} keys x "
+                         f"{stride} samples")
+    if bool((lengths < 0).any()):
+        pos = int((lengths < 0).nonzero()[0, 0])
+        raise ValueError(f"feature {keys[pos // stride]!r} sample {pos % stride} has a negative "
+                         f"length ({int(lengths[pos])})")
+    total = int(lengths.sum())
+    if total != values.numel():
+        raise ValueError(f"the KeyedJaggedTensor's lengths sum to {total} but it holds {values.numel()} values")
+
+
 @torch.fx.wrap
 def check_model_inputs(
     dense_features: Optional[torch.Tensor],
@@ -18,9 +54,11 @@ def check_model_inputs(
     num_embeddings: List[int],
     dense_in_features: int,
     dense_feature_names: Optional[List[str]] = None,
+    dense_dtype: Optional[torch.dtype] = None,
 ) -> None:
-    """Raise ValueError on unknown/missing feature keys, ids out of range, non-finite or
-    mis-shaped dense features, and batch-size mismatches.
+    """Raise ValueError on a malformed KJT (:func:`check_kjt`), unknown/missing feature
+    keys, ids out of range, non-finite, mis-typed or mis-shaped dense features, and
+    batch-size mismatches.
 
     Args:
         dense_features: [B, dense_in_features] (or None / [B, 0] when the model has none).
@@ -30,7 +68,10 @@ def check_model_inputs(
         dense_in_features: expected dense width.
         dense_feature_names: names of the dense columns, if known (errors then name the
             column instead of its index).
+        dense_dtype: the dtype the dense arch computes in, if known (another dtype is
+            refused with the cast to make).
     """
+    check_kjt(sparse_features)
     keys = sparse_features.keys()
     unknown = [k for k in keys if k not in feature_names]
     if unknown:
@@ -52,6 +93,10 @@ def check_model_inputs(
                 f"batch size mismatch: dense_features has {dense_features.shape[0]} rows, "
                 f"sparse_features has stride {batch}"
             )
+        if not dense_features.is_floating_point() or (dense_dtype is not None and dense_features.dtype != dense_dtype):
+            want = dense_dtype or torch.float32
+            raise ValueError(f"dense_features has dtype {dense_features.dtype}; the model takes {want} "
+                             f"(cast with .to({want}))")
         if dense_features.is_floating_point() and not bool(torch.isfinite(dense_features).all()):
             row, col = (~torch.isfinite(dense_features)).nonzero()[0].tolist()
             if dense_feature_names is not None:

@@ -7,13 +7,14 @@ trains on every process; see docs/training.md.
 
 import argparse
 import logging
-import sys
 import warnings
 from typing import List, Optional
 
 import torch.distributed as dist
 
+from torchrec_rankmixer.run_format import DamagedCheckpointWarning
 from torchrec_rankmixer.train.config import load_config
+from torchrec_rankmixer.utils.cli import run_reporting_errors
 
 EPILOG = """examples:
   rankmixer-train
@@ -59,23 +60,20 @@ def parse_args(argv: Optional[List[str]]) -> tuple:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (2 with one line on any error)."""
     path, overrides, print_only, verbose, upgrade = parse_args(argv)
+    return run_reporting_errors("rankmixer-train", verbose,
+                                lambda: _run(path, overrides, print_only, verbose, upgrade))
+
+
+def _run(path: Optional[str], overrides: List[str], print_only: bool, verbose: bool, upgrade: Optional[str]) -> int:
     if upgrade is not None:
         from torchrec_rankmixer.train.upgrade import upgrade_run_dir
 
-        try:
-            written = upgrade_run_dir(upgrade)
-        except ValueError as e:
-            print(f"rankmixer-train: error: {e}", file=sys.stderr)
-            return 2
+        written = upgrade_run_dir(upgrade)
         print(f"upgraded {upgrade}: wrote {len(written)} files and checkpoints")
         return 0
-    try:
-        cfg = load_config(path, overrides)
-    except ValueError as e:
-        print(f"rankmixer-train: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(path, overrides)
     if print_only:
         import yaml
 
@@ -86,16 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not verbose:  # TorchRec's planner and deprecation notices drown the progress bar
         for category in (FutureWarning, UserWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+        warnings.filterwarnings("always", category=DamagedCheckpointWarning)  # the user must see these
         for name in ("", "torchrec", "torch.fx._symbolic_trace", "torch.distributed"):
             logging.getLogger(name).setLevel(logging.ERROR)
     from torchrec_rankmixer.train.loop import Trainer, format_table
 
-    try:
-        trainer = Trainer(cfg)
-        summary = trainer.fit()
-    except ValueError as e:
-        print(f"rankmixer-train: error: {e}", file=sys.stderr)
-        return 2
+    summary = Trainer(cfg).fit()
     if dist.get_rank() == 0:
         print(format_table(summary))
     dist.destroy_process_group()

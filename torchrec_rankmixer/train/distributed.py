@@ -52,7 +52,6 @@ def init_distributed(device_setting: str) -> DistEnv:
     if device_setting == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device ('cuda') but CUDA is not available; use 'cpu' or 'auto'")
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
-    rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

@@ -1,6 +1,24 @@
-"""Ranking metrics computed in one place (pure torch)."""
+"""Ranking metrics computed in one place (pure torch). Labels must be 0 or 1: any other
+value (2, -1, NaN) is a ValueError that names it, never scored as if valid."""
 
 import torch
+
+
+def check_binary_labels(labels: torch.Tensor) -> None:
+    """ValueError naming the first label that is not 0 or 1.
+
+    Example::
+
+        >>> check_binary_labels(torch.tensor([0.0, 1.0, 2.0]))
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must be 0 or 1; position 2 holds 2.0
+    """
+    y = labels.detach().flatten().cpu()
+    bad = ~((y == 0) | (y == 1))
+    if bool(bad.any()):
+        pos = int(bad.nonzero()[0, 0])
+        raise ValueError(f"labels must be 0 or 1; position {pos} holds {y[pos].item()!r}")
 
 
 def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -16,6 +34,7 @@ def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
         0.75
     """
     s = scores.detach().flatten().double().cpu()
+    check_binary_labels(labels)
     y = labels.detach().flatten().cpu() > 0.5
     if s.shape != y.shape:
         raise ValueError(f"scores {tuple(s.shape)} and labels {tuple(y.shape)} differ in size")
@@ -31,7 +50,8 @@ def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def binary_logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean binary cross-entropy of logits [N] against labels [N]."""
+    """Mean binary cross-entropy of logits [N] against labels [N] in {0, 1}."""
+    check_binary_labels(labels)
     return float(
         torch.nn.functional.binary_cross_entropy_with_logits(
             logits.detach().flatten().double(), labels.detach().flatten().double()
@@ -46,6 +66,7 @@ def _check_probs(probs: torch.Tensor, labels: torch.Tensor) -> tuple:
         raise ValueError(f"probabilities {tuple(p.shape)} and labels {tuple(y.shape)} differ in size")
     if p.numel() == 0:
         raise ValueError("metrics need at least one prediction; got 0")
+    check_binary_labels(y)
     return p, y
 
 
@@ -98,6 +119,7 @@ def group_auc(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) 
         0.7143
     """
     s = scores.detach().flatten().double().cpu()
+    check_binary_labels(labels)
     y = labels.detach().flatten().cpu()
     g = groups.detach().flatten().cpu()
     if not (s.shape == y.shape == g.shape):

@@ -56,7 +56,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         >>> RestrictedUnpickler(io.BytesIO(pickle.dumps(print))).load()
         Traceback (most recent call last):
         ...
-        pickle.UnpicklingError: refusing to unpickle builtins.print (not a checkpoint metadata type)
+        _pickle.UnpicklingError: refusing to unpickle builtins.print (not a checkpoint metadata type)
     """
 
     def find_class(self, module: str, name: str) -> Any:
