@@ -15,7 +15,7 @@ Given gates g [B, T, E] (zero = inactive), every kernel returns
   per layer (kernels of ops/kernels.py: ``"batched"``, a [G, C, D] padded bmm over the
   T*E experts, C the largest group, the CPU default; ``"grouped_mm"``:
   ``torch._grouped_mm`` with offsets, the CUDA default; ``"reference"``: one pair of
-  addmm per group, :func:`split_groups`), then scatter-adds the gated outputs. Inactive
+  addmm per non-empty group, :func:`split_groups`), then scatter-adds the gated outputs. Inactive
   experts cost nothing but bookkeeping.
 - :func:`moe_experts`: the dispatcher (dense or sparse execution, ``kernel=``), by
   :func:`dispatch_experts`.
@@ -209,26 +209,31 @@ def _sparse_grouped_mm(
     return torch._grouped_mm(hidden, w2, offs=offs) + b2[group]  # (N, D)
 
 
-def split_groups(xs: torch.Tensor, counts: torch.Tensor) -> List[torch.Tensor]:
-    """Rows xs [N, D] sorted by group -> one block of rows per group (empty ones too), the
-    groups the ``"reference"`` sparse kernels run one at a time. TorchScript-able.
+def split_groups(xs: torch.Tensor, counts: torch.Tensor) -> List[Tuple[int, torch.Tensor]]:
+    """Rows xs [N, D] sorted by group -> ``(g, rows of group g)`` for every non-empty group,
+    the groups the ``"reference"`` sparse kernels run one at a time (when no row is active:
+    group 0 with no rows, so that the outputs still concatenate). TorchScript-able.
 
     Example::
 
-        >>> [b.shape[0] for b in split_groups(torch.ones(3, 2), torch.tensor([2, 0, 1]))]
-        [2, 0, 1]
+        >>> [(g, rows.shape[0]) for g, rows in split_groups(torch.ones(3, 2), torch.tensor([2, 0, 1]))]
+        [(0, 2), (2, 1)]
     """
     sizes: List[int] = counts.tolist()
-    return list(xs.split(sizes))
+    groups: List[Tuple[int, torch.Tensor]] = []
+    for g, rows in enumerate(xs.split(sizes)):
+        if sizes[g] > 0:
+            groups.append((g, rows))
+    return groups if len(groups) > 0 else [(0, xs)]
 
 
 def _sparse_reference(
     xs: torch.Tensor, counts: torch.Tensor,
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
-    """Rows xs [N, D] sorted by group -> [N, D], one pair of addmm per group."""
+    """Rows xs [N, D] sorted by group -> [N, D], one pair of addmm per non-empty group."""
     return torch.cat([torch.addmm(b2[g], F.gelu(torch.addmm(b1[g], rows, w1[g])), w2[g])
-                      for g, rows in enumerate(split_groups(xs, counts))])
+                      for g, rows in split_groups(xs, counts)])
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:

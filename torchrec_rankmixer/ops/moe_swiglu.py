@@ -109,8 +109,8 @@ def swiglu_experts_sparse_resolved(
         hidden = swiglu(torch._grouped_mm(xs, w_in_g, offs=offs))  # (N, h)
         ys = torch._grouped_mm(hidden, w_out_g, offs=offs)  # (N, D)
     elif kernel == "reference":
-        blocks = split_groups(xs, counts)  # one pair of mm per group
-        ys = torch.cat([swiglu(rows @ w_in_g[g]) @ w_out_g[g] for g, rows in enumerate(blocks)])
+        groups = split_groups(xs, counts)  # one pair of mm per non-empty group
+        ys = torch.cat([swiglu(rows @ w_in_g[g]) @ w_out_g[g] for g, rows in groups])
     else:
         padded, pos = pad_groups(xs, group, counts)  # (G, C, D)
         ys = torch.bmm(swiglu(torch.bmm(padded, w_in_g)), w_out_g)[group, pos]  # (N, D)
