@@ -70,9 +70,16 @@ def test_encoder_pooling_and_final_norm() -> None:
     assert isinstance(flat.final_norm, torch.nn.LayerNorm)
 
 
-def test_encoder_trains() -> None:
+# the encoder with each block type (TokenMixer-Large's own tests: test_tokenmixer_large.py)
+TML = {"block": "tokenmixer_large", "tml_down_init_scale": 1.0}
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {**TML, "num_layers": 3, "tml_down_init_scale": 0.01, "tml_global_token": True},
+])
+def test_encoder_trains(changes: dict) -> None:
     torch.manual_seed(0)
-    enc = RankMixerEncoder(_cfg())
+    enc = RankMixerEncoder(_cfg(**changes))
     head = torch.nn.Linear(16, 1)
     x, y = torch.randn(64, 4, 16), torch.randn(64, 1)
     opt = torch.optim.Adam(list(enc.parameters()) + list(head.parameters()), lr=1e-2)
@@ -86,8 +93,9 @@ def test_encoder_trains() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_dropout_only_in_training() -> None:
-    enc = RankMixerEncoder(_cfg(dropout=0.5))
+@pytest.mark.parametrize("changes", [{}, TML])
+def test_dropout_only_in_training(changes: dict) -> None:
+    enc = RankMixerEncoder(_cfg(dropout=0.5, **changes))
     x = torch.randn(4, 4, 16)
     enc.eval()
     torch.testing.assert_close(enc(x), enc(x))

@@ -5,7 +5,7 @@ the RankMixer encoder and the OverArch. Weights are cast once here (an autocast 
 would re-cast every weight on every call).
 """
 
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,47 @@ from torchrec_rankmixer.ops.kernels import Kernel
 from torchrec_rankmixer.ops.per_token_swiglu import swiglu
 
 
-class PerTokenLinearFFN(nn.Module):
-    """A :class:`PerTokenFFN` as T pairs of ``nn.Linear`` (so dynamic int8 can swap them).
+def per_token_linears(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.ModuleList:
+    """One ``nn.Linear`` per token of a stack: Linear t computes ``x @ weight[t] + bias[t]``
+    (``weight`` [T, in, out], ``bias`` [T, out] or None for bias-free Linears).
 
-    Same function as the fused module: token t computes
+    Example::
+
+        >>> fcs = per_token_linears(torch.randn(3, 4, 5), None)
+        >>> len(fcs), tuple(fcs[0].weight.shape), fcs[0].bias
+        (3, (5, 4), None)
+    """
+    linears = nn.ModuleList()
+    with torch.no_grad():
+        for t in range(weight.shape[0]):
+            fc = nn.Linear(weight.shape[1], weight.shape[2], bias=bias is not None, dtype=weight.dtype)
+            fc.weight.copy_(weight[t].t())
+            if bias is not None:
+                fc.bias.copy_(bias[t])
+            linears.append(fc)
+    return linears
+
+
+class _PerTokenLinearPairs(nn.Module):
+    """T pairs of ``nn.Linear`` (so dynamic int8 can swap them): token t computes
+    ``fc_out[t](act(fc_in[t](x[:, t])))``, ``act`` SwiGLU (``gated``) or GELU.
+    Shapes: x [B, T, D] -> [B, T, D]."""
+
+    def __init__(self, fc_in: nn.ModuleList, fc_out: nn.ModuleList, gated: bool) -> None:
+        super().__init__()
+        self.fc_in, self.fc_out, self.gated = fc_in, fc_out, gated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: List[torch.Tensor] = []
+        for t, (fc_in, fc_out) in enumerate(zip(self.fc_in, self.fc_out)):
+            h = fc_in(x[:, t])
+            outs.append(fc_out(swiglu(h) if self.gated else F.gelu(h)))  # (B, D)
+        return torch.stack(outs, dim=1)  # (B, T, D)
+
+
+class PerTokenLinearFFN(_PerTokenLinearPairs):
+    """A :class:`PerTokenFFN` as T pairs of ``nn.Linear`` ``fc_in[t]``, ``fc_out[t]`` (so
+    dynamic int8 can swap them). Same function as the fused module: token t computes
     ``GELU(x[:, t] @ w1[t] + b1[t]) @ w2[t] + b2[t]``.
 
     Args:
@@ -39,64 +76,25 @@ class PerTokenLinearFFN(nn.Module):
     """
 
     def __init__(self, ffn: PerTokenFFN) -> None:
-        super().__init__()
-        self.fc1 = nn.ModuleList()
-        self.fc2 = nn.ModuleList()
-        with torch.no_grad():
-            for t in range(ffn.num_tokens):
-                fc1 = nn.Linear(ffn.d_model, ffn.hidden_dim, dtype=ffn.w1.dtype)
-                fc1.weight.copy_(ffn.w1[t].t())
-                fc1.bias.copy_(ffn.b1[t])
-                fc2 = nn.Linear(ffn.hidden_dim, ffn.d_model, dtype=ffn.w2.dtype)
-                fc2.weight.copy_(ffn.w2[t].t())
-                fc2.bias.copy_(ffn.b2[t])
-                self.fc1.append(fc1)
-                self.fc2.append(fc2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs: List[torch.Tensor] = []
-        for t, (fc1, fc2) in enumerate(zip(self.fc1, self.fc2)):
-            outs.append(fc2(F.gelu(fc1(x[:, t]))))  # (B, D)
-        return torch.stack(outs, dim=1)  # (B, T, D)
+        super().__init__(per_token_linears(ffn.w1, ffn.b1), per_token_linears(ffn.w2, ffn.b2), gated=False)
 
 
-class PerTokenLinearSwiGLU(nn.Module):
-    """A :class:`PerTokenSwiGLU` as T pairs of bias-free ``nn.Linear`` (so dynamic int8
-    can swap them): token t computes ``swiglu(x[:, t] @ w_in[t]) @ w_out[t]``, the gate
-    and up projections in one Linear of width 2h.
-
-    Args:
-        ffn: the trained fused module (weights w_in [T, D, 2h], w_out [T, h, D]).
-
-    Shapes:
-        x: [B, T, D] -> [B, T, D].
+class PerTokenLinearSwiGLU(_PerTokenLinearPairs):
+    """A :class:`PerTokenSwiGLU` as T pairs of bias-free ``nn.Linear``: token t computes
+    ``swiglu(x[:, t] @ w_in[t]) @ w_out[t]``, the gate and up projections in one Linear
+    ``fc_in[t]`` of width 2h (weights w_in [T, D, 2h], w_out [T, h, D]); otherwise as
+    :class:`PerTokenLinearFFN`.
 
     Example::
 
         >>> ffn = PerTokenSwiGLU(num_tokens=3, d_model=4, hidden_dim=8, down_init_scale=1.0)
-        >>> x = torch.randn(5, 3, 4)
-        >>> torch.allclose(PerTokenLinearSwiGLU(ffn)(x), ffn(x), atol=1e-6)
-        True
+        >>> unfused, x = PerTokenLinearSwiGLU(ffn), torch.randn(5, 3, 4)
+        >>> torch.allclose(unfused(x), ffn(x), atol=1e-6), unfused.fc_in[0].out_features
+        (True, 16)
     """
 
     def __init__(self, ffn: PerTokenSwiGLU) -> None:
-        super().__init__()
-        self.fc_in = nn.ModuleList()
-        self.fc_out = nn.ModuleList()
-        with torch.no_grad():
-            for t in range(ffn.num_tokens):
-                fc_in = nn.Linear(ffn.d_model, 2 * ffn.hidden_dim, bias=False, dtype=ffn.w_in.dtype)
-                fc_in.weight.copy_(ffn.w_in[t].t())
-                fc_out = nn.Linear(ffn.hidden_dim, ffn.d_model, bias=False, dtype=ffn.w_out.dtype)
-                fc_out.weight.copy_(ffn.w_out[t].t())
-                self.fc_in.append(fc_in)
-                self.fc_out.append(fc_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs: List[torch.Tensor] = []
-        for t, (fc_in, fc_out) in enumerate(zip(self.fc_in, self.fc_out)):
-            outs.append(fc_out(swiglu(fc_in(x[:, t]))))  # (B, D)
-        return torch.stack(outs, dim=1)  # (B, T, D)
+        super().__init__(per_token_linears(ffn.w_in, None), per_token_linears(ffn.w_out, None), gated=True)
 
 
 # fused per-token FFN type -> its nn.Linear twin

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrec_rankmixer.utils.checks import check_positive_int
+from torchrec_rankmixer.utils.checks import check_positive_ints
 
 
 def _uniform(t: torch.Tensor, fan_in: int) -> None:
@@ -34,8 +34,7 @@ def _uniform(t: torch.Tensor, fan_in: int) -> None:
 
 
 def _check_sizes(num_tokens: int, d_model: int, ffn_mult: int) -> None:
-    for name, value in (("num_tokens", num_tokens), ("d_model", d_model), ("ffn_mult", ffn_mult)):
-        check_positive_int(name, value)
+    check_positive_ints({"num_tokens": num_tokens, "d_model": d_model, "ffn_mult": ffn_mult})
 
 
 class AllConcatMLP(nn.Module):

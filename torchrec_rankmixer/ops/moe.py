@@ -14,15 +14,19 @@ Given gates g [B, T, E] (zero = inactive), every kernel returns
   It groups them by expert (t, e), gathers their rows and runs one grouped matmul
   per layer (kernels of ops/kernels.py: ``"batched"``, a [G, C, D] padded bmm over the
   T*E experts, C the largest group, the CPU default; ``"grouped_mm"``:
-  ``torch._grouped_mm`` with offsets, the CUDA default; ``"reference"``: one addmm per
-  non-empty group), then scatter-adds the gated outputs. Inactive experts cost nothing
-  but bookkeeping.
-- :func:`moe_experts`: the dispatcher (dense or sparse execution, ``kernel=``).
+  ``torch._grouped_mm`` with offsets, the CUDA default; ``"reference"``: one pair of
+  addmm per non-empty group, :func:`split_groups`), then scatter-adds the gated outputs. Inactive
+  experts cost nothing but bookkeeping.
+- :func:`moe_experts`: the dispatcher (dense or sparse execution, ``kernel=``), by
+  :func:`dispatch_experts`.
+
+ops/moe_swiglu.py's SwiGLU experts reuse the grouping, the reference loop
+(:func:`gated_sum_loop`) and the dispatch.
 
 All are equal up to float rounding (tested forward and backward).
 """
 
-from typing import List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +56,35 @@ def _check_shapes(
         raise ValueError(f"w2 {tuple(w2.shape)} must be [T, E, h, D] = {want}")
 
 
+def gated_sum_loop(
+    x: torch.Tensor, gates: torch.Tensor, expert: Callable[[int, int, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``y[:, t] = sum_e gates[:, t, e] * expert(t, e, x[:, t])``, one expert at a time: the
+    loop of every reference kernel here and in ops/moe_swiglu.py (slow; for tests and reading).
+
+    Args:
+        x: tokens [B, T, D].
+        gates: [B, T, E].
+        expert: ``(t, e, x_t [B, D]) -> [B, D]``, expert (t, e) on the rows of token t.
+
+    Example::
+
+        >>> x, g = torch.ones(2, 3, 4), torch.ones(2, 3, 5)
+        >>> gated_sum_loop(x, g, lambda t, e, x_t: x_t * e)[0, 0]  # (0 + 1 + 2 + 3 + 4) * x
+        tensor([10., 10., 10., 10.])
+    """
+    tokens = []
+    for t in range(gates.shape[1]):
+        y_t = torch.zeros_like(x[:, t])  # (B, D)
+        for e in range(gates.shape[2]):
+            y_t = y_t + gates[:, t, e : e + 1] * expert(t, e, x[:, t])
+        tokens.append(y_t)
+    return torch.stack(tokens, dim=1)  # (B, T, D)
+
+
 def moe_experts_reference(
-    x: torch.Tensor,
-    gates: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
+    x: torch.Tensor, gates: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
     """The definition, one expert at a time (slow; for tests and reading).
 
@@ -80,24 +106,14 @@ def moe_experts_reference(
         torch.Size([2, 3, 5])
     """
     _check_shapes(x, gates, w1, w2)
-    T, E = w1.shape[0], w1.shape[1]
-    tokens = []
-    for t in range(T):
-        y_t = torch.zeros_like(x[:, t])  # (B, D)
-        for e in range(E):
-            f = F.gelu(x[:, t] @ w1[t, e] + b1[t, e]) @ w2[t, e] + b2[t, e]  # (B, D)
-            y_t = y_t + gates[:, t, e : e + 1] * f
-        tokens.append(y_t)
-    return torch.stack(tokens, dim=1)  # (B, T, D)
+    return gated_sum_loop(
+        x, gates, lambda t, e, x_t: F.gelu(x_t @ w1[t, e] + b1[t, e]) @ w2[t, e] + b2[t, e]  # (B, D)
+    )
 
 
 def moe_experts_dense(
-    x: torch.Tensor,
-    gates: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
+    x: torch.Tensor, gates: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
     """Every expert for every row, in two batched matmuls over T (dense training).
 
@@ -193,22 +209,31 @@ def _sparse_grouped_mm(
     return torch._grouped_mm(hidden, w2, offs=offs) + b2[group]  # (N, D)
 
 
+def split_groups(xs: torch.Tensor, counts: torch.Tensor) -> List[Tuple[int, torch.Tensor]]:
+    """Rows xs [N, D] sorted by group -> ``(g, rows of group g)`` for every non-empty group,
+    the groups the ``"reference"`` sparse kernels run one at a time (when no row is active:
+    group 0 with no rows, so that the outputs still concatenate). TorchScript-able.
+
+    Example::
+
+        >>> [(g, rows.shape[0]) for g, rows in split_groups(torch.ones(3, 2), torch.tensor([2, 0, 1]))]
+        [(0, 2), (2, 1)]
+    """
+    sizes: List[int] = counts.tolist()
+    groups: List[Tuple[int, torch.Tensor]] = []
+    for g, rows in enumerate(xs.split(sizes)):
+        if sizes[g] > 0:
+            groups.append((g, rows))
+    return groups if len(groups) > 0 else [(0, xs)]
+
+
 def _sparse_reference(
-    xs: torch.Tensor, group: torch.Tensor, counts: torch.Tensor,
+    xs: torch.Tensor, counts: torch.Tensor,
     w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
 ) -> torch.Tensor:
-    """Rows xs [N, D] sorted by group -> [N, D], one addmm per non-empty group."""
-    outs: List[torch.Tensor] = []
-    start = 0
-    sizes: List[int] = counts.tolist()
-    for g, n in enumerate(sizes):
-        if n:
-            rows = xs[start : start + n]
-            outs.append(torch.addmm(b2[g], F.gelu(torch.addmm(b1[g], rows, w1[g])), w2[g]))
-            start += n
-    if len(outs) == 0:
-        return xs.new_zeros(0, w2.shape[-1])
-    return torch.cat(outs)
+    """Rows xs [N, D] sorted by group -> [N, D], one pair of addmm per non-empty group."""
+    return torch.cat([torch.addmm(b2[g], F.gelu(torch.addmm(b1[g], rows, w1[g])), w2[g])
+                      for g, rows in split_groups(xs, counts)])
 
 
 def _grouped_mm_ok(x: torch.Tensor) -> bool:
@@ -248,13 +273,8 @@ def resolve_sparse_kernel(x: torch.Tensor, kernel: str, hidden: int) -> str:
 
 
 def moe_experts_sparse_resolved(
-    x: torch.Tensor,
-    gates: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    kernel: str,
+    x: torch.Tensor, gates: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, kernel: str,
 ) -> torch.Tensor:
     """The body of :func:`moe_experts_sparse` once shapes are checked and ``kernel`` is
     resolved (``"batched"``, ``"grouped_mm"`` or ``"reference"``; anything else runs
@@ -283,7 +303,7 @@ def moe_experts_sparse_resolved(
     if kernel == "grouped_mm":
         ys = _sparse_grouped_mm(xs, group, counts, flat[0], flat[1], flat[2], flat[3])  # (N, D)
     elif kernel == "reference":
-        ys = _sparse_reference(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
+        ys = _sparse_reference(xs, counts, flat[0], flat[1], flat[2], flat[3])
     else:
         ys = _sparse_batched(xs, group, counts, flat[0], flat[1], flat[2], flat[3])
     out = out.index_add(0, row, ys * gate.unsqueeze(1))
@@ -291,13 +311,8 @@ def moe_experts_sparse_resolved(
 
 
 def moe_experts_sparse(
-    x: torch.Tensor,
-    gates: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    kernel: str = "auto",
+    x: torch.Tensor, gates: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, kernel: str = "auto",
 ) -> torch.Tensor:
     """Only the active (sample, token, expert) triples are computed.
 
@@ -326,21 +341,39 @@ def moe_experts_sparse(
     return moe_experts_sparse_resolved(x, gates, w1, b1, w2, b2, chosen)
 
 
-def moe_experts(
-    x: torch.Tensor,
-    gates: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    sparse: bool,
-    kernel: str = "auto",
+def dispatch_experts(
+    kernels: Tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor], Callable[..., torch.Tensor]],
+    x: torch.Tensor, gates: torch.Tensor, weights: Sequence[torch.Tensor], sparse: bool, kernel: str,
 ) -> torch.Tensor:
-    """Gated experts with the kernel named: sparse or dense execution.
+    """Run one family of expert kernels, ``kernels = (reference, dense, sparse)``, each called
+    as ``f(x, gates, *weights)``: sparse execution runs ``sparse`` with ``kernel=kernel``;
+    dense execution (training, or every expert at inference) runs ``reference`` for
+    ``kernel="reference"`` and ``dense`` otherwise. The dispatch of :func:`moe_experts`
+    and of ops/moe_swiglu.py's ``swiglu_experts``.
 
-    Dense execution (training, or every expert at inference) runs
-    :func:`moe_experts_reference` for ``"reference"`` and :func:`moe_experts_dense`
-    otherwise; sparse execution runs :func:`moe_experts_sparse` with ``kernel``.
+    Example::
+
+        >>> kernels = (lambda x, g: "loop", lambda x, g: "bmm", lambda x, g, kernel: kernel)
+        >>> [dispatch_experts(kernels, None, None, (), s, k)
+        ...  for s, k in ((False, "reference"), (False, "auto"), (True, "grouped_mm"))]
+        ['loop', 'bmm', 'grouped_mm']
+    """
+    reference, dense, sparse_kernel = kernels
+    if sparse:
+        return sparse_kernel(x, gates, *weights, kernel=kernel)
+    if check_kernel("kernel", kernel) == Kernel.REFERENCE:
+        return reference(x, gates, *weights)
+    return dense(x, gates, *weights)
+
+
+def moe_experts(
+    x: torch.Tensor, gates: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+    sparse: bool, kernel: str = "auto",
+) -> torch.Tensor:
+    """Gated experts with the kernel named: sparse or dense execution
+    (:func:`dispatch_experts` over :func:`moe_experts_reference`, :func:`moe_experts_dense`
+    and :func:`moe_experts_sparse`).
 
     Args:
         x, gates, w1, b1, w2, b2: as :func:`moe_experts_reference`.
@@ -360,8 +393,5 @@ def moe_experts(
         ...                moe_experts(x, g, *ws, sparse=False, kernel="reference"), atol=1e-4)
         True
     """
-    if sparse:
-        return moe_experts_sparse(x, gates, w1, b1, w2, b2, kernel=kernel)
-    if check_kernel("kernel", kernel) == Kernel.REFERENCE:
-        return moe_experts_reference(x, gates, w1, b1, w2, b2)
-    return moe_experts_dense(x, gates, w1, b1, w2, b2)
+    kernels = (moe_experts_reference, moe_experts_dense, moe_experts_sparse)
+    return dispatch_experts(kernels, x, gates, (w1, b1, w2, b2), sparse, kernel)

@@ -18,12 +18,17 @@ every kernel returns
 All are equal up to float rounding (tested forward and backward).
 """
 
-from typing import List
-
 import torch
 
-from torchrec_rankmixer.ops.kernels import Kernel, check_kernel
-from torchrec_rankmixer.ops.moe import _check_shapes, group_active, pad_groups, resolve_sparse_kernel
+from torchrec_rankmixer.ops.moe import (
+    _check_shapes,
+    dispatch_experts,
+    gated_sum_loop,
+    group_active,
+    pad_groups,
+    resolve_sparse_kernel,
+    split_groups,
+)
 from torchrec_rankmixer.ops.per_token_swiglu import swiglu
 
 
@@ -48,15 +53,7 @@ def swiglu_experts_reference(
         torch.Size([2, 3, 5])
     """
     _check_shapes(x, gates, w_in, w_out, in_factor=2)
-    T, E = w_in.shape[0], w_in.shape[1]
-    tokens = []
-    for t in range(T):
-        y_t = torch.zeros_like(x[:, t])  # (B, D)
-        for e in range(E):
-            f = swiglu(x[:, t] @ w_in[t, e]) @ w_out[t, e]  # (B, D)
-            y_t = y_t + gates[:, t, e : e + 1] * f
-        tokens.append(y_t)
-    return torch.stack(tokens, dim=1)  # (B, T, D)
+    return gated_sum_loop(x, gates, lambda t, e, x_t: swiglu(x_t @ w_in[t, e]) @ w_out[t, e])
 
 
 def swiglu_experts_dense(
@@ -83,22 +80,6 @@ def swiglu_experts_dense(
     hidden = swiglu(torch.bmm(xt, w_cat).view(T, B, E, h2))  # (T, B, E, h)
     gated = (hidden * gates.transpose(0, 1).unsqueeze(-1)).reshape(T, B, E * h)  # (T, B, E*h)
     return torch.bmm(gated, w_out.reshape(T, E * h, D)).transpose(0, 1)  # (B, T, D)
-
-
-def _sparse_reference(
-    xs: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor
-) -> torch.Tensor:
-    """Rows xs [N, D] sorted by group -> [N, D], one pair of mm per non-empty group."""
-    outs: List[torch.Tensor] = []
-    start = 0
-    sizes: List[int] = counts.tolist()
-    for g, n in enumerate(sizes):
-        if n:
-            outs.append(swiglu(xs[start : start + n] @ w_in[g]) @ w_out[g])
-            start += n
-    if len(outs) == 0:
-        return xs.new_zeros(0, w_out.shape[-1])
-    return torch.cat(outs)
 
 
 def swiglu_experts_sparse_resolved(
@@ -128,7 +109,8 @@ def swiglu_experts_sparse_resolved(
         hidden = swiglu(torch._grouped_mm(xs, w_in_g, offs=offs))  # (N, h)
         ys = torch._grouped_mm(hidden, w_out_g, offs=offs)  # (N, D)
     elif kernel == "reference":
-        ys = _sparse_reference(xs, counts, w_in_g, w_out_g)
+        groups = split_groups(xs, counts)  # one pair of mm per non-empty group
+        ys = torch.cat([swiglu(rows @ w_in_g[g]) @ w_out_g[g] for g, rows in groups])
     else:
         padded, pos = pad_groups(xs, group, counts)  # (G, C, D)
         ys = torch.bmm(swiglu(torch.bmm(padded, w_in_g)), w_out_g)[group, pos]  # (N, D)
@@ -167,31 +149,18 @@ def swiglu_experts(
     x: torch.Tensor, gates: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
     sparse: bool, kernel: str = "auto",
 ) -> torch.Tensor:
-    """Gated SwiGLU experts with the kernel named: sparse or dense execution.
-
-    Dense execution runs :func:`swiglu_experts_reference` for ``"reference"`` and
-    :func:`swiglu_experts_dense` otherwise; sparse execution runs
-    :func:`swiglu_experts_sparse` with ``kernel``.
-
-    Args:
-        x, gates, w_in, w_out: as :func:`swiglu_experts_reference`.
-        sparse: compute only the active (sample, token, expert) triples.
-        kernel: ``"auto"``, ``"reference"``, ``"batched"`` or ``"grouped_mm"``.
-
-    Returns:
-        [B, T, D].
+    """Gated SwiGLU experts with the kernel named: :func:`~torchrec_rankmixer.ops.moe.moe_experts`
+    for the kernels above (:func:`~torchrec_rankmixer.ops.moe.dispatch_experts`), with
+    ``w_in``, ``w_out`` as in :func:`swiglu_experts_reference` in place of w1, b1, w2, b2.
 
     Example::
 
         >>> B, T, E, D, h = 4, 3, 4, 5, 6
         >>> x, g = torch.randn(B, T, D), torch.relu(torch.randn(B, T, E))
         >>> ws = (torch.randn(T, E, D, 2 * h), torch.randn(T, E, h, D))
-        >>> torch.allclose(swiglu_experts(x, g, *ws, sparse=True),
-        ...                swiglu_experts(x, g, *ws, sparse=False, kernel="reference"), atol=1e-4)
+        >>> y = swiglu_experts(x, g, *ws, sparse=True, kernel="reference")  # one expert group at a time
+        >>> torch.allclose(y, swiglu_experts(x, g, *ws, sparse=False), atol=1e-4)
         True
     """
-    if sparse:
-        return swiglu_experts_sparse(x, gates, w_in, w_out, kernel=kernel)
-    if check_kernel("kernel", kernel) == Kernel.REFERENCE:
-        return swiglu_experts_reference(x, gates, w_in, w_out)
-    return swiglu_experts_dense(x, gates, w_in, w_out)
+    kernels = (swiglu_experts_reference, swiglu_experts_dense, swiglu_experts_sparse)
+    return dispatch_experts(kernels, x, gates, (w_in, w_out), sparse, kernel)

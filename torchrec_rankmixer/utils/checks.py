@@ -13,7 +13,7 @@ Example::
     ValueError: pooling ('max') must be one of ['mean', 'flatten']
 """
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 INTERVALS = ("()", "(]", "[)", "[]")
 
@@ -22,6 +22,20 @@ def check_positive_int(name: str, value: object) -> None:
     """``value`` is an int >= 1 (bool is refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} ({value!r}) must be a positive int")
+
+
+def check_positive_ints(values: Mapping[str, object]) -> None:
+    """Every ``name: value`` of ``values`` is an int >= 1, checked in order.
+
+    Example::
+
+        >>> check_positive_ints({"num_tokens": 4, "d_model": 0})
+        Traceback (most recent call last):
+        ...
+        ValueError: d_model (0) must be a positive int
+    """
+    for name, value in values.items():
+        check_positive_int(name, value)
 
 
 def check_non_negative_int(name: str, value: object) -> None:

@@ -3,19 +3,18 @@
 from typing import Tuple
 
 import torch
-from torch import nn
 
-from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
+from torchrec_rankmixer.modules.per_token_ffn import GELUFFNStack
 from torchrec_rankmixer.ops.kernels import check_kernel
 from torchrec_rankmixer.ops.moe import moe_experts, moe_experts_sparse
-from torchrec_rankmixer.utils.checks import check_positive_int
+from torchrec_rankmixer.utils.checks import check_positive_ints
 
 # A leaf for FX symbolic tracing (data-dependent shapes cannot be traced symbolically);
 # the TorchScript export points these calls at the scriptable moe_experts_sparse_resolved.
 torch.fx.wrap("moe_experts_sparse")
 
 
-class TokenExperts(nn.Module):
+class TokenExperts(GELUFFNStack):
     """Expert (t, e) is ``f_te(x) = GELU(x W1[t,e] + b1[t,e]) W2[t,e] + b2[t,e]``; the
     forward returns the gated sum ``y[b, t] = sum_e g[b, t, e] * f_te(x[b, t])``.
 
@@ -42,24 +41,10 @@ class TokenExperts(nn.Module):
         self, num_tokens: int, d_model: int, num_experts: int, expert_hidden: int,
         device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("num_tokens", num_tokens), ("d_model", d_model),
-                            ("num_experts", num_experts), ("expert_hidden", expert_hidden)):
-            check_positive_int(name, value)
-        T, E, D, h = num_tokens, num_experts, d_model, expert_hidden
-        self.d_model, self.expert_hidden = D, h
-        self.w1 = nn.Parameter(torch.empty(T, E, D, h, device=device))
-        self.b1 = nn.Parameter(torch.empty(T, E, h, device=device))
-        self.w2 = nn.Parameter(torch.empty(T, E, h, D, device=device))
-        self.b2 = nn.Parameter(torch.empty(T, E, D, device=device))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """nn.Linear's default init, per expert."""
-        if self.w1.is_meta:
-            return
-        _init_linear_stack(self.w1, self.b1, self.d_model)
-        _init_linear_stack(self.w2, self.b2, self.expert_hidden)
+        check_positive_ints({"num_tokens": num_tokens, "d_model": d_model,
+                             "num_experts": num_experts, "expert_hidden": expert_hidden})
+        super().__init__((num_tokens, num_experts), d_model, expert_hidden, device)
+        self.expert_hidden = expert_hidden
 
     @property
     def weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from torchrec_rankmixer.modules.moe.experts import TokenExperts
 from torchrec_rankmixer.modules.moe.router import TokenRouter, topk_softmax_gates, update_ratio_offset
 from torchrec_rankmixer.modules.moe.statistics import RoutingStatistics
 from torchrec_rankmixer.ops.kernels import check_kernel
-from torchrec_rankmixer.utils.checks import check_choice, check_float, check_positive_int
+from torchrec_rankmixer.utils.checks import check_choice, check_float, check_positive_ints
 
 # state-dict names before the experts moved into ``experts`` (torchrec-rankmixer 0.1)
 _LEGACY_EXPERT_KEYS = ("w1", "b1", "w2", "b2")
@@ -119,9 +119,8 @@ class PerTokenSparseMoE(nn.Module):
         experts: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
-        for name, value in (("num_tokens", num_tokens), ("d_model", d_model),
-                            ("num_experts", num_experts), ("expert_hidden", expert_hidden)):
-            check_positive_int(name, value)
+        check_positive_ints({"num_tokens": num_tokens, "d_model": d_model,
+                             "num_experts": num_experts, "expert_hidden": expert_hidden})
         check_choice("router", router, MOE_ROUTERS)
         check_float("target_active_ratio", target_active_ratio, 0.0, 1.0, "(]")
         check_float("l1_kp", l1_kp, 0.0, float("inf"), "[)")

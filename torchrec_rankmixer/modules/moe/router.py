@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from torchrec_rankmixer.config import MOE_OFFSET_PER
-from torchrec_rankmixer.modules.per_token_ffn import _init_linear_stack
+from torchrec_rankmixer.modules.per_token_ffn import init_linear_stack
 from torchrec_rankmixer.utils.checks import check_choice
 
 
@@ -91,7 +91,7 @@ class TokenRouter(nn.Module):
     def reset_parameters(self) -> None:
         if self.weight.is_meta:
             return
-        _init_linear_stack(self.weight, self.bias, self.weight.shape[1])
+        init_linear_stack(self.weight, self.bias)
         nn.init.zeros_(self.bias)  # start with about half the experts active
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

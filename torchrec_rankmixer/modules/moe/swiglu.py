@@ -19,19 +19,19 @@ from torch import nn
 
 from torchrec_rankmixer.config import TML_DOWN_INIT_SCALE, RankMixerConfig
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
-from torchrec_rankmixer.modules.per_token_swiglu import PerTokenSwiGLU, init_swiglu_weights
+from torchrec_rankmixer.modules.per_token_swiglu import PerTokenSwiGLU, SwiGLUFFNStack
 from torchrec_rankmixer.ops.kernels import check_kernel
 from torchrec_rankmixer.ops.moe import resolve_sparse_kernel
 from torchrec_rankmixer.ops.moe_swiglu import swiglu_experts, swiglu_experts_sparse_resolved
 from torchrec_rankmixer.ops.per_token_ffn import _fx_or_script
-from torchrec_rankmixer.utils.checks import check_float, check_positive_int
+from torchrec_rankmixer.utils.checks import check_float, check_positive_ints
 
 # A leaf for FX symbolic tracing (its shapes depend on the data); TorchScript compiles the
 # leaf itself, since the kernel it gets is already resolved.
 torch.fx.wrap("swiglu_experts_sparse_resolved")
 
 
-class SwiGLUTokenExperts(nn.Module):
+class SwiGLUTokenExperts(SwiGLUFFNStack):
     """E SwiGLU experts per token, without biases: expert (t, e) is
     ``f_te(x) = (SiLU(x Wg[t,e]) * (x Wu[t,e])) Wd[t,e]``; the forward returns the gated
     sum ``y[b, t] = sum_e g[b, t, e] * f_te(x[b, t])`` (ops/moe_swiglu.py).
@@ -60,21 +60,10 @@ class SwiGLUTokenExperts(nn.Module):
         self, num_tokens: int, d_model: int, num_experts: int, expert_hidden: int,
         down_init_scale: float = TML_DOWN_INIT_SCALE, device: torch.device | str | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("num_tokens", num_tokens), ("d_model", d_model),
-                            ("num_experts", num_experts), ("expert_hidden", expert_hidden)):
-            check_positive_int(name, value)
-        check_float("down_init_scale", down_init_scale, 0.0, float("inf"), "[)")
-        T, E, D, h = num_tokens, num_experts, d_model, expert_hidden
-        self.num_tokens, self.d_model, self.num_experts, self.expert_hidden = T, D, E, h
-        self.down_init_scale = float(down_init_scale)
-        self.w_in = nn.Parameter(torch.empty(T, E, D, 2 * h, device=device))
-        self.w_out = nn.Parameter(torch.empty(T, E, h, D, device=device))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        if not self.w_in.is_meta:
-            init_swiglu_weights(self.w_in, self.w_out, self.down_init_scale)
+        check_positive_ints({"num_tokens": num_tokens, "d_model": d_model,
+                             "num_experts": num_experts, "expert_hidden": expert_hidden})
+        super().__init__((num_tokens, num_experts), d_model, expert_hidden, down_init_scale, device)
+        self.num_tokens, self.num_experts, self.expert_hidden = num_tokens, num_experts, expert_hidden
 
     @property
     def weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
