@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torchrec.fx
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+from torchrec import EmbeddingBagCollection
 from torchrec.models.dlrm import DLRM_DCN, DLRMTrain
 
 from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig
