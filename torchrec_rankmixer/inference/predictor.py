@@ -229,7 +229,8 @@ def read_table(path: Union[str, os.PathLike]) -> Any:
         if suffix == ".csv":
             import pyarrow.csv as pacsv
 
-            return pacsv.read_csv(path)
+            # only an empty cell is missing: "n/a" or "NaN" stay text, and are reported as such
+            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True))
         import pyarrow.parquet as pq
 
         return pq.read_table(path)

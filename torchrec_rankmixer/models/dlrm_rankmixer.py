@@ -181,6 +181,9 @@ class DLRM_RankMixer(nn.Module):
         if over_arch_layer_sizes is not None:
             check_layer_sizes("over_arch_layer_sizes", over_arch_layer_sizes, min_len=2)
         feature_dims = feature_dims_of(embedding_bag_collection)
+        if not feature_dims:
+            raise ValueError("embedding_bag_collection has no tables (no sparse features); "
+                             "DLRM_RankMixer needs at least one embedded feature")
         self.sequence_arch = build_sequence_arch(
             sequence_embedding_collection, sequence_features, feature_dims, dense_device
         )

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer
 
@@ -112,7 +113,7 @@ def load_checkpoint(
             module.load_state_dict(state[name])
     except ValueError:
         raise
-    except Exception as e:  # noqa: BLE001 - DCP's CheckpointException & co., with the path
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's errors, with the path
         first = (str(e).strip().splitlines() or [""])[-1][:300]
         raise ValueError(f"cannot load checkpoint {path!r} into this run's model: {type(e).__name__}: {first}") from e
     with open(os.path.join(path, PROGRESS_FILE)) as f:

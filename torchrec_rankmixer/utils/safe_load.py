@@ -100,7 +100,11 @@ class SafeLoadPlanner(DefaultLoadPlanner):
 
 
 def dcp_load(state: Dict[str, Any], path: str, no_dist: bool = False) -> None:
-    """``dcp.load(state, checkpoint_id=path)`` in place, through the safe reader and planner."""
+    """``dcp.load(state, checkpoint_id=path)`` in place, through the safe reader and planner.
+
+    The metadata is read once before (a refused or unreadable file is a plain ValueError
+    naming it, not DCP's multi-rank CheckpointException)."""
+    dcp_metadata(path)
     dcp.load(state, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), no_dist=no_dist)
 
 
