@@ -165,9 +165,9 @@ def test_hex_column_and_errors():
     toks = ["68fd1e64", "", "A1B2C3D4", "zz", "ffffffffffffffff", "a"]
     c = hex_column(pa.array([t.encode() for t in toks]))
     assert c.reason == "bad_categorical" and c.bad.tolist() == [False, False, False, True, True, False]
-    assert c.values[[0, 2, 5]].tolist() == [hex_id("68fd1e64"), hex_id("A1B2C3D4"), 10]
+    assert c.full()[[0, 2, 5]].tolist() == [hex_id("68fd1e64"), hex_id("A1B2C3D4"), 10]
     fixed = hex_column(pa.array([b"0000000a", b""]))
-    assert fixed.values.tolist() == [10, 0] and fixed.present.tolist() == [True, False]
+    assert fixed.full().tolist() == [10, 0] and fixed.present.tolist() == [True, False]
     assert by_unique(pa.array(["1", "2"]), lambda t: None, float).present.tolist() == [False, False]
 
 

@@ -58,7 +58,7 @@ class Block:
 
     path: str
     offset: int
-    data: bytes
+    data: "bytes | memoryview"
 
     def first_line_number(self) -> int:
         """1-based line number of the block's first line (counts the bytes before it; called
@@ -83,23 +83,26 @@ def read_blocks(path: str, start: int, end: int, block_bytes: int) -> Iterator[B
         >>> import tempfile
         >>> with tempfile.NamedTemporaryFile("wb", delete=False) as f:
         ...     _ = f.write(b"a\\nbb\\nccc\\n")
-        >>> [b.data for b in read_blocks(f.name, 0, 9, 4)]
+        >>> [bytes(b.data) for b in read_blocks(f.name, 0, 9, 4)]
         [b'a\\n', b'bb\\n', b'ccc\\n']
     """
     with open(path, "rb") as f:
         f.seek(start)
         pos, carry = start, b""
         while pos < end or carry:
-            want = min(block_bytes, end - pos)
-            data = carry + (f.read(want) if want > 0 else b"")
-            pos += max(want, 0)
-            if pos >= end:
-                if data:
+            want = max(min(block_bytes, end - pos), 0)
+            buf = bytearray(len(carry) + want)
+            buf[:len(carry)] = carry
+            got = f.readinto(memoryview(buf)[len(carry):]) if want else 0
+            pos += got
+            data = memoryview(buf)[:len(carry) + got]
+            if pos >= end or got < want:
+                if len(data):
                     yield Block(path, pos - len(data), data)
                 return
-            cut = data.rfind(b"\n")
+            cut = buf.rfind(b"\n", 0, len(data))
             if cut < 0:
-                carry = data  # one line longer than the block: read on
+                carry = bytes(data)  # one line longer than the block: read on
                 continue
             yield Block(path, pos - len(data), data[:cut + 1])
-            carry = data[cut + 1:]
+            carry = bytes(data[cut + 1:])

@@ -16,7 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.features.prep import RawFeaturePrep
 
-PREP_ROWS = 4096  # rows prepared per call in FeaturePrep.batches (ids stay in cache)
+PREP_ROWS = 16384  # rows prepared per call in FeaturePrep.batches (ids stay in cache)
 
 @dataclass
 class Rows:
@@ -203,28 +203,28 @@ class FeaturePrep:
         nf, n = lengths.shape
         nb = n // size
         per = lengths.reshape(nf, nb, size)
-        fb = per.sum(2)  # (F, nb): ids of feature f in batch b
-        feat_total = fb.sum(1)
-        feat_start = torch.cumsum(feat_total, 0) - feat_total
-        fb_start = torch.cumsum(fb, 1) - fb
-        block = fb.t().reshape(-1)  # (nb * F,) in batch-major order
-        block_start = (torch.cumsum(block, 0) - block).reshape(nb, nf)
-        f_of = torch.repeat_interleave(torch.arange(nf), feat_total, output_size=ids.numel())
-        row_of = torch.repeat_interleave(torch.arange(n).repeat(nf), lengths.reshape(-1), output_size=ids.numel())
-        b_of = torch.div(row_of, size, rounding_mode="floor")
-        dest = block_start[b_of, f_of] + (torch.arange(ids.numel()) - feat_start[f_of]) - fb_start[f_of, b_of]
+        fb = per.sum(2)  # (F, nb): ids of feature f in batch b, a run of ids in ``ids``
+        run_start = (torch.cumsum(fb.reshape(-1), 0) - fb.reshape(-1)).reshape(nf, nb)
+        block = fb.t().reshape(-1)  # the same runs in batch-major order
+        block_start = (torch.cumsum(block, 0) - block).reshape(nb, nf).t()
+        shift = torch.repeat_interleave((block_start - run_start).reshape(-1), fb.reshape(-1), output_size=ids.numel())
         grouped = torch.empty_like(ids)
-        grouped[dest] = ids
+        grouped[torch.arange(ids.numel()) + shift] = ids
         per_batch_lengths = per.permute(1, 0, 2).reshape(nb, nf * size).to(torch.int32)
+        counts = fb.t().tolist()  # (nb, F)
         bounds = [0] + torch.cumsum(fb.sum(0), 0).tolist()
         labels = labels[:, 0] if labels.shape[1] == 1 else labels
-        return [
-            Batch(dense_features=dense[i * size:(i + 1) * size],
-                  sparse_features=KeyedJaggedTensor.from_lengths_sync(
-                      keys=self.feature_names, values=grouped[bounds[i]:bounds[i + 1]], lengths=per_batch_lengths[i]),
-                  labels=labels[i * size:(i + 1) * size])
-            for i in range(nb)
-        ]
+        keys = self.feature_names
+        out = []
+        for i in range(nb):
+            offsets = [0]
+            for c in counts[i]:
+                offsets.append(offsets[-1] + c)
+            kjt = KeyedJaggedTensor(keys=keys, values=grouped[bounds[i]:bounds[i + 1]], lengths=per_batch_lengths[i],
+                                    stride=size, length_per_key=counts[i], offset_per_key=offsets)
+            out.append(Batch(dense_features=dense[i * size:(i + 1) * size], sparse_features=kjt,
+                             labels=labels[i * size:(i + 1) * size]))
+        return out
 
     def batch(self, rows: Rows) -> Batch:
         """Prepared ``Batch``: dense [B, dense_in_features], KJT over ``feature_names``,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, 
 from torchrec_rankmixer.data.blocks import Block, byte_range, read_blocks
 from torchrec_rankmixer.data.features import Rows
 from torchrec_rankmixer.data.libsvm import LibsvmReader
+from torchrec_rankmixer.data.stream import Prefetcher
 from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, make_parser, reference_block_rows
 from torchrec_rankmixer.data.vectorised import DelimitedReader
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from torchrec_rankmixer.data.sources import MalformedCounter
 
 TEXT_FORMATS = ("csv", "libsvm", "criteo")
+PARSE_AHEAD = 1  # blocks parsed ahead of the one being converted
 Part = Tuple[str, int, int]  # (path, part, parts)
 
 
@@ -63,6 +65,7 @@ class FileReader:
         self.fmt, self.labels, self.sparse, self.dense = fmt, labels, sparse, dense
         self.counter, self.block_bytes = counter, block_bytes
         self.read_block: Optional[Callable[[Block], Optional[Rows]]] = None
+        self.delimited: Optional[DelimitedReader] = None
         if fmt not in TEXT_FORMATS:
             return
         if fmt == "criteo":
@@ -79,8 +82,8 @@ class FileReader:
             libsvm = LibsvmReader(sparse)
             self.read_block = lambda b: libsvm.rows(b, counter)
         else:
-            reader = self._delimited(fmt, header, delimiter)
-            self.read_block = lambda b: reader.rows(b, counter)
+            self.delimited = self._delimited(fmt, header, delimiter)
+            self.read_block = lambda b: self.delimited.rows(b, counter)
 
     def _delimited(self, fmt: str, header: Optional[List[str]], delimiter: str) -> DelimitedReader:
         if fmt == "csv":
@@ -103,10 +106,22 @@ class FileReader:
             yield from read_columnar(path, self.fmt, self.labels, self.dense, self.sparse, self.counter, part, parts)
             return
         start, end = byte_range(path, part, parts)
-        for block in read_blocks(path, start, end, self.block_bytes):
-            rows = self.read_block(block)
-            if rows is not None and len(rows):
-                yield rows
+        blocks = read_blocks(path, start, end, self.block_bytes)
+        if self.delimited is None:
+            for block in blocks:
+                rows = self.read_block(block)
+                if rows is not None and len(rows):
+                    yield rows
+            return
+        # pyarrow parses the next block (in its own threads) while this one is converted
+        parsed = Prefetcher(lambda: map(self.delimited.parse, blocks), depth=PARSE_AHEAD)  # type: ignore[union-attr]
+        try:
+            for p in parsed:
+                rows = self.delimited.convert(p, self.counter)  # type: ignore[union-attr]
+                if rows is not None and len(rows):
+                    yield rows
+        finally:
+            parsed.close()
 
     def epoch(self, parts: List[Part]) -> Iterator[Rows]:
         """One pass over ``parts``; checks the malformed fraction at the end."""

@@ -11,7 +11,6 @@ rows are counted per reason with the first place (``file:line``, column, value).
 """
 
 import binascii
-import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -35,15 +34,28 @@ _EMPTY, _BAD = 1, 2
 class Column:
     """One converted column of a block.
 
-    Shapes: values [N] (float64 or int64; 0 where empty or bad), present [N] bool (ids:
+    Shapes: values [N] (float64 or int64; 0 where empty or bad; ids may hold only
+    ``compact``, see :meth:`full`), present [N] bool (ids:
     False is an empty bag), bad [N] bool or None; ``source`` is the text column (for the
     value named in error messages)."""
 
-    values: np.ndarray
+    values: Optional[np.ndarray]
     present: np.ndarray
     bad: Optional[np.ndarray]
     reason: str
-    source: pa.Array
+    source: "pa.Array | pa.ChunkedArray"
+    compact: Optional[np.ndarray] = None  # ids only: the values of the present rows
+
+    def full(self) -> np.ndarray:
+        """values [N] (0 where empty)."""
+        if self.values is None:
+            self.values = np.zeros(len(self.present), np.int64)
+            self.values[self.present] = self.compact
+        return self.values
+
+    def present_values(self) -> np.ndarray:
+        """The values of the present rows."""
+        return self.compact if self.compact is not None else self.values[self.present]  # type: ignore[index]
 
 
 def _text(value: object) -> str:
@@ -63,6 +75,7 @@ def by_unique(col: pa.Array, fn: Callable[[str], object], dtype: type) -> Column
         >>> c.values.tolist(), c.bad.tolist(), c.reason
         ([1.0, 0.0, 1.0, 0.0], [False, True, False, False], 'bad_dense')
     """
+    col = _combined(col)
     enc = pc.dictionary_encode(col)
     uniq = enc.dictionary.to_pylist()
     vals, status, reason = np.zeros(len(uniq), dtype), np.zeros(len(uniq), np.int8), ""
@@ -83,35 +96,43 @@ def by_unique(col: pa.Array, fn: Callable[[str], object], dtype: type) -> Column
                   bad if bad.any() else None, reason, col)
 
 
+def _combined(col: "pa.Array | pa.ChunkedArray") -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
 def _offsets(col: pa.Array) -> Tuple[np.ndarray, Optional[pa.Buffer]]:
     bufs = col.buffers()
     return np.frombuffer(bufs[1], np.int32, len(col) + 1, col.offset * 4), bufs[2]
 
 
-def hex_column(col: pa.Array) -> Column:
+def hex_column(col: "pa.Array | pa.ChunkedArray") -> Column:
     """Criteo categorical column (binary): 8-digit hex tokens decoded in bulk, anything
     else through :func:`~torchrec_rankmixer.data.text.hex_id`.
 
     Example::
 
-        >>> hex_column(pa.array([b"68fd1e64", b"", b"0a"])).values.tolist()
+        >>> hex_column(pa.array([b"68fd1e64", b"", b"0a"])).full().tolist()
         [1761418852, 0, 10]
     """
-    off, data = _offsets(col)
-    lengths = np.diff(off)
-    present = lengths > 0
-    if not present.any():
-        return Column(np.zeros(len(col), np.int64), present, None, "", col)
-    if data is not None and bool(np.all(lengths[present] == 8)):
-        try:
-            raw = binascii.a2b_hex(memoryview(data)[off[0]:off[-1]])
-        except binascii.Error:
-            raw = None
-        if raw is not None:
-            values = np.zeros(len(col), np.int64)
-            values[present] = np.frombuffer(raw, ">u4")
-            return Column(values, present, None, "", col)
-    return by_unique(col, hex_id, np.int64)
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    presents, compacts = [], []
+    for chunk in chunks:
+        off, data = _offsets(chunk)
+        lengths = np.diff(off)
+        present = lengths > 0
+        raw = None
+        if data is not None and bool(np.all(lengths[present] == 8)):
+            try:
+                raw = binascii.a2b_hex(memoryview(data)[off[0]:off[-1]])
+            except binascii.Error:
+                pass
+        if raw is None and present.any():
+            return by_unique(_combined(col), hex_id, np.int64)
+        presents.append(present)
+        compacts.append(np.frombuffer(raw, ">u4").astype(np.int64) if raw is not None else np.zeros(0, np.int64))
+    present = np.concatenate(presents) if presents else np.zeros(0, bool)
+    compact = np.concatenate(compacts) if compacts else np.zeros(0, np.int64)
+    return Column(None, present, None, "", col, compact)
 
 
 def csv_id_column(col: pa.Array) -> Column:
@@ -123,6 +144,7 @@ def csv_id_column(col: pa.Array) -> Column:
         >>> csv_id_column(pa.array(["42", "", " "])).present.tolist()
         [True, False, False]
     """
+    col = _combined(col)
     present = pc.binary_length(col).to_numpy(zero_copy_only=False) > 0
     decimal = pc.fill_null(pc.ascii_is_decimal(col), False).to_numpy(zero_copy_only=False)
     values = np.zeros(len(col), np.int64)
@@ -161,7 +183,7 @@ class _Lines:
         self._lines: Optional[List[bytes]] = None
 
     def _build(self) -> None:
-        self._lines = self.block.data.splitlines()
+        self._lines = bytes(self.block.data).splitlines()
         d, w = self.delimiter, self.width - 1
         self.rows = [i for i, ln in enumerate(self._lines) if i >= self.skip and ln and ln.count(d) == w]
         self.invalid = [i for i, ln in enumerate(self._lines)
@@ -183,6 +205,18 @@ class _Lines:
             self._build()
         line = self.first + self.invalid[0] if self.invalid else self.first
         return f"{self.block.path}:{line}"
+
+
+@dataclass
+class Parsed:
+    """A block as pyarrow parsed it: typed (float labels and dense) or all text, and the
+    field-count errors of its skipped lines."""
+
+    block: Block
+    table: pa.Table
+    typed: bool
+    invalid: List[str]
+    skip: int
 
 
 class DelimitedReader:
@@ -211,7 +245,7 @@ class DelimitedReader:
         used = [i for _, i in [*self.labels, *self.dense, *self.sparse]]
         self.include = [self.names[i] for i in sorted(set(used))]
 
-    def _read(self, data: bytes, skip: int, typed: bool, invalid: List[str]) -> pa.Table:
+    def _read(self, data: "bytes | memoryview", skip: int, typed: bool, invalid: List[str]) -> pa.Table:
         num = pa.float64() if typed else pa.binary()
         types = {self.names[i]: num for _, i in [*self.labels, *self.dense]}
         types.update({self.names[i]: self.id_type for _, i in self.sparse})
@@ -222,7 +256,7 @@ class DelimitedReader:
             return "skip"
 
         return pacsv.read_csv(
-            io.BytesIO(data),
+            pa.BufferReader(pa.py_buffer(data)),
             read_options=pacsv.ReadOptions(column_names=self.names, skip_rows=skip, block_size=1 << 20),
             parse_options=pacsv.ParseOptions(delimiter=self.delimiter, quote_char=False,
                                              invalid_row_handler=on_invalid),
@@ -231,8 +265,8 @@ class DelimitedReader:
                                                  quoted_strings_can_be_null=False),
         )
 
-    def rows(self, block: Block, counter: "MalformedCounter") -> Optional[Rows]:
-        """The valid rows of ``block`` (None when none); counts every row in ``counter``."""
+    def parse(self, block: Block) -> "Parsed":
+        """pyarrow's parse of ``block`` (the part that runs in pyarrow's threads)."""
         skip = 1 if self.header and block.offset == 0 else 0
         invalid: List[str] = []
         try:
@@ -240,7 +274,16 @@ class DelimitedReader:
         except pa.ArrowInvalid:  # a token typed parsing rejects: convert through the reference
             invalid.clear()
             table, typed = self._read(block.data, skip, False, invalid), False
-        cols = {n: table.column(n).combine_chunks() for n in table.column_names}
+        return Parsed(block, table, typed, invalid, skip)
+
+    def rows(self, block: Block, counter: "MalformedCounter") -> Optional[Rows]:
+        """The valid rows of ``block`` (None when none); counts every row in ``counter``."""
+        return self.convert(self.parse(block), counter)
+
+    def convert(self, parsed: "Parsed", counter: "MalformedCounter") -> Optional[Rows]:
+        """Rows of a parsed block: column conversions, malformed-row accounting."""
+        block, table, typed, invalid, skip = parsed.block, parsed.table, parsed.typed, parsed.invalid, parsed.skip
+        cols = {n: table.column(n) for n in table.column_names}  # chunked: no copy
         col = lambda i: cols[self.names[i]]  # noqa: E731
         if typed:
             labels = [typed_label(col(i)) for _, i in self.labels]
@@ -282,11 +325,18 @@ class DelimitedReader:
 
 def assemble(labels: List[Column], dense: List[Column], sparse: Dict[str, Column], keep: np.ndarray) -> Rows:
     """:class:`Rows` of the ``keep`` [N] rows of converted columns (one id per present cell)."""
+    every = bool(keep.all())
+    pick = (lambda a: a) if every else (lambda a: a[keep])  # noqa: E731
     n = int(keep.sum())
-    y = np.stack([c.values[keep] for c in labels], 1) if labels else np.zeros((n, 0))
-    x = np.stack([c.values[keep] for c in dense], 1) if dense else np.zeros((n, 0))
+    y = np.empty((n, len(labels)), np.float32)
+    for j, c in enumerate(labels):
+        y[:, j] = pick(c.values)
+    x = np.empty((n, len(dense)), np.float32)
+    for j, c in enumerate(dense):
+        x[:, j] = pick(c.values)
     bags = {}
     for name, c in sparse.items():
-        present = c.present[keep]
-        bags[name] = (torch.from_numpy(present.astype(np.int64)), torch.from_numpy(c.values[keep][present]))
-    return Rows(torch.from_numpy(y.astype(np.float32)), torch.from_numpy(x.astype(np.float32)), bags)
+        present = pick(c.present)
+        values = c.present_values() if every else c.full()[keep][present]
+        bags[name] = (torch.from_numpy(present.astype(np.int64)), torch.from_numpy(values))
+    return Rows(torch.from_numpy(y), torch.from_numpy(x), bags)
