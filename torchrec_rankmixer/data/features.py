@@ -162,6 +162,13 @@ class FeaturePrep:
                 "data.id_transform='none'; use 'hash' or 'mod', or a larger data.table_sizes"
             )
 
+    def _transform(self, dense: torch.Tensor, values: torch.Tensor,
+                   lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # ``forward``, not ``__call__``: batches are prepared in a background thread, and
+        # while the training pipeline fx-traces the model, ``nn.Module.__call__`` is patched
+        # process-wide to record calls into the traced model.
+        return self.module.forward(dense, values, lengths)
+
     def batches(self, rows: Rows, batch_size: int) -> List[Batch]:
         """``len(rows) // batch_size`` prepared batches of ``batch_size`` rows, equal to
         ``batch(rows.slice(i, i + batch_size))`` for each, but prepared in one pass over
@@ -192,7 +199,7 @@ class FeaturePrep:
                 values.append(raw.to(torch.int64))
             raw_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.int64)
             raw_lengths = torch.stack(lengths) if lengths else torch.zeros(0, e - s, dtype=torch.int64)
-            dense, ids, id_lengths = self.module(rows.dense[s:e], raw_values, raw_lengths)
+            dense, ids, id_lengths = self._transform(rows.dense[s:e], raw_values, raw_lengths)
             out.extend(self._split(rows.labels[s:e], dense, ids, id_lengths, batch_size))
         return out
 
@@ -238,7 +245,7 @@ class FeaturePrep:
             values.append(raw.to(torch.int64))
         raw_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.int64)
         raw_lengths = torch.stack(lengths) if lengths else torch.zeros(0, len(rows), dtype=torch.int64)  # (Fs, B)
-        dense, ids, id_lengths = self.module(rows.dense, raw_values, raw_lengths)
+        dense, ids, id_lengths = self._transform(rows.dense, raw_values, raw_lengths)
         labels = rows.labels[:, 0] if rows.labels.shape[1] == 1 else rows.labels
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.feature_names, values=ids, lengths=id_lengths.reshape(-1).to(torch.int32)

@@ -6,7 +6,7 @@ libsvm, Criteo TSV, Parquet, ORC) and TorchRec's binary Criteo days
 All read batches addressed by a global cursor (batches consumed by all ranks) and hold
 the same interface: ``table_configs(embedding_dim)``, ``dense_in_features``,
 ``user_feature``, ``train_batches(cursor, rank, world_size, num)``,
-``eval_batch_iter(rank, world_size)``, ``malformed_report()``.
+``eval_batch_iter(rank, world_size)``, ``malformed_report()``, ``close()``.
 
 Files: how ranks share them is ``data/files.py``'s :func:`~torchrec_rankmixer.data.files.shard`.
 Training streams over epochs without end (the run length is ``train.steps``), so every
@@ -165,6 +165,9 @@ class SyntheticSource:
 
     def malformed_report(self) -> Dict[str, int]:
         return {}
+
+    def close(self) -> None:
+        """Nothing runs in the background here."""
 
 
 class FileSource:

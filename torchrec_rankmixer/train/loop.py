@@ -272,6 +272,7 @@ class Trainer:
             if (every and self.step % every == 0) or (self.step == total and (every or cfg.run.save_final)):
                 self.save()
         bar.close()
+        self.source.close()  # stops the background reader of file sources
         if cfg.run.plots:
             self.run.plot()
         self.run.close()
