@@ -79,8 +79,10 @@ class LibsvmReader:
         text = lines  # lines left to the reference parser are blanked here (the rest is ASCII)
         if slow.any():
             text = pc.if_else(pa.array(slow), pa.scalar(b"", pa.binary()), lines)
-        tokens = pc.ascii_split_whitespace(text.cast(pa.string()))
-        ntok = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+        text = pc.ascii_trim_whitespace(text.cast(pa.string()))  # as str.split(): no empty end tokens
+        tokens = pc.ascii_split_whitespace(text)
+        ntok = np.where(pc.binary_length(text).to_numpy(zero_copy_only=False) == 0, 0,
+                        pc.list_value_length(tokens).to_numpy(zero_copy_only=False))
         fast = (ntok > 0) & ~slow
         line_of = np.flatnonzero(fast)
         first = pc.list_element(tokens.filter(pa.array(fast)), 0) if fast.any() else pa.array([], pa.string())
