@@ -17,7 +17,7 @@ libsvm (label, 10 ``id:1`` tokens), plus the same Criteo rows as TorchRec binary
 - training: ``Trainer.fit`` of the default model (``model.*`` defaults, batch 256) on
   the Criteo file, fed from the file (``FileSource``) vs from the same batches held in
   memory; samples/s over ``--train-steps`` steps, best of two rounds, interleaved.
-- memory: peak RSS (``ru_maxrss``) of a fresh process reading the whole Criteo file through
+- memory: peak RSS (``VmHWM``) of a fresh process reading the whole Criteo file through
   ``train_batches``, and of one reading a tenth of it.
 
 Each number is the best of ``--rounds`` rounds (interference only adds time).
@@ -30,7 +30,6 @@ Usage::
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -209,17 +208,20 @@ def train_rate(path: str, steps: int, memory: bool, out_dir: str) -> float:
     return steps * cfg.data.batch_size / dt
 
 
-def peak_rss_mb(path: str, rows: int) -> Dict[str, float]:
-    """Run in a fresh process: RSS after building the source, peak RSS after reading."""
-    code = (f"import sys, resource, torch; sys.path.insert(0, {ROOT!r}); torch.set_num_threads(1)\n"
+def peak_rss_mb(path: str, rows: int, *extra: str) -> Dict[str, float]:
+    """In a fresh process: RSS once the source is built, and the peak RSS (``VmHWM``) after
+    reading the whole file through train_batches (``ru_maxrss`` would carry the parent's
+    peak across ``exec``)."""
+    code = (f"import sys, torch; sys.path.insert(0, {ROOT!r}); torch.set_num_threads(1)\n"
             "from benchmarks.bench_data import overrides\n"
             "from torchrec_rankmixer.train.config import load_config\n"
             "from torchrec_rankmixer.data.sources import make_source\n"
-            f"cfg = load_config(overrides=overrides('criteo', {path!r}))\n"
+            "mb = lambda key: [int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith(key)][0]\n"
+            f"cfg = load_config(overrides=overrides('criteo', {path!r}, *{list(extra)!r}))\n"
             "src = make_source(cfg.data, False, 0, 1)\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "before = mb('VmRSS')\n"
             f"for _ in src.train_batches(0, 0, 1, {rows} // 256): pass\n"
-            "src.close(); print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+            "src.close(); print(before, mb('VmHWM'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     before, peak = map(float, out.stdout.split()[-2:])
     return {"rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1)}

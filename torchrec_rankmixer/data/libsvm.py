@@ -73,9 +73,9 @@ class LibsvmReader:
         n_lines = len(offsets) - 1
         lines = pa.Array.from_buffers(pa.binary(), n_lines, [None, pa.py_buffer(offsets.tobytes()),
                                                              pa.py_buffer(block.data)])
-        special = (b >= 0x80) | ((b >= 0x1C) & (b <= 0x1F))  # non-ASCII, or whitespace only Python splits on
-        cum = np.concatenate([[0], np.cumsum(special)])
-        slow = (cum[offsets[1:]] - cum[offsets[:-1]]) > 0
+        special = np.flatnonzero((b >= 0x80) | ((b >= 0x1C) & (b <= 0x1F)))  # non-ASCII, or whitespace only Python splits on
+        slow = np.zeros(n_lines, bool)
+        slow[np.searchsorted(offsets, special, side="right") - 1] = True
         text = lines  # lines left to the reference parser are blanked here (the rest is ASCII)
         if slow.any():
             text = pc.if_else(pa.array(slow), pa.scalar(b"", pa.binary()), lines)
@@ -128,11 +128,13 @@ class LibsvmReader:
         row = rows_map[parent[keep_tok]]
         f, v = field[keep_tok], ids[keep_tok]
         n, nf = int(ok.sum()), len(self.fields)
-        key = f * n + row
-        order = np.argsort(key, kind="stable")
-        lengths = np.bincount(key, minlength=nf * n).reshape(nf, n)
+        if len(f) == n * nf and np.array_equal(f, np.tile(np.arange(nf), n)):  # libsvm: one id per field, in order
+            values, lengths = v.reshape(n, nf).T.reshape(-1), np.ones((nf, n), np.int64)
+        else:  # libffm: group by field, keeping each row's order
+            key = f * n + row
+            values = v[np.argsort(key, kind="stable")]
+            lengths = np.bincount(key, minlength=nf * n).reshape(nf, n)
         ends = np.cumsum(lengths.sum(1))
-        values = v[order]
         sparse = {}
         for j, name in enumerate(self.fields):
             lo = int(ends[j - 1]) if j else 0

@@ -103,7 +103,7 @@ class DataSettings:
     max_malformed_fraction: float = 0.01
     text_reader: str = "vectorised"
     prefetch_batches: int = 8
-    read_block_kb: int = 8192
+    read_block_kb: int = 2048
 
     def validate(self) -> None:
         check_choice("data.format", self.format, DATA_FORMATS)
