@@ -137,7 +137,8 @@ def test_columnar_list_columns(tmp_path, fmt):
     path = tmp_path / f"part-0.{fmt}"
     (pq.write_table if fmt == "parquet" else orc.write_table)(_recis_table(), str(path))
     src = _source(tmp_path, fmt, [path], "data.sparse_columns=[uid, clicks]", "data.dense_columns=[x]",
-                  "data.num_embeddings=50", "data.max_malformed_fraction=1", "data.user_column=uid")
+                  "data.num_embeddings=50", "data.max_malformed_fraction=1", "data.user_column=uid",
+                  "data.prefetch_batches=0")  # no read-ahead: the counts below are of one pass
     b = next(iter(src.train_batches(0, 0, 1, 1)))  # valid rows: 0 and 1 (2: NaN, 3: null label, 4: null id)
     assert b.labels.tolist() == [1.0, 0.0]
     clicks = b.sparse_features["clicks"]

@@ -8,8 +8,10 @@ that the uninterrupted run read there. Memory is bounded by the queue depth (pre
 batches waiting) plus the block in flight, not by the file size.
 """
 
+import atexit
 import queue
 import threading
+import weakref
 from typing import Callable, Generic, Iterator, Optional, Tuple, TypeVar
 
 from torchrec.datasets.utils import Batch
@@ -17,6 +19,15 @@ from torchrec.datasets.utils import Batch
 from torchrec_rankmixer.data.features import FeaturePrep, Rows
 
 T = TypeVar("T")
+_RUNNING: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop producer threads before the interpreter finalises (a daemon thread still inside
+    pyarrow's C++ at that point aborts the process)."""
+    for p in list(_RUNNING):
+        p.close()
 
 
 def batch_stream(blocks: Iterator[Rows], prep: FeaturePrep, batch_size: int, skip: int = 0) -> Iterator[Batch]:
@@ -79,6 +90,7 @@ class Prefetcher(Generic[T]):
         self._queue: "queue.Queue[Tuple[str, object]]" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(make,), name="rankmixer-prefetch", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def _put(self, item: Tuple[str, object]) -> bool:
@@ -124,6 +136,7 @@ class Prefetcher(Generic[T]):
         if self._thread is None:
             return
         self._stop.set()
+        _RUNNING.discard(self)
         while self._thread.is_alive():
             try:
                 self._queue.get(timeout=0.05)
