@@ -37,7 +37,8 @@ PARTS = {"dense": (np.floating, INT_FEATURE_COUNT), "sparse": (np.integer, CAT_F
 
 
 class BinaryDays:
-    """Memory-mapped day files, addressed as one sequence of rows.
+    """Memory-mapped day files, addressed as one sequence of rows (see
+    :class:`BinaryCriteoSource` for an example).
 
     Args:
         prefixes: one ``<prefix>`` per day (``<prefix>_{dense,sparse,labels}.npy``).
@@ -112,6 +113,20 @@ class BinaryCriteoSource:
     Args:
         data: the ``data`` settings (``format='criteo_binary'``).
         rank / world_size: this process and the number of processes.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> np.save(os.path.join(d, "day_0_dense.npy"), np.zeros((8, 13), np.float32))
+        >>> np.save(os.path.join(d, "day_0_sparse.npy"), np.arange(8 * 26).reshape(8, 26))
+        >>> np.save(os.path.join(d, "day_0_labels.npy"), np.ones((8, 1), np.int32))
+        >>> data = DataSettings(format="criteo_binary", train_files=[os.path.join(d, "day_0")],
+        ...                     batch_size=2, dense_transform="none", id_transform="none", num_embeddings=1000)
+        >>> src = BinaryCriteoSource(data, rank=1, world_size=2)
+        >>> [b.sparse_features["C1"].values().tolist() for b in src.train_batches(0, 1, 2, 2)]
+        [[52, 78], [156, 182]]
+        >>> src.close()
     """
 
     def __init__(self, data: DataSettings, rank: int, world_size: int) -> None:

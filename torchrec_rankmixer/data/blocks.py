@@ -64,6 +64,8 @@ class Block:
         """1-based line number of the block's first line (counts the bytes before it; called
         only to name the place of a malformed row)."""
         count, done = 0, 0
+        if self.offset == 0:
+            return 1
         with open(self.path, "rb") as f:
             while done < self.offset:
                 chunk = f.read(min(1 << 24, self.offset - done))

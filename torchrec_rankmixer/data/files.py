@@ -41,7 +41,7 @@ def shard(files: Sequence[str], rank: int, world_size: int) -> List[Part]:
 
 
 def read_header(path: str, delimiter: str) -> List[str]:
-    """The CSV header line's column names."""
+    """The CSV header line's column names (stripped)."""
     with open(path) as f:
         return [h.strip() for h in f.readline().rstrip("\r\n").split(delimiter)]
 
@@ -57,6 +57,16 @@ class FileReader:
         counter: where rows and malformed rows are counted.
         text_reader: ``vectorised`` or ``reference``.
         block_bytes: size of the text blocks read at a time.
+
+    Example::
+
+        >>> import tempfile
+        >>> from torchrec_rankmixer.data.sources import MalformedCounter
+        >>> with tempfile.NamedTemporaryFile("w", suffix=".libsvm", delete=False) as f:
+        ...     _ = f.write("1 5:1 7:1\\n0 6:1 8:1\\n")
+        >>> reader = FileReader("libsvm", ["label"], ["u", "i"], [], ",", None, MalformedCounter(0.0), "vectorised", 1 << 20)
+        >>> [rows.sparse["i"][1].tolist() for rows in reader.read(f.name, 0, 1)]
+        [[7, 8]]
     """
 
     def __init__(self, fmt: str, labels: List[str], sparse: List[str], dense: List[str], delimiter: str,

@@ -53,7 +53,13 @@ def raw_id(token: str) -> int:
 
 
 def parse_label(text: str) -> float:
-    """A label cell: 0 or 1 as Python's ``float`` reads it, else :class:`MalformedRow`."""
+    """A label cell: 0 or 1 as Python's ``float`` reads it, else :class:`MalformedRow`.
+
+    Example::
+
+        >>> parse_label(" 1.0"), parse_dense(""), csv_id("  "), hex_id("0a")
+        (1.0, 0.0, None, 10)
+    """
     try:
         value = float(text)
     except ValueError:

@@ -230,6 +230,15 @@ class DelimitedReader:
         header: the file's first line is a header (skipped).
         keep_dense / keep_sparse: the dense and id columns returned, in this order (default:
             all); the others are still checked, as the reference parser checks them.
+
+    Example::
+
+        >>> from torchrec_rankmixer.data.sources import MalformedCounter
+        >>> reader = DelimitedReader(3, [("label", 0)], [("x", 1)], [("user", 2)], ",", "csv", header=True)
+        >>> counter = MalformedCounter(1.0)
+        >>> rows = reader.rows(Block("a.csv", 0, b"label,x,user\\n1,2.5,42\\n0,oops,7\\n"), counter)
+        >>> rows.dense.tolist(), rows.sparse["user"][1].tolist(), counter.examples
+        ([[2.5]], [42], ["a.csv:3: bad_dense (column 'x', value 'oops')"])
     """
 
     def __init__(self, width: int, labels: Sequence[Tuple[str, int]], dense: Sequence[Tuple[str, int]],
