@@ -1,4 +1,4 @@
-"""The vectorised CSV / Criteo TSV / libsvm readers against the reference line parsers:
+"""The vectorised CSV / Criteo TSV readers against the reference line parsers:
 same rows, same raw ids (hence the same hashed ids), same malformed counts, on files with
 blank lines, text ids, 64-bit ids and malformed rows, read in small blocks and in parts."""
 
@@ -8,41 +8,19 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tests.data.helpers import assert_same_rows as _assert_same
+from tests.data.helpers import read_all as _read
 from torchrec_rankmixer.data.blocks import Block
-from torchrec_rankmixer.data.features import Rows
 from torchrec_rankmixer.data.files import FileReader, read_header
-from torchrec_rankmixer.data.sources import MalformedCounter
-from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
+from torchrec_rankmixer.data.sources import FileSource, MalformedCounter
+from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, csv_id, hex_id
 from torchrec_rankmixer.data.vectorised import by_unique, csv_id_column, hex_column
-from torchrec_rankmixer.data.text import csv_id, hex_id
 from torchrec_rankmixer.train.config import load_config
-from torchrec_rankmixer.data.sources import FileSource
 
 ODD_IDS = ["abc", " 42", "0x10", "-5", "+7", "\u0661\u0662", "1_0", "", "  ", "9223372036854775807",
            "-9223372036854775808", "9223372036854775808", "18446744073709551615", "007", "x y", "\u00e9t\u00e9"]
 ODD_DENSE = ["1e3", " 2.5", "", " ", "nan", "inf", "x", "1_0", "-0", "1e400", ".5", "5.", "+3", "0x1p3"]
 ODD_LABELS = ["1", "0", "1.0", " 1", "2", "", "x", "-0", "1e0", "+1"]
-
-
-def _read(path, fmt, reader, parts=(0, 1), block_kb=1, labels=("label",), sparse=(), dense=(), delim=","):
-    counter = MalformedCounter(1.0)
-    header = read_header(path, delim) if fmt == "csv" else None
-    r = FileReader(fmt, list(labels), list(sparse), list(dense), delim, header, counter, reader, block_kb * 256)
-    blocks = list(r.read(str(path), *parts))
-    return (Rows.cat(blocks) if blocks else None), counter.report()
-
-
-def _assert_same(a, b):
-    (ra, ca), (rb, cb) = a, b
-    assert ca == cb
-    assert (ra is None) == (rb is None)
-    if ra is None:
-        return
-    assert torch.equal(ra.labels, rb.labels) and torch.equal(ra.dense, rb.dense)
-    assert ra.sparse.keys() == rb.sparse.keys()
-    for k in ra.sparse:
-        assert torch.equal(ra.sparse[k][0], rb.sparse[k][0]), k
-        assert torch.equal(ra.sparse[k][1], rb.sparse[k][1]), k
 
 
 def _csv_file(tmp_path, rng):
@@ -108,27 +86,6 @@ def test_criteo_column_selection_matches_reference(tmp_path):
     p.write_text("\n".join(_criteo_line(rng, i % 4) for i in range(100)) + "\n")
     cols = dict(sparse=["C3", "C1"], dense=["I2"], delim="\t")
     _assert_same(_read(p, "criteo", "vectorised", **cols), _read(p, "criteo", "reference", **cols))
-
-
-LIBSVM_ODD = ["-1 5:1 7:1", "1 5:1.0 7:1", "1 5:0.5 7:1", "1 5:1", "1 a:1 7:1", "1 9223372036854775808:1 7:1",
-              "1 -5:1 7:1", "1 2:5:1 0:3:1", "", "   ", "\x1c", "1 5:1 7:1 \u00e9", "1 5:1 0:7:1", "1.0 5:1 7:1",
-              "0\t5:1   7:1", "1 5: 7:1", "1 5:1 7:1:1:1", "1", "1 0:9:1 1:8:1 1:7:1", "0 1:1e0 2:1"]
-
-
-def test_libsvm_matches_reference(tmp_path):
-    rng = random.Random(3)
-    lines = [rng.choice(LIBSVM_ODD) if i % 4 == 0 else f"{rng.randint(0, 1)} {rng.randint(0, 10**9)}:1 "
-             f"{rng.randint(0, 2**62)}:1" for i in range(300)]
-    p = tmp_path / "a.libsvm"
-    p.write_bytes(("\n".join(lines[:150]) + "\r\n" + "\r\n".join(lines[150:])).encode())  # no final newline
-    for parts in [(0, 1), (1, 2)]:
-        for kb in (1, 64):
-            ref = _read(p, "libsvm", "reference", parts, kb, sparse=["u", "i"])
-            _assert_same(_read(p, "libsvm", "vectorised", parts, kb, sparse=["u", "i"]), ref)
-    lone_cr = tmp_path / "cr.libsvm"
-    lone_cr.write_bytes(b"1 5:1 7:1\r0 6:1 8:1\n")
-    _assert_same(_read(lone_cr, "libsvm", "vectorised", sparse=["u", "i"]),
-                 _read(lone_cr, "libsvm", "reference", sparse=["u", "i"]))
 
 
 def test_hashed_batches_match_reference_end_to_end(tmp_path):
