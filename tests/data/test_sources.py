@@ -9,6 +9,7 @@ import torch
 
 from torchrec_rankmixer.data.features import FeaturePrep, Rows
 from torchrec_rankmixer.features.prep import hash_ids
+from torchrec_rankmixer.data.files import shard
 from torchrec_rankmixer.data.sources import FileSource, MalformedCounter
 from torchrec_rankmixer.data.text import CriteoParser, LibsvmParser, MalformedRow
 from torchrec_rankmixer.train.config import load_config
@@ -60,9 +61,14 @@ def test_files_and_rows_are_sharded_across_ranks(tmp_path):
     users = lambda src: next(iter(src.train_batches(0, 0, 2, 1))).sparse_features["user"].values().tolist()  # noqa: E731
     assert users(_source(tmp_path, "csv", [a, b], *CSV_COLS, rank=0, world=2)) == [1, 2]
     assert users(_source(tmp_path, "csv", [a, b], *CSV_COLS, rank=1, world=2)) == [3, 4]
-    one = _csv(tmp_path, "one.csv", ["1,1,10,20", "0,2,11,21", "1,3,12,22", "0,4,13,23"])
-    assert users(_source(tmp_path, "csv", [one], *CSV_COLS, rank=0, world=2)) == [1, 3]
-    assert users(_source(tmp_path, "csv", [one], *CSV_COLS, rank=1, world=2)) == [2, 4]
+    # fewer files than ranks: each rank reads its own line-aligned byte range of the file
+    one = _csv(tmp_path, "one.csv", [f"{i % 2},{i},{10 + i},{20 + i}" for i in range(1, 41)])
+    parts = []
+    for rank in range(2):
+        src = _source(tmp_path, "csv", [one], *CSV_COLS, rank=rank, world=2)
+        parts.append(torch.cat([r.sparse["user"][1] for r in src.reader.epoch(shard([str(one)], rank, 2))]).tolist())
+    assert parts[0] and parts[1] and max(parts[0]) < min(parts[1])
+    assert parts[0] + parts[1] == list(range(1, 41))
 
 
 def test_resume_cursor_skips_consumed_batches(tmp_path):
@@ -131,7 +137,8 @@ def test_columnar_list_columns(tmp_path, fmt):
     path = tmp_path / f"part-0.{fmt}"
     (pq.write_table if fmt == "parquet" else orc.write_table)(_recis_table(), str(path))
     src = _source(tmp_path, fmt, [path], "data.sparse_columns=[uid, clicks]", "data.dense_columns=[x]",
-                  "data.num_embeddings=50", "data.max_malformed_fraction=1", "data.user_column=uid")
+                  "data.num_embeddings=50", "data.max_malformed_fraction=1", "data.user_column=uid",
+                  "data.prefetch_batches=0")  # no read-ahead: the counts below are of one pass
     b = next(iter(src.train_batches(0, 0, 1, 1)))  # valid rows: 0 and 1 (2: NaN, 3: null label, 4: null id)
     assert b.labels.tolist() == [1.0, 0.0]
     clicks = b.sparse_features["clicks"]

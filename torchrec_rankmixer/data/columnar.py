@@ -5,11 +5,12 @@ A row is malformed (counted, then dropped) when a label is null or not 0/1, a de
 is NaN/inf, or an id list holds a null. A null id list (or null scalar id) is an empty bag.
 """
 
-from typing import TYPE_CHECKING, Dict, Iterator, List, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
 import torch
 
 from torchrec_rankmixer.data.features import Rows
@@ -63,25 +64,56 @@ def _jagged(col: pa.Array) -> Tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy(values.to_numpy(zero_copy_only=False).astype("int64")))
 
 
+def _units(path: str, fmt: str, columns: List[str]) -> Tuple[List[str], List[Callable[[], Iterator[pa.RecordBatch]]]]:
+    """(the file's column names, one reader per row group / stripe)."""
+    if fmt == "parquet":
+        pf = pq.ParquetFile(path)
+        return pf.schema_arrow.names, [
+            (lambda i=i: pf.iter_batches(READ_CHUNK, row_groups=[i], columns=columns)) for i in range(pf.num_row_groups)]
+    of = orc.ORCFile(path)
+    return of.schema.names, [(lambda i=i: iter([of.read_stripe(i, columns=columns)])) for i in range(of.nstripes)]
+
+
+def _part_batches(path: str, fmt: str, columns: List[str], part: int, parts: int) -> Iterator[pa.RecordBatch]:
+    names, units = _units(path, fmt, [])
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} are not in the file's schema {names}")
+    names, units = _units(path, fmt, columns)
+    if len(units) >= parts:  # whole row groups / stripes per rank
+        for unit in units[part * len(units) // parts:(part + 1) * len(units) // parts]:
+            yield from unit()
+        return
+    total = pq.ParquetFile(path).metadata.num_rows if fmt == "parquet" else orc.ORCFile(path).nrows
+    lo, hi, seen = total * part // parts, total * (part + 1) // parts, 0  # fewer units than ranks: a row range
+    for unit in units:
+        for batch in unit():
+            a, b = max(lo - seen, 0), min(hi - seen, len(batch))
+            if parts == 1:
+                yield batch
+            elif a < b:
+                yield batch.slice(a, b - a)
+            seen += len(batch)
+
+
 def read_columnar(
     path: str, fmt: str, labels: List[str], dense: List[str], sparse: List[str],
-    counter: "MalformedCounter",
+    counter: "MalformedCounter", part: int = 0, parts: int = 1,
 ) -> Iterator[Rows]:
-    """Blocks of valid rows of one Parquet/ORC file; every row read is counted in
-    ``counter`` and malformed rows are reported to it (by reason) and dropped.
+    """Blocks of valid rows of part ``part`` of ``parts`` of one Parquet/ORC file; every
+    row read is counted in ``counter`` and malformed rows are reported to it (by reason)
+    and dropped.
 
     Args:
         path: the file.
         fmt: ``"parquet"`` or ``"orc"``.
         labels / dense / sparse: column names.
         counter: a :class:`~torchrec_rankmixer.data.sources.MalformedCounter`.
+        part / parts: this rank's share: row groups (Parquet) or stripes (ORC)
+            ``[part * G // parts, (part + 1) * G // parts)``, or that range of rows when
+            the file has fewer than ``parts`` of them.
     """
-    dataset = pads.dataset(path, format=fmt)
-    names = dataset.schema.names
-    missing = [c for c in [*labels, *dense, *sparse] if c not in names]
-    if missing:
-        raise ValueError(f"{path}: columns {missing} are not in the file's schema {names}")
-    for batch in dataset.to_batches(columns=[*labels, *dense, *sparse], batch_size=READ_CHUNK):
+    for batch in _part_batches(path, fmt, [*labels, *dense, *sparse], part, parts):
         if batch.num_rows == 0:
             continue
         counter.add_rows(batch.num_rows)

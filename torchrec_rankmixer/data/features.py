@@ -16,6 +16,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.features.prep import RawFeaturePrep
 
+PREP_ROWS = 16384  # rows prepared per call in FeaturePrep.batches (ids stay in cache)
+
 @dataclass
 class Rows:
     """A block of parsed rows before feature preparation.
@@ -160,6 +162,77 @@ class FeaturePrep:
                 "data.id_transform='none'; use 'hash' or 'mod', or a larger data.table_sizes"
             )
 
+    def _transform(self, dense: torch.Tensor, values: torch.Tensor,
+                   lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # ``forward``, not ``__call__``: batches are prepared in a background thread, and
+        # while the training pipeline fx-traces the model, ``nn.Module.__call__`` is patched
+        # process-wide to record calls into the traced model.
+        return self.module.forward(dense, values, lengths)
+
+    def batches(self, rows: Rows, batch_size: int) -> List[Batch]:
+        """``len(rows) // batch_size`` prepared batches of ``batch_size`` rows, equal to
+        ``batch(rows.slice(i, i + batch_size))`` for each, but prepared in one pass over
+        about ``PREP_ROWS`` rows at a time (column operations, not per-batch work).
+
+        Example::
+
+            >>> prep = FeaturePrep(["c"], ["x"], 10, {}, "mod", "none", {})
+            >>> rows = Rows(torch.zeros(4, 1), torch.zeros(4, 1),
+            ...             {"c": (torch.tensor([1, 0, 2, 1]), torch.tensor([11, 12, 13, 14]))})
+            >>> [b.sparse_features["c"].values().tolist() for b in prep.batches(rows, 2)]
+            [[1], [2, 3, 4]]
+        """
+        n = len(rows) // batch_size * batch_size
+        step = max(1, PREP_ROWS // batch_size) * batch_size
+        names = self.sparse_features
+        ends = {f: torch.cumsum(rows.sparse[f][0], 0) for f in names}
+        out: List[Batch] = []
+        for s in range(0, n, step):
+            e = min(s + step, n)
+            lengths, values = [], []
+            for f in names:
+                lo = int(ends[f][s - 1]) if s else 0
+                ln, raw = rows.sparse[f][0][s:e], rows.sparse[f][1][lo:int(ends[f][e - 1]) if e else 0]
+                if self.id_transform == "none":
+                    self._check_range(f, raw)
+                lengths.append(ln.to(torch.int64))
+                values.append(raw.to(torch.int64))
+            raw_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.int64)
+            raw_lengths = torch.stack(lengths) if lengths else torch.zeros(0, e - s, dtype=torch.int64)
+            dense, ids, id_lengths = self._transform(rows.dense[s:e], raw_values, raw_lengths)
+            out.extend(self._split(rows.labels[s:e], dense, ids, id_lengths, batch_size))
+        return out
+
+    def _split(self, labels: torch.Tensor, dense: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor,
+               size: int) -> List[Batch]:
+        """Prepared rows (ids feature-major, lengths [F, n]) -> batches of ``size`` rows: one
+        scatter puts each batch's ids together, feature-major within the batch."""
+        nf, n = lengths.shape
+        nb = n // size
+        per = lengths.reshape(nf, nb, size)
+        fb = per.sum(2)  # (F, nb): ids of feature f in batch b, a run of ids in ``ids``
+        run_start = (torch.cumsum(fb.reshape(-1), 0) - fb.reshape(-1)).reshape(nf, nb)
+        block = fb.t().reshape(-1)  # the same runs in batch-major order
+        block_start = (torch.cumsum(block, 0) - block).reshape(nb, nf).t()
+        shift = torch.repeat_interleave((block_start - run_start).reshape(-1), fb.reshape(-1), output_size=ids.numel())
+        grouped = torch.empty_like(ids)
+        grouped[torch.arange(ids.numel()) + shift] = ids
+        per_batch_lengths = per.permute(1, 0, 2).reshape(nb, nf * size).to(torch.int32)
+        counts = fb.t().tolist()  # (nb, F)
+        bounds = [0] + torch.cumsum(fb.sum(0), 0).tolist()
+        labels = labels[:, 0] if labels.shape[1] == 1 else labels
+        keys = self.feature_names
+        out = []
+        for i in range(nb):
+            offsets = [0]
+            for c in counts[i]:
+                offsets.append(offsets[-1] + c)
+            kjt = KeyedJaggedTensor(keys=keys, values=grouped[bounds[i]:bounds[i + 1]], lengths=per_batch_lengths[i],
+                                    stride=size, length_per_key=counts[i], offset_per_key=offsets)
+            out.append(Batch(dense_features=dense[i * size:(i + 1) * size], sparse_features=kjt,
+                             labels=labels[i * size:(i + 1) * size]))
+        return out
+
     def batch(self, rows: Rows) -> Batch:
         """Prepared ``Batch``: dense [B, dense_in_features], KJT over ``feature_names``,
         labels [B] (or [B, L] for L > 1 labels)."""
@@ -172,7 +245,7 @@ class FeaturePrep:
             values.append(raw.to(torch.int64))
         raw_values = torch.cat(values) if values else torch.zeros(0, dtype=torch.int64)
         raw_lengths = torch.stack(lengths) if lengths else torch.zeros(0, len(rows), dtype=torch.int64)  # (Fs, B)
-        dense, ids, id_lengths = self.module(rows.dense, raw_values, raw_lengths)
+        dense, ids, id_lengths = self._transform(rows.dense, raw_values, raw_lengths)
         labels = rows.labels[:, 0] if rows.labels.shape[1] == 1 else rows.labels
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.feature_names, values=ids, lengths=id_lengths.reshape(-1).to(torch.int32)

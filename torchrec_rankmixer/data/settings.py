@@ -21,8 +21,10 @@ from torchrec_rankmixer.utils.checks import (
     check_positive_int,
 )
 
-DATA_FORMATS: Tuple[str, ...] = ("synthetic", "synthetic_sequences", "csv", "libsvm", "criteo", "parquet", "orc")
+DATA_FORMATS: Tuple[str, ...] = (
+    "synthetic", "synthetic_sequences", "csv", "libsvm", "criteo", "criteo_binary", "parquet", "orc")
 SYNTHETIC_FORMATS: Tuple[str, ...] = ("synthetic", "synthetic_sequences")
+TEXT_READERS: Tuple[str, ...] = ("vectorised", "reference")
 FILE_FORMATS_WITH_COLUMNS: Tuple[str, ...] = ("csv", "libsvm", "parquet", "orc")
 EVICTED_ROW_INITS: Tuple[str, ...] = ("table_init", "zero")
 
@@ -113,6 +115,9 @@ class DataSettings:
     bucket_boundaries: Dict[str, List[float]] = field(default_factory=dict)
     delimiter: str = ","
     max_malformed_fraction: float = 0.01
+    text_reader: str = "vectorised"
+    prefetch_batches: int = 8
+    read_block_kb: int = 2048
 
     def validate(self) -> None:
         check_choice("data.format", self.format, DATA_FORMATS)
@@ -139,6 +144,14 @@ class DataSettings:
                         "(one id slot plus the shared slot of unadmitted ids)"
                     )
         check_float("data.max_malformed_fraction", self.max_malformed_fraction, 0.0, 1.0, "[]")
+        check_choice("data.text_reader", self.text_reader, TEXT_READERS)
+        check_non_negative_int("data.prefetch_batches", self.prefetch_batches)
+        check_positive_int("data.read_block_kb", self.read_block_kb)
+        if self.format == "criteo_binary" and self.dense_transform != "none":
+            raise ValueError(
+                f"data.dense_transform ({self.dense_transform!r}) must be 'none' with data.format='criteo_binary': "
+                "TorchRec's preprocessing already stores log-transformed dense values"
+            )
         for name, rows in self.table_sizes.items():
             check_positive_int(f"data.table_sizes.{name}", rows)
         for name, bounds in self.bucket_boundaries.items():

@@ -1,42 +1,45 @@
-"""Batch sources for ``rankmixer-train``: the built-in synthetic data and files (CSV,
-libsvm, Criteo TSV, Parquet, ORC). :func:`make_source` picks one from the ``data``
-settings (:class:`~torchrec_rankmixer.data.settings.DataSettings`).
+"""Batch sources for ``rankmixer-train``: the built-in synthetic data, files (CSV,
+libsvm, Criteo TSV, Parquet, ORC) and TorchRec's binary Criteo days
+(``data/binary_criteo.py``). :func:`make_source` picks one from the ``data`` settings
+(:class:`~torchrec_rankmixer.data.settings.DataSettings`).
 
-Both read batches addressed by a global cursor (batches consumed by all ranks) and hold
+All read batches addressed by a global cursor (batches consumed by all ranks) and hold
 the same interface: ``table_configs(embedding_dim)``, ``dense_in_features``,
 ``user_feature``, ``train_batches(cursor, rank, world_size, num)``,
-``eval_batch_iter(rank, world_size)``, ``malformed_report()``.
+``eval_batch_iter(rank, world_size)``, ``malformed_report()``, ``close()``.
 
-Sharding: with at least as many training files as ranks, rank ``r`` of ``W`` reads files
-``r, r + W, ...``; with fewer files every rank reads all of them and keeps rows
-``j % W == r``. Training streams over epochs without end (the run length is
-``train.steps``), so every rank always has a full batch and the sharded collectives stay
-in step. Evaluation reads the eval files row-sharded and pads every rank to the same
-number of full batches with rows labelled -1, which the metrics skip.
+Files: how ranks share them is ``data/files.py``'s :func:`~torchrec_rankmixer.data.files.shard`.
+Training streams over epochs without end (the run length is ``train.steps``), so every
+rank always has a full batch and the sharded collectives stay in step; reading runs ahead
+in a background thread. Evaluation reads each rank's part of the eval files once and pads
+every rank to the same number of full batches with rows labelled -1, which the metrics skip.
 
 Malformed rows are counted per reason (with the first few locations) and reported in the
 final table; beyond ``data.max_malformed_fraction`` of the rows read the run fails.
 """
 
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 
-from torchrec_rankmixer.data.features import FeaturePrep, Rows, rows_from_lists
+from torchrec_rankmixer.data.features import FeaturePrep, Rows
+from torchrec_rankmixer.data.files import FileReader, read_header, shard
 from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
+from torchrec_rankmixer.data.stream import CursorStream, batch_stream
 from torchrec_rankmixer.data.synthetic import EVAL_OFFSET, SyntheticClickData
 from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
-from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE, MalformedRow, make_parser
+from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
 from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 
-TEXT_FORMATS = ("csv", "libsvm", "criteo")
-PARSE_CHUNK = 4096
+if TYPE_CHECKING:  # imported when used: it reads TorchRec's binary day files
+    from torchrec_rankmixer.data.binary_criteo import BinaryCriteoSource
 MIN_ROWS_BEFORE_FAILING = 1000
+MAX_EXAMPLES = 5
 PADDING_LABEL = -1.0
 
 
@@ -58,11 +61,14 @@ class MalformedCounter:
     def add_rows(self, n: int) -> None:
         self.counts["rows"] += n
 
-    def malformed(self, reason: str, where: str, n: int = 1) -> None:
-        """Count ``n`` malformed rows of kind ``reason`` found at ``where`` (file:line)."""
+    def malformed(self, reason: str, where: Union[str, Callable[[], str]], n: int = 1, detail: str = "") -> None:
+        """Count ``n`` malformed rows of kind ``reason``; the first of them is at ``where``
+        (``file:line``, or a function computing it, called only while examples are kept)
+        and ``detail`` says what was wrong (column and value)."""
         self.counts[reason] = self.counts.get(reason, 0) + n
-        if len(self.examples) < 5:
-            self.examples.append(f"{where}: {reason}")
+        if len(self.examples) < MAX_EXAMPLES:
+            place = where() if callable(where) else where
+            self.examples.append(f"{place}: {reason}" + (f" ({detail})" if detail else ""))
         self.check(final=False)
 
     @property
@@ -89,11 +95,6 @@ class MalformedCounter:
         return out
 
 
-def _read_header(path: str, delimiter: str) -> List[str]:
-    with open(path) as f:
-        return f.readline().rstrip("\r\n").split(delimiter)
-
-
 def file_schema(data: DataSettings) -> Tuple[List[str], List[str], FeaturePrep]:
     """(sparse columns, dense columns, FeaturePrep) that a file run's ``data.*`` settings
     define, without reading any file. Training (:class:`FileSource`) and export
@@ -108,7 +109,7 @@ def file_schema(data: DataSettings) -> Tuple[List[str], List[str], FeaturePrep]:
         The column lists (Criteo's 26 + 13 columns when ``format == "criteo"`` and none are
         given) and the feature preparation built from them.
     """
-    criteo = data.format == "criteo"
+    criteo = data.format in ("criteo", "criteo_binary")
     sparse = list(data.sparse_columns) or (CRITEO_SPARSE if criteo else [])
     dense = list(data.dense_columns) or (CRITEO_DENSE if criteo else [])
     prep = FeaturePrep(sparse, dense, data.num_embeddings, data.table_sizes,
@@ -173,6 +174,9 @@ class SyntheticSource:
     def malformed_report(self) -> Dict[str, int]:
         return {}
 
+    def close(self) -> None:
+        """Nothing runs in the background here."""
+
 
 class SyntheticSequenceSource(SyntheticSource):
     """``data.format=synthetic_sequences``: :class:`SyntheticSource` batches plus a
@@ -224,6 +228,9 @@ class SyntheticSequenceSource(SyntheticSource):
 class FileSource:
     """Batches from files for one rank (same interface as :class:`SyntheticSource`).
 
+    Files are read (``data/files.py``) and prepared in a background thread
+    (``data.prefetch_batches`` ahead, :class:`~torchrec_rankmixer.data.stream.CursorStream`).
+
     Args:
         data: the ``data`` settings.
         two_labels: read ``data.label2_column`` too (ESMM: labels [B, 2]).
@@ -233,7 +240,7 @@ class FileSource:
 
     def __init__(self, data: DataSettings, two_labels: bool, rank: int, world_size: int) -> None:
         d = data
-        self.fmt, self.delimiter = d.format, d.delimiter
+        self.fmt = d.format
         self.batch_size, self.eval_batch_size = d.batch_size, d.eval_batch_size
         self.labels = [d.label_column] + ([d.label2_column] if two_labels else [])
         for f in [*d.train_files, *d.eval_files]:
@@ -249,11 +256,11 @@ class FileSource:
         self.train_files, self.eval_files = list(d.train_files), list(d.eval_files)
         self.rank, self.world = rank, world_size
         self.counter = MalformedCounter(d.max_malformed_fraction)
-        self._parser = None
         self._eval_cache: Optional[Tuple[Tuple[int, int], List[Batch]]] = None
-        if self.fmt in TEXT_FORMATS:
-            header = _read_header(self.train_files[0], self.delimiter) if self.fmt == "csv" else None
-            self._parser = make_parser(self.fmt, header, self.labels, self.sparse, self.dense, self.delimiter)
+        header = read_header(self.train_files[0], d.delimiter) if self.fmt == "csv" else None
+        self.reader = FileReader(self.fmt, self.labels, self.sparse, self.dense, d.delimiter, header,
+                                 self.counter, d.text_reader, d.read_block_kb * 1024)
+        self._stream: CursorStream[Batch] = CursorStream(self._batches, d.prefetch_batches)
 
     # ------------------------------------------------------------------ schema
     @property
@@ -267,118 +274,63 @@ class FileSource:
         return self.counter.report()
 
     # ------------------------------------------------------------------ reading
-    def _text_rows(self, path: str, keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
-        labels, dense, sparse_rows = [], [], []
-        with open(path) as f:
-            if self.fmt == "csv":
-                f.readline()  # header
-            for lineno, line in enumerate(f, start=2 if self.fmt == "csv" else 1):
-                if keep is not None and lineno % keep[1] != keep[0]:
-                    continue
-                if not line.strip():
-                    continue
-                self.counter.add_rows(1)
-                try:
-                    y, x, s = self._parser(line)  # type: ignore[misc]
-                except MalformedRow as e:
-                    self.counter.malformed(e.reason, f"{path}:{lineno}")
-                    continue
-                labels.append(y)
-                dense.append(x)
-                sparse_rows.append(s)
-                if len(labels) == PARSE_CHUNK:
-                    yield self._to_rows(labels, dense, sparse_rows)
-                    labels, dense, sparse_rows = [], [], []
-        if labels:
-            yield self._to_rows(labels, dense, sparse_rows)
-
-    def _to_rows(self, labels: list, dense: list, sparse_rows: list) -> Rows:
-        sparse = {c: [r[c] for r in sparse_rows] for c in self.sparse}
-        return rows_from_lists(labels, dense, sparse, len(self.labels), len(self.dense))
-
-    def _columnar_rows(self, path: str, keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
-        from torchrec_rankmixer.data.columnar import read_columnar
-
-        seen = 0
-        for rows in read_columnar(path, self.fmt, self.labels, self.dense, self.sparse, self.counter):
-            if keep is not None:
-                idx = torch.arange(seen, seen + len(rows))
-                seen += len(rows)
-                mine = (idx % keep[1] == keep[0]).nonzero().flatten()
-                rows = rows.take(mine) if len(mine) else None
-            if rows is not None:
-                yield rows
-
-    def _epoch(self, files: List[str], keep: Optional[Tuple[int, int]]) -> Iterator[Rows]:
-        read = self._text_rows if self.fmt in TEXT_FORMATS else self._columnar_rows
-        for path in files:
-            yield from read(path, keep)
-        self.counter.check(final=True)
-
-    def _shard(self) -> Tuple[List[str], Optional[Tuple[int, int]]]:
-        if len(self.train_files) >= self.world:
-            return self.train_files[self.rank::self.world], None
-        return self.train_files, (self.rank, self.world)
-
-    def _batches(self, rows_iter: Iterator[Rows], size: int) -> Iterator[Rows]:
-        buf: List[Rows] = []
-        n = 0
-        for rows in rows_iter:
-            buf.append(rows)
-            n += len(rows)
-            while n >= size:
-                block = Rows.cat(buf)
-                yield block.slice(0, size)
-                rest = block.slice(size, len(block))
-                buf, n = ([rest] if len(rest) else []), len(rest)
-
     def _endless(self) -> Iterator[Rows]:
-        files, keep = self._shard()
+        parts = shard(self.train_files, self.rank, self.world)
         while True:
             produced = False
-            for rows in self._epoch(files, keep):
-                produced = produced or len(rows) > 0
+            for rows in self.reader.epoch(parts):
+                produced = True
                 yield rows
             if not produced:
-                raise ValueError(f"rank {self.rank} has no valid training rows in {files}")
+                raise ValueError(f"rank {self.rank} has no valid training rows in {[p[0] for p in parts]}")
+
+    def _batches(self, start: int) -> Iterator[Batch]:
+        return batch_stream(self._endless(), self.prep, self.batch_size, skip=start)
 
     def train_batches(self, cursor: int, rank: int, world_size: int, num: int) -> Iterator[Batch]:
-        """``num`` batches, after skipping the ``cursor // world_size`` this rank already
-        trained on (exact on resume with the same number of ranks)."""
-        stream = self._batches(self._endless(), self.batch_size)
-        for _ in range(cursor // world_size):
-            next(stream)
-        for _ in range(num):
-            yield self.prep.batch(next(stream))
+        """``num`` batches from this rank's ``cursor // world_size``-th on (exact on resume
+        with the same number of ranks); a call that continues where the last one stopped
+        continues the running, prefetched stream."""
+        return self._stream.take(cursor // world_size, num)
+
+    def close(self) -> None:
+        """Stop the background reader."""
+        self._stream.close()
 
     def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
         """This rank's share of the eval files as full batches, padded (labels -1) so every
         rank yields the same number of batches. Collective when distributed."""
         if not self.eval_files:
             return iter(())
-        if self._eval_cache is not None and self._eval_cache[0] == (rank, world_size):
-            return iter(self._eval_cache[1])
-        blocks = list(self._epoch(self.eval_files, (rank, world_size)))
-        rows = Rows.cat(blocks) if blocks else None
-        n_rows = len(rows) if rows is not None else 0
-        count = torch.tensor([-(-n_rows // self.eval_batch_size)])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        total = int(count) * self.eval_batch_size
-        if total == 0:
-            return iter(())
-        if rows is None:
-            raise ValueError(f"rank {rank} has no valid eval rows in {self.eval_files}")
-        pad = rows.slice(0, 1)
-        pad.labels = torch.full_like(pad.labels, PADDING_LABEL)
-        rows = Rows.cat([rows] + [pad] * (total - n_rows))
-        batches = [self.prep.batch(rows.slice(i, i + self.eval_batch_size))
-                   for i in range(0, total, self.eval_batch_size)]
-        self._eval_cache = ((rank, world_size), batches)  # the eval set is fixed: read it once
-        return iter(batches)
+        if self._eval_cache is None or self._eval_cache[0] != (rank, world_size):
+            blocks = list(self.reader.epoch([(f, rank, world_size) for f in self.eval_files]))
+            rows = Rows.cat(blocks) if blocks else None
+            batches = padded_eval_batches(rows, self.prep, self.eval_batch_size, rank, self.eval_files)
+            self._eval_cache = ((rank, world_size), batches)  # the eval set is fixed: read it once
+        return iter(self._eval_cache[1])
 
 
-def make_source(data: DataSettings, two_labels: bool, rank: int, world_size: int) -> "SyntheticSource | FileSource":
+def padded_eval_batches(rows: Optional[Rows], prep: FeaturePrep, batch_size: int, rank: int,
+                        files: List[str]) -> List[Batch]:
+    """``rows`` as full batches, padded with rows labelled -1 to the largest batch count of
+    any rank (an all-reduce when distributed), so the sharded collectives stay in step."""
+    n_rows = len(rows) if rows is not None else 0
+    count = torch.tensor([-(-n_rows // batch_size)])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    total = int(count) * batch_size
+    if total == 0:
+        return []
+    if rows is None:
+        raise ValueError(f"rank {rank} has no valid eval rows in {files}")
+    pad = rows.slice(0, 1)
+    pad.labels = torch.full_like(pad.labels, PADDING_LABEL)
+    rows = Rows.cat([rows] + [pad] * (total - n_rows))
+    return [prep.batch(rows.slice(i, i + batch_size)) for i in range(0, total, batch_size)]
+
+
+def make_source(data: DataSettings, two_labels: bool, rank: int,
+                world_size: int) -> "SyntheticSource | FileSource | BinaryCriteoSource":
     """The batch source ``data.format`` names.
 
     Args:
@@ -391,6 +343,12 @@ def make_source(data: DataSettings, two_labels: bool, rank: int, world_size: int
         return SyntheticSource(data, two_labels)
     if data.format == "synthetic_sequences":
         return SyntheticSequenceSource(data, two_labels)
+    if data.format == "criteo_binary":
+        if two_labels:
+            raise ValueError("data.format='criteo_binary' has one label; model.task='esmm' needs two")
+        from torchrec_rankmixer.data.binary_criteo import BinaryCriteoSource
+
+        return BinaryCriteoSource(data, rank, world_size)
     return FileSource(data, two_labels, rank, world_size)
 
 

@@ -3,10 +3,21 @@ libsvm / libffm (field mapping by position or field index) and Criteo TSV.
 
 Each parser turns one line into ``(labels, dense, sparse)`` or raises
 :class:`MalformedRow` with a short reason; the source counts and reports those rows.
+This is the readable reference path (``data.text_reader=reference``,
+:func:`reference_block_rows`); the vectorised readers (``data/vectorised.py``) use the
+per-field functions here (:func:`parse_label`, :func:`parse_dense`, :func:`csv_id`,
+:func:`hex_id`) for every token they cannot convert in bulk, and are tested against it.
 """
 
 import hashlib
-from typing import Dict, List, Optional, Sequence, Tuple
+import io
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+
+from torchrec_rankmixer.data.blocks import Block
+from torchrec_rankmixer.data.features import Rows, rows_from_lists
+
+if TYPE_CHECKING:
+    from torchrec_rankmixer.data.sources import MalformedCounter
 
 ParsedRow = Tuple[List[float], List[float], Dict[str, List[int]]]
 CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
@@ -19,7 +30,7 @@ class MalformedRow(ValueError):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 def raw_id(token: str) -> int:
@@ -41,7 +52,14 @@ def raw_id(token: str) -> int:
     return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _label(text: str) -> float:
+def parse_label(text: str) -> float:
+    """A label cell: 0 or 1 as Python's ``float`` reads it, else :class:`MalformedRow`.
+
+    Example::
+
+        >>> parse_label(" 1.0"), parse_dense(""), csv_id("  "), hex_id("0a")
+        (1.0, 0.0, None, 10)
+    """
     try:
         value = float(text)
     except ValueError:
@@ -51,7 +69,8 @@ def _label(text: str) -> float:
     return value
 
 
-def _dense(text: str) -> float:
+def parse_dense(text: str) -> float:
+    """A dense cell: blank is 0.0, else a finite ``float``, else :class:`MalformedRow`."""
     if text.strip() == "":
         return 0.0  # missing dense value
     try:
@@ -61,6 +80,29 @@ def _dense(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise MalformedRow("bad_dense", repr(text))
     return value
+
+
+def csv_id(text: str) -> Optional[int]:
+    """A CSV categorical cell: None (empty bag) when blank, else :func:`raw_id`."""
+    return raw_id(text) if text.strip() else None
+
+
+def hex_id(text: str) -> Optional[int]:
+    """A Criteo categorical cell: None (empty bag) when empty, else the hex value as an
+    int64 (``bad_categorical`` when not hex or outside int64)."""
+    if text == "":
+        return None
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise MalformedRow("bad_categorical", repr(text)) from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise MalformedRow("bad_categorical", f"{text!r} is outside int64")
+    return value
+
+
+def _bag(value: Optional[int]) -> List[int]:
+    return [] if value is None else [value]
 
 
 class CsvParser:
@@ -96,9 +138,9 @@ class CsvParser:
         parts = line.rstrip("\r\n").split(self.delimiter)
         if len(parts) != self.width:
             raise MalformedRow("wrong_field_count", f"{len(parts)} fields, expected {self.width}")
-        labels = [_label(parts[i]) for i in self.labels]
-        dense = [_dense(parts[i]) for i in self.dense]
-        sparse = {c: ([raw_id(parts[i])] if parts[i].strip() else []) for c, i in self.sparse}
+        labels = [parse_label(parts[i]) for i in self.labels]
+        dense = [parse_dense(parts[i]) for i in self.dense]
+        sparse = {c: _bag(csv_id(parts[i])) for c, i in self.sparse}
         return labels, dense, sparse
 
 
@@ -124,7 +166,7 @@ class LibsvmParser:
         tokens = line.split()
         if not tokens:
             raise MalformedRow("empty_line")
-        labels = [_label(tokens[0])]
+        labels = [parse_label(tokens[0])]
         sparse: Dict[str, List[int]] = {f: [] for f in self.fields}
         body = tokens[1:]
         positional = all(t.count(":") == 1 for t in body)
@@ -143,6 +185,8 @@ class LibsvmParser:
                 raise MalformedRow("bad_field", f"field {field} of {len(self.fields)}")
             if value != 1.0:
                 raise MalformedRow("weighted_id", repr(tok))
+            if not INT64_MIN <= ident <= INT64_MAX:
+                raise MalformedRow("bad_token", f"{tok!r}: id outside int64")
             sparse[self.fields[field]].append(ident)
         return labels, [], sparse
 
@@ -168,17 +212,9 @@ class CriteoParser:
         if len(parts) != self.width:
             raise MalformedRow("wrong_field_count", f"{len(parts)} fields, expected {self.width}")
         k = self.num_labels
-        labels = [_label(p) for p in parts[:k]]
-        dense = [_dense(p) for p in parts[k:k + 13]]
-        sparse = {}
-        for name, tok in zip(CRITEO_SPARSE, parts[k + 13:]):
-            if tok == "":
-                sparse[name] = []
-                continue
-            try:
-                sparse[name] = [int(tok, 16)]
-            except ValueError:
-                raise MalformedRow("bad_categorical", repr(tok)) from None
+        labels = [parse_label(p) for p in parts[:k]]
+        dense = [parse_dense(p) for p in parts[k:k + 13]]
+        sparse = {name: _bag(hex_id(tok)) for name, tok in zip(CRITEO_SPARSE, parts[k + 13:])}
         return labels, dense, sparse
 
 
@@ -194,3 +230,43 @@ def make_parser(fmt: str, header: Optional[List[str]], label_columns: List[str],
     if fmt == "criteo":
         return CriteoParser(label2=len(label_columns) > 1)
     raise ValueError(f"data.format ({fmt!r}) is not a text format")
+
+
+def reference_block_rows(block: Block, parser, skip_header: bool, counter: "MalformedCounter",  # type: ignore[no-untyped-def]
+                         num_labels: int, sparse: List[str], num_dense: int,
+                         dense_pick: Optional[List[int]] = None) -> Optional[Rows]:
+    """The reference path: one :class:`~torchrec_rankmixer.data.blocks.Block` parsed line by
+    line (universal newlines, as Python's text files read them); blank lines are skipped,
+    malformed rows counted (``file:line: reason``) and dropped.
+
+    Args:
+        block: whole lines of a file.
+        parser: a line parser of this module.
+        skip_header: the block's first line is the CSV header.
+        counter: a :class:`~torchrec_rankmixer.data.sources.MalformedCounter`.
+        num_labels / sparse / num_dense: the row layout (sparse: feature names).
+        dense_pick: the parser's dense values kept, in this order (default: all).
+
+    Returns:
+        The valid rows (None when there are none).
+    """
+    labels, dense, bags = [], [], []
+    lines = io.TextIOWrapper(io.BytesIO(block.data), encoding="utf-8", newline=None)
+    first: Optional[int] = None
+    for i, line in enumerate(lines):
+        if (skip_header and i == 0) or not line.strip():
+            continue
+        counter.add_rows(1)
+        try:
+            y, x, s = parser(line)
+        except MalformedRow as e:
+            if first is None:
+                first = block.first_line_number()
+            counter.malformed(e.reason, f"{block.path}:{first + i}", detail=e.detail)
+            continue
+        labels.append(y)
+        dense.append(x if dense_pick is None else [x[j] for j in dense_pick])
+        bags.append(s)
+    if not labels:
+        return None
+    return rows_from_lists(labels, dense, {c: [b[c] for b in bags] for c in sparse}, num_labels, num_dense)

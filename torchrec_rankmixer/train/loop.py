@@ -319,6 +319,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
+            self.source.close()  # stops the background reader of file sources
             if sys.exc_info()[0] is not None:
                 self.run.close()
         if cfg.run.plots:
