@@ -45,7 +45,7 @@ def _csv_data(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("\n".join(lines) + "\n")
     return ["data.format=csv", f"data.train_files=[{path}]", "data.sparse_columns=[user, item, city]",
-            "data.num_embeddings=40", "model.num_tokens=3", "model.d_model=12"]
+            "data.num_embeddings=40", "model.rankmixer.num_tokens=3", "model.rankmixer.d_model=12"]
 
 
 @pytest.mark.parametrize("data", ["synthetic", "csv", "criteo_binary"])
