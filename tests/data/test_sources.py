@@ -177,3 +177,37 @@ def test_source_errors(tmp_path):
     counter.malformed("bad_label", "f:2")  # 2 of 2 > 0.5, but only 2 rows read: wait
     with pytest.raises(ValueError, match="2 of 2 rows are malformed"):
         counter.check(final=True)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("binary_csv", r"data file '.*bin.csv' is not UTF-8 text .*binary file given as a text format"),
+    ("binary_body", r"data file '.*body.csv' cannot be read as csv"),
+    ("string_label", r"parquet file '.*label.parquet': label column 'label' has type string"),
+    ("string_id", r"parquet file '.*id.parquet': sparse column 'user' has type string; it must hold integer ids"),
+    ("float_id", r"parquet file '.*float.parquet': sparse column 'user' has type double"),
+])
+def test_bad_data_files_name_the_file_and_column(tmp_path, case, message):
+    """Issue 14: a binary file given as CSV, string labels or ids and float ids in Parquet
+    are clear errors naming the file and column (not a UTF-8 or pyarrow traceback)."""
+    cols = {"user": [1, 2], "item": [3, 4], "daytime": [5, 6]}
+    if case == "binary_csv":
+        path = tmp_path / "bin.csv"
+        path.write_bytes(b"\xff\xfe" + bytes(range(256)) * 8)
+        fmt = "csv"
+    elif case == "binary_body":
+        path = tmp_path / "body.csv"
+        path.write_bytes(FRAPPE_HEADER.encode() + b"1,2,3,\xff\xfe\x00\x81\n" * 4)
+        fmt = "csv"
+    else:
+        name = {"string_label": "label", "string_id": "id", "float_id": "float"}[case]
+        path = tmp_path / f"{name}.parquet"
+        label = ["1", "0"] if case == "string_label" else [1, 0]
+        user = {"string_id": ["u1", "u2"], "float_id": [1.5, 2.0]}.get(case, cols["user"])
+        pq.write_table(pa.table({"label": label, **cols, "user": user}), path)
+        fmt = "parquet"
+    with pytest.raises(ValueError, match=message):
+        src = _source(tmp_path, fmt, [path], *CSV_COLS, "data.max_malformed_fraction=0.0")
+        try:
+            list(src.train_batches(0, 0, 1, 1))
+        finally:
+            src.close()

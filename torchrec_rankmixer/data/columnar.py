@@ -74,6 +74,23 @@ def _units(path: str, fmt: str, columns: List[str]) -> Tuple[List[str], List[Cal
     return of.schema.names, [(lambda i=i: iter([of.read_stripe(i, columns=columns)])) for i in range(of.nstripes)]
 
 
+def _check_types(path: str, fmt: str, labels: List[str], dense: List[str], sparse: List[str]) -> None:
+    """Labels and dense columns must be numeric, id columns integers or lists of integers:
+    ValueError naming the file, the column and its type otherwise."""
+    schema = pq.ParquetFile(path).schema_arrow if fmt == "parquet" else orc.ORCFile(path).schema
+    numeric = lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)  # noqa: E731
+    for kind, names, ok, want in (
+        ("label", labels, numeric, "numbers (0/1)"),
+        ("dense", dense, numeric, "numbers"),
+        ("sparse", sparse, lambda t: pa.types.is_integer(t) or (_is_list(t) and pa.types.is_integer(t.value_type)),
+         "integer ids or lists of integer ids (hash text ids before writing the file)"),
+    ):
+        for c in names:
+            t = schema.field(c).type
+            if not ok(t):
+                raise ValueError(f"{fmt} file {path!r}: {kind} column {c!r} has type {t}; it must hold {want}")
+
+
 def _part_batches(path: str, fmt: str, columns: List[str], part: int, parts: int) -> Iterator[pa.RecordBatch]:
     names, units = _units(path, fmt, [])
     missing = [c for c in columns if c not in names]
@@ -113,6 +130,7 @@ def read_columnar(
             ``[part * G // parts, (part + 1) * G // parts)``, or that range of rows when
             the file has fewer than ``parts`` of them.
     """
+    _check_types(path, fmt, labels, dense, sparse)
     for batch in _part_batches(path, fmt, [*labels, *dense, *sparse], part, parts):
         if batch.num_rows == 0:
             continue

@@ -12,6 +12,8 @@ default) or line by line by the reference parsers (``reference``); both give the
 
 from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
+import pyarrow as pa
+
 from torchrec_rankmixer.data.blocks import Block, byte_range, read_blocks
 from torchrec_rankmixer.data.features import Rows
 from torchrec_rankmixer.data.libsvm import LibsvmReader
@@ -41,9 +43,15 @@ def shard(files: Sequence[str], rank: int, world_size: int) -> List[Part]:
 
 
 def read_header(path: str, delimiter: str) -> List[str]:
-    """The CSV header line's column names (stripped)."""
-    with open(path) as f:
-        return [h.strip() for h in f.readline().rstrip("\r\n").split(delimiter)]
+    """The CSV header line's column names (stripped); ValueError naming the file when it is
+    not UTF-8 text."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline().decode("utf-8")
+        return [h.strip() for h in line.rstrip("\r\n").split(delimiter)]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data file {path!r} is not UTF-8 text (byte {e.start} of its header): is it a "
+                         "binary file given as a text format?") from None
 
 
 class FileReader:
@@ -109,7 +117,15 @@ class FileReader:
                                keep_dense=self.dense, keep_sparse=self.sparse)
 
     def read(self, path: str, part: int, parts: int) -> Iterator[Rows]:
-        """Blocks of valid rows of part ``part`` of ``parts`` of ``path``."""
+        """Blocks of valid rows of part ``part`` of ``parts`` of ``path``; a file the format's
+        reader cannot parse is a ValueError naming it."""
+        try:
+            yield from self._read(path, part, parts)
+        except (pa.ArrowException, UnicodeDecodeError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ValueError(f"data file {path!r} cannot be read as {self.fmt}: {type(e).__name__}: {first}") from None
+
+    def _read(self, path: str, part: int, parts: int) -> Iterator[Rows]:
         if self.read_block is None:
             from torchrec_rankmixer.data.columnar import read_columnar
 
