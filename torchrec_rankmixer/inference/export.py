@@ -168,7 +168,7 @@ def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
 def _atomic(path: str, write: Callable[[str], None]) -> None:
     """``write`` a temporary file beside ``path``, then rename it over ``path``."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # keeps the suffix torch checks
     try:
         write(tmp)
         os.replace(tmp, path)
