@@ -5,7 +5,7 @@
 hidden width D) and ``global_token=True`` (one more sparse token, a Linear of all embedding
 columns, placed after the plan's tokens and before the dense ones). On the probe (seed 1,
 400 x 512 steps) the MLP projection cost 0.036 test AUC on the affinity family and the
-global token 0.004 (docs/quality_findings.md).
+global token 0.004 (docs/quality.md).
 """
 
 import math

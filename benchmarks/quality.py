@@ -192,7 +192,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     p.add_argument("--work-dir", default=os.path.join("runs", "quality"), help="run directories and logs")
     p.add_argument("--results", default=RESULTS, help="per-seed results (JSON), merged into")
-    p.add_argument("--doc", default=DOC, help="markdown file whose quality-suite section is rendered")
+    p.add_argument("--doc", default=DOC, help="markdown file whose quality-suite section is rendered ('': none)")
     p.add_argument("--render-only", action="store_true", help="only render the tables from --results")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     return p.parse_args(argv)
@@ -202,6 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.chdir(ROOT)
     results = load_results(args.results)
+    failed: List[Dict] = []
     if not args.render_only:
         jobs = []
         for dataset in args.datasets:
@@ -230,13 +231,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results["runs"] = merge_runs(results.get("runs", []), new)
         os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
         atomic_write_text(args.results, json.dumps(results, indent=1) + "\n")
-        if failed:
-            return 1
     if results["runs"]:
         tables = render(results)
-        write_doc(args.doc, tables)
+        if args.doc:
+            write_doc(args.doc, tables)
         print(tables)
-    return 0
+    return 1 if not args.render_only and failed else 0
 
 
 if __name__ == "__main__":
