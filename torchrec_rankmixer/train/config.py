@@ -15,6 +15,7 @@ from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.models.heads import TASKS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
+    check_bool,
     check_choice,
     check_layer_sizes,
     check_non_negative,
@@ -139,9 +140,11 @@ class TrainSettings:
     validate_inputs: bool = False
     num_threads: Optional[int] = None
     calibrate_moe_batches: int = DEFAULT_CALIBRATION_BATCHES
+    compile: bool = False
 
     def validate(self) -> None:
         check_positive("train.steps", self.steps)
+        check_bool("train.compile", self.compile)
         check_non_negative("train.calibrate_moe_batches", self.calibrate_moe_batches)
         if self.num_threads is not None:
             check_positive("train.num_threads", self.num_threads)

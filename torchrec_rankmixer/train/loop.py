@@ -129,6 +129,8 @@ class Trainer:
             self._row_init = {t.name: t.init_fn for t in tables} if mc.evicted_row_init == "table_init" else None
             # tables on meta: DistributedModelParallel materialises them sharded
             model = self.spec.build(self.env.device, cfg.train.validate_inputs, table_device=torch.device("meta"))
+            if cfg.train.compile:
+                model.compile_dense_path()  # the sparse arch, sharded below, stays eager
             module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
             self.model = shard_model(module, cfg, self.env)
             self.optimizer = build_optimizer(self.model, cfg.optim)
