@@ -75,7 +75,7 @@ def write_split(
     output_dir: str,
     metadata: Callable[[Dict[str, str]], Dict[str, str]],
     atomic: Callable[[str, Callable[[str], None]], None],
-) -> str:
+) -> Tuple[str, Dict[str, str]]:
     """Write ``model_dense.aoti.pt2``, then ``model_sparse.ts`` (which names the first).
 
     Args:
@@ -87,7 +87,7 @@ def write_split(
         atomic: writes a file through a temporary beside it (export's ``_atomic``).
 
     Returns:
-        the path of ``model_sparse.ts`` (the file that embeds the metadata).
+        (the path of ``model_sparse.ts``, the file that embeds the metadata; that metadata).
     """
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def write_split(
     sparse_path = os.path.join(output_dir, SPARSE_FILE)
     scripted = script_inference_module(SparseHalf(module))
     atomic(sparse_path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
-    return sparse_path
+    return sparse_path, extra
 
 
 def _aoti_package(program: torch.export.ExportedProgram, path: str) -> None:

@@ -100,7 +100,9 @@ def _import_ops() -> None:
 
 
 def load_artifact(path: Union[str, os.PathLike]) -> LoadedArtifact:
-    """Load an exported model (``.pt2`` or ``.ts``, or an export directory).
+    """Load an exported model: an export directory, or its model file (``model_sparse.ts``
+or ``model_dense.aoti.pt2`` of a split artifact, which loads both parts; ``model.pt2``;
+``model.ts``). ``module(dense, values, lengths)`` returns logits whatever the kind.
 
     Example::
 

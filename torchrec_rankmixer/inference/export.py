@@ -44,16 +44,15 @@ from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text
 from torchrec_rankmixer.version import __version__
 
-ARTIFACT_TYPES = ("auto", "aoti", "export", "torchscript")
 # --artifact -> the kinds tried, in order (metadata "artifact" names the one written)
 KINDS: Dict[str, Tuple[str, ...]] = {
     "auto": ("aoti", "torch.export", "torchscript"), "aoti": ("aoti",),
     "export": ("torch.export",), "torchscript": ("torchscript",),
 }
+ARTIFACT_TYPES = tuple(KINDS)
 FILES_OF: Dict[str, Tuple[str, ...]] = {
     "aoti": (SPARSE_FILE, DENSE_FILE), "torch.export": (EXPORT_FILE,), "torchscript": (SCRIPT_FILE,),
 }
-MODEL_FILES = (SPARSE_FILE, DENSE_FILE, EXPORT_FILE, SCRIPT_FILE)
 EXAMPLE_BATCH = 4
 
 
@@ -62,7 +61,7 @@ class ExportResult:
     """What :func:`export_model` wrote.
 
     Attributes:
-        path: the model file (``.pt2`` or ``.ts``).
+        path: the model file (``model_sparse.ts`` of the split artifact, ``model.pt2`` or ``model.ts``).
         metadata: the embedded metadata.
         module: the in-memory inference module that was exported (for parity checks).
 
@@ -377,7 +376,7 @@ def _write_artifact(
                 raise
             reasons.append(f"{kind}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
             warnings.warn(f"{reasons[-1]}; trying {kinds[kinds.index(kind) + 1]}", UserWarning, stacklevel=2)
-    for stale in set(MODEL_FILES) - set(FILES_OF[kind]):
+    for stale in {f for files in FILES_OF.values() for f in files} - set(FILES_OF[kind]):
         if os.path.exists(os.path.join(output_dir, stale)):
             os.remove(os.path.join(output_dir, stale))
     atomic_write_text(os.path.join(output_dir, METADATA_FILE),
@@ -391,14 +390,7 @@ def _write_kind(
 ) -> Tuple[str, Dict[str, str]]:
     """Write one kind of model file; returns (its path, its embedded metadata)."""
     if kind == "aoti":
-        written: Dict[str, Dict[str, str]] = {}
-
-        def meta_with_parts(parts: Dict[str, str]) -> Dict[str, str]:
-            written["extra"] = meta(parts)
-            return written["extra"]
-
-        example = example_inputs(spec, feature_prep=module.feature_prep)
-        return write_split(module, example, output_dir, meta_with_parts, _atomic), written["extra"]
+        return write_split(module, example_inputs(spec, feature_prep=module.feature_prep), output_dir, meta, _atomic)
     extra = meta()
     if kind == "torch.export":
         path = os.path.join(output_dir, EXPORT_FILE)
