@@ -122,7 +122,8 @@ def main() -> None:
                 "max_abs_logit_diff": (logits - ref).abs().max().item(),
                 "table_bytes": sizes["tables"],
                 "model_bytes": sizes["model"],
-                "file_bytes": os.path.getsize(exp.path),
+                "file_bytes": sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)
+                                  if f.startswith("model")),  # both files of the split artifact
             }
             modules[name] = loaded.module
             if name == "float":  # the same float model, eager (not exported)

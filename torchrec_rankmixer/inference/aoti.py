@@ -35,6 +35,19 @@ class SparseHalf(nn.Module):
 
     Shapes: dense [B, Dd], values [N], lengths [F, B] (the artifact's inputs) ->
     (dense [B, dense_in_features], embedded [B, sum(dims)]), in the dense dtype.
+
+    Example::
+
+        >>> from torchrec_rankmixer.inference.quantize import build_inference_model
+        >>> from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
+        >>> spec = ModelSpec(tables=(TableSpec("t", 8, 20, ("a", "b")),), dense_in_features=2,
+        ...                  dense_arch_layer_sizes=(8,), over_arch_layer_sizes=(8, 1),
+        ...                  rankmixer_config={"d_model": 9, "num_tokens": 3, "num_layers": 1})
+        >>> infer = build_inference_model(spec.build())
+        >>> args = (torch.randn(4, 2), torch.randint(0, 20, (8,)), torch.ones(2, 4, dtype=torch.int32))
+        >>> dense, embedded = SparseHalf(infer)(*args)
+        >>> embedded.shape, torch.equal(DenseHalf(infer)(dense, embedded), infer(*args))
+        (torch.Size([4, 16]), True)
     """
 
     def __init__(self, module: RankMixerInferenceModule) -> None:
@@ -51,6 +64,7 @@ class DenseHalf(nn.Module):
     """The dense part of a :class:`RankMixerInferenceModule` (shares its modules).
 
     Shapes: dense [B, dense_in_features], embedded [B, sum(dims)] -> logits [B, num_logits].
+    Example: :class:`SparseHalf`'s.
     """
 
     def __init__(self, module: RankMixerInferenceModule) -> None:
@@ -61,7 +75,7 @@ class DenseHalf(nn.Module):
         return self.module.dense_forward(dense, embedded)
 
 
-def vec_isa() -> str:
+def _vec_isa() -> str:
     """The vector ISA inductor generates CPU kernels for on this machine (``"avx2"``,
     ``"avx512"``, ...; ``""`` for none)."""
     from torch._inductor.cpu_vec_isa import pick_vec_isa
@@ -77,6 +91,8 @@ def write_split(
     atomic: Callable[[str, Callable[[str], None]], None],
 ) -> Tuple[str, Dict[str, str]]:
     """Write ``model_dense.aoti.pt2``, then ``model_sparse.ts`` (which names the first).
+    Called by :func:`~torchrec_rankmixer.inference.export.export_model` (``artifact="aoti"``
+    or ``"auto"``), which holds the directory's lock; that is its example.
 
     Args:
         module: the inference module (eval mode, kernels pinned).
@@ -97,7 +113,7 @@ def write_split(
     dense_path = os.path.join(output_dir, DENSE_FILE)
     atomic(dense_path, lambda tmp: _aoti_package(program, tmp))
     parts = {"sparse": SPARSE_FILE, "dense": DENSE_FILE, "dense_sha256": sha256_file(dense_path),
-             "vec_isa": vec_isa()}
+             "vec_isa": _vec_isa()}
     extra = metadata(parts)
     sparse_path = os.path.join(output_dir, SPARSE_FILE)
     scripted = script_inference_module(SparseHalf(module))

@@ -85,6 +85,12 @@ class SplitModule:
     Args:
         sparse: ``(dense, values, lengths) -> (dense, embedded)`` (``model_sparse.ts``).
         dense: ``(dense, embedded) -> logits`` (``model_dense.aoti.pt2``).
+
+    Example::
+
+        >>> both = SplitModule(lambda d, v, l: (d, v.float().view(-1, 1)), lambda d, e: d + e)
+        >>> both(torch.ones(2, 1), torch.tensor([1, 2]), torch.ones(1, 2)).tolist()
+        [[2.0], [3.0]]
     """
 
     def __init__(self, sparse: Callable[..., Tuple[torch.Tensor, torch.Tensor]],
