@@ -5,7 +5,11 @@ Layout of ``<run.out_dir>/<run.name>/``::
 
     config.yaml          the resolved training settings (defaults + file + overrides)
     spec.json            the model recipe (models/spec.py), written before the first step
+    best.json            with train.restore_best: the best validation step, which the run
+                         ended with and export takes by default
     metrics.jsonl        one JSON object per logged step / evaluation
+    summary.json         written when the run finishes: steps, seconds, final validation and
+                         test metrics, best step (what the CLI prints as a table)
     checkpoints/step_XXXXXXXX/
         *.distcp, .metadata   DCP files: {"model": the model's own state_dict,
                               "optim": optimiser state, "id_remap": managed-collision state}
@@ -36,7 +40,9 @@ from torchrec_rankmixer.utils.settings import from_dict, load_file
 
 CONFIG_FILE = "config.yaml"
 SPEC_FILE = "spec.json"
+BEST_FILE = "best.json"  # train.restore_best: the step whose weights the run ended with
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
 MANIFEST_FILE = "manifest.json"
@@ -194,6 +200,9 @@ def find_run_checkpoint(run_dir: PathLike, step: Optional[int] = None) -> RunChe
     _check_not_legacy(path)
     root = os.path.join(path, CHECKPOINTS_DIR)
     steps = complete_checkpoints(root)
+    best = read_best(path)
+    if step is None and best is not None and best in steps:
+        step = best  # the run ended with these weights (train.restore_best)
     if step is None:
         good = good_checkpoints(root)
         if not good:
@@ -207,6 +216,46 @@ def find_run_checkpoint(run_dir: PathLike, step: Optional[int] = None) -> RunChe
         raise ValueError(f"step ({step!r}) has no complete checkpoint in {root!r}; steps: {sorted(steps)}")
     verify_checkpoint(steps[step])
     return RunCheckpoint(path, steps[step], step)
+
+
+def write_best(run_dir: PathLike, step: int, metric: str, value: float) -> str:
+    """Write ``<run_dir>/best.json`` (atomically): the step the run ended with."""
+    path = os.path.join(os.fspath(run_dir), BEST_FILE)
+    atomic_write_text(path, json.dumps({"step": step, "metric": metric, "value": value}, indent=1))
+    return path
+
+
+def read_best(run_dir: PathLike) -> Optional[int]:
+    """The step ``best.json`` names, or None (no file: the run ended with its last step)."""
+    path = os.path.join(os.fspath(run_dir), BEST_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        return int(json.load(open(path))["step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path!r} is not a readable best-step file: {e}") from e
+
+
+def write_summary(run_dir: PathLike, summary: Dict[str, object]) -> str:
+    """Write ``<run_dir>/summary.json`` (atomically): what a finished run produced."""
+    path = os.path.join(os.fspath(run_dir), SUMMARY_FILE)
+    atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=True))
+    return path
+
+
+def read_summary(run_dir: PathLike) -> Dict[str, object]:
+    """The ``summary.json`` of a finished run (``ValueError`` naming the file if it is
+    missing, i.e. the run did not finish, or unreadable)."""
+    path = os.path.join(os.fspath(run_dir), SUMMARY_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} does not exist: the run has not finished")
+    try:
+        data = json.load(open(path))
+    except ValueError as e:
+        raise ValueError(f"{path!r} is not a readable run summary: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path!r} is not a readable run summary: not a JSON object")
+    return data
 
 
 def _check_not_legacy(run_dir: str) -> None:

@@ -75,7 +75,7 @@ def test_from_dict_errors():
         ModelSpec.from_dict({**data, "extra": 1})
     partial = dict(data)
     del partial["rankmixer_config"]
-    with pytest.raises(ValueError, match=r"lacks key\(s\) \['rankmixer_config'\]"):
+    with pytest.raises(ValueError, match=r"arch 'rankmixer' needs rankmixer_config"):
         ModelSpec.from_dict(partial)
     del data["over_arch_layer_sizes"]
     with pytest.raises(ValueError, match="task 'ctr' needs over_arch_layer_sizes"):

@@ -36,3 +36,8 @@ def test_compiled_run_trains_as_the_eager_run(tmp_path):
 def test_compile_setting_is_a_bool():
     with pytest.raises(ValueError, match="train.compile"):
         load_config(overrides=["train.compile=fast"])
+
+
+def test_compile_is_for_the_rankmixer_arch():
+    with pytest.raises(ValueError, match="train.compile .* model.arch is 'dnn'"):
+        load_config(overrides=["train.compile=true", "model.arch=dnn"])

@@ -66,7 +66,7 @@ def test_resume_is_exact_with_managed_collision(tmp_path):
     want = _snapshot(straight)
     assert {"ctr_auc", "ctr_gauc"} <= set(summary.metrics)
     assert all(int(v) == 0 for v in straight.remapper.collection.open_slots().values())  # tables full
-    assert straight.evicted_rows > 0  # rows were handed to new ids (and reset)
+    assert straight.feeder.evicted_rows > 0  # rows were handed to new ids (and reset)
     destroy_group()
 
     Trainer(load_config(overrides=base + ["run.name=split", "train.steps=3", "run.checkpoint_every=3"])).fit()

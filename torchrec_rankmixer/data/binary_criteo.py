@@ -31,6 +31,7 @@ from torchrec_rankmixer.data.features import Rows
 from torchrec_rankmixer.data.settings import DataSettings
 from torchrec_rankmixer.data.stream import CursorStream
 from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
+from torchrec_rankmixer.utils.checks import check_choice
 
 PARTS = {"dense": (np.floating, INT_FEATURE_COUNT), "sparse": (np.integer, CAT_FEATURE_COUNT),
          "labels": (np.integer, 1)}
@@ -140,12 +141,13 @@ class BinaryCriteoSource:
         index = ([CRITEO_DENSE.index(c) for c in self.dense], [CRITEO_SPARSE.index(c) for c in self.sparse])
         self.train = BinaryDays(list(data.train_files), *index)
         self.eval = BinaryDays(list(data.eval_files), *index) if data.eval_files else None
+        self.test = BinaryDays(list(data.test_files), *index) if data.test_files else None
         self.batch_size, self.eval_batch_size = data.batch_size, data.eval_batch_size
         self.user_feature: Optional[str] = data.user_column
         self.rank, self.world = rank, world_size
         self.counter = MalformedCounter(data.max_malformed_fraction)
         self._stream: CursorStream[Batch] = CursorStream(self._batches, data.prefetch_batches)
-        self._eval_cache: Optional[Tuple[Tuple[int, int], List[Batch]]] = None
+        self._eval_cache: Dict[Tuple[str, int, int], List[Batch]] = {}
 
     @property
     def dense_in_features(self) -> int:
@@ -168,18 +170,21 @@ class BinaryCriteoSource:
         """``num`` batches: global batches ``cursor + rank, cursor + rank + W, ...``."""
         return self._stream.take(cursor // world_size, num)
 
-    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's contiguous share of the eval days as full batches, padded (labels -1)
-        so every rank yields the same number. Collective when distributed."""
-        from torchrec_rankmixer.data.sources import padded_eval_batches
+    def eval_batch_iter(self, rank: int, world_size: int, split: str = "valid") -> Iterator[Batch]:
+        """This rank's contiguous share of the ``split`` days (``"valid"``: data.eval_files,
+        ``"test"``: data.test_files) as full batches, padded (labels -1) so every rank
+        yields the same number. Collective when distributed."""
+        from torchrec_rankmixer.data.sources import SPLITS, padded_eval_batches
 
-        if self.eval is None:
+        check_choice("split", split, SPLITS)
+        days = self.eval if split == "valid" else self.test
+        if days is None:
             return iter(())
-        if self._eval_cache is None or self._eval_cache[0] != (rank, world_size):
-            rows = self.eval.rank_range_rows(rank, world_size)
-            self._eval_cache = ((rank, world_size),
-                                padded_eval_batches(rows, self.prep, self.eval_batch_size, rank, self.eval.prefixes))
-        return iter(self._eval_cache[1])
+        key = (split, rank, world_size)
+        if key not in self._eval_cache:
+            rows = days.rank_range_rows(rank, world_size)
+            self._eval_cache[key] = padded_eval_batches(rows, self.prep, self.eval_batch_size, rank, days.prefixes)
+        return iter(self._eval_cache[key])
 
     def close(self) -> None:
         """Stop the background reader."""

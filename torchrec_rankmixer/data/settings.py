@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
+from torchrec_rankmixer.data.synthetic_families import ContextRuleData, LatentAffinityData
 from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
 from torchrec_rankmixer.features.managed_collision import EVICTION_POLICIES
 from torchrec_rankmixer.features.prep import DENSE_TRANSFORMS, ID_TRANSFORMS
@@ -21,9 +22,9 @@ from torchrec_rankmixer.utils.checks import (
     check_positive_int,
 )
 
-DATA_FORMATS: Tuple[str, ...] = (
-    "synthetic", "synthetic_sequences", "csv", "libsvm", "criteo", "criteo_binary", "parquet", "orc")
-SYNTHETIC_FORMATS: Tuple[str, ...] = ("synthetic", "synthetic_sequences")
+SYNTHETIC_FORMATS: Tuple[str, ...] = (
+    "synthetic", "synthetic_sequences", "synthetic_affinity", "synthetic_context_rules")
+DATA_FORMATS: Tuple[str, ...] = (*SYNTHETIC_FORMATS, "csv", "libsvm", "criteo", "criteo_binary", "parquet", "orc")
 TEXT_READERS: Tuple[str, ...] = ("vectorised", "reference")
 FILE_FORMATS_WITH_COLUMNS: Tuple[str, ...] = ("csv", "libsvm", "parquet", "orc")
 EVICTED_ROW_INITS: Tuple[str, ...] = ("table_init", "zero")
@@ -55,6 +56,16 @@ SyntheticSequenceSettings = _settings_of(
     """``data.format=synthetic_sequences``: behaviour sequences on top of ``data.synthetic``,
     the fields of :class:`~torchrec_rankmixer.data.synthetic_sequences.SyntheticSequenceData`
     (same defaults): a candidate ``item`` and a history ``hist_item`` sharing one table."""
+)
+AffinitySettings = _settings_of(
+    LatentAffinityData, "AffinitySettings", (), "data.affinity",
+    """``data.format=synthetic_affinity``: the fields of
+    :class:`~torchrec_rankmixer.data.synthetic_families.LatentAffinityData` (same defaults)."""
+)
+ContextRuleSettings = _settings_of(
+    ContextRuleData, "ContextRuleSettings", (), "data.context_rules",
+    """``data.format=synthetic_context_rules``: the fields of
+    :class:`~torchrec_rankmixer.data.synthetic_families.ContextRuleData` (same defaults)."""
 )
 
 
@@ -97,11 +108,15 @@ class DataSettings:
     format: str = "synthetic"
     train_files: List[str] = field(default_factory=list)
     eval_files: List[str] = field(default_factory=list)
+    test_files: List[str] = field(default_factory=list)
     batch_size: int = 256
     eval_batch_size: int = 1024
     eval_batches: int = 10
+    test_batches: int = 0
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)  # type: ignore[valid-type]
     sequences: SyntheticSequenceSettings = field(default_factory=SyntheticSequenceSettings)  # type: ignore[valid-type]
+    affinity: AffinitySettings = field(default_factory=AffinitySettings)  # type: ignore[valid-type]
+    context_rules: ContextRuleSettings = field(default_factory=ContextRuleSettings)  # type: ignore[valid-type]
     label_column: str = "label"
     label2_column: Optional[str] = None
     user_column: Optional[str] = None
@@ -124,11 +139,14 @@ class DataSettings:
         for k in ("batch_size", "eval_batch_size", "num_embeddings"):
             check_positive_int(f"data.{k}", getattr(self, k))
         check_non_negative_int("data.eval_batches", self.eval_batches)
+        check_non_negative_int("data.test_batches", self.test_batches)
         check_choice("data.dense_transform", self.dense_transform, DENSE_TRANSFORMS)
         check_choice("data.id_transform", self.id_transform, ID_TRANSFORMS)
         self.managed_collision.validate()
         self.synthetic.validate()
         self.sequences.validate()
+        self.affinity.validate()
+        self.context_rules.validate()
         if self.id_transform == "managed_collision" and self.format == "synthetic_sequences":
             raise ValueError(
                 "data.id_transform ('managed_collision') does not support data.format='synthetic_sequences' "

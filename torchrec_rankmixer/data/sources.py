@@ -1,4 +1,4 @@
-"""Batch sources for ``rankmixer-train``: the built-in synthetic data, files (CSV,
+"""Batch sources for ``rankmixer-train``: the synthetic data (data/synthetic_sources.py), files (CSV,
 libsvm, Criteo TSV, Parquet, ORC) and TorchRec's binary Criteo days
 (``data/binary_criteo.py``). :func:`make_source` picks one from the ``data`` settings
 (:class:`~torchrec_rankmixer.data.settings.DataSettings`).
@@ -24,17 +24,16 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tupl
 import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_rankmixer.data.features import FeaturePrep, Rows
 from torchrec_rankmixer.data.files import FileReader, read_header, shard
 from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.data.stream import CursorStream, batch_stream
-from torchrec_rankmixer.data.synthetic import EVAL_OFFSET, SyntheticClickData
-from torchrec_rankmixer.data.synthetic_sequences import SyntheticSequenceData
+from torchrec_rankmixer.data.synthetic_sources import SPLITS, FamilySource, SyntheticSequenceSource, SyntheticSource
 from torchrec_rankmixer.data.text import CRITEO_DENSE, CRITEO_SPARSE
 from torchrec_rankmixer.features.managed_collision import ManagedCollisionRemapper
-from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.utils.checks import check_choice
 
 if TYPE_CHECKING:  # imported when used: it reads TorchRec's binary day files
     from torchrec_rankmixer.data.binary_criteo import BinaryCriteoSource
@@ -117,114 +116,6 @@ def file_schema(data: DataSettings) -> Tuple[List[str], List[str], FeaturePrep]:
     return sparse, dense, prep
 
 
-class SyntheticSource:
-    """Synthetic batches addressed by a global batch cursor.
-
-    Rank ``r`` of ``W`` reads global batches ``cursor + r, cursor + W + r, ...``, so the
-    cursor (batches consumed by all ranks) is the whole data position: resuming on another
-    number of ranks continues where the run stopped.
-
-    Args:
-        data: the ``data`` settings (``data.synthetic.*``, batch sizes).
-        two_labels: add the conversion label (ESMM: labels [B, 2]).
-
-    Example::
-
-        >>> src = SyntheticSource(DataSettings(batch_size=4))
-        >>> [b.labels.shape for b in src.train_batches(cursor=0, rank=1, world_size=2, num=2)]
-        [torch.Size([4]), torch.Size([4])]
-    """
-
-    has_sequences = False
-
-    def __init__(self, data: DataSettings, two_labels: bool = False) -> None:
-        s = data.synthetic
-        self.data: "SyntheticClickData | SyntheticSequenceData" = SyntheticClickData(
-            num_sparse_features=s.num_sparse_features,
-            num_embeddings=s.num_embeddings,
-            dense_in_features=s.dense_in_features,
-            num_interactions=s.num_interactions,
-            ids_per_feature=s.ids_per_feature,
-            seed=s.seed,
-            conversion_label=two_labels,
-        )
-        self.batch_size, self.eval_batch_size = data.batch_size, data.eval_batch_size
-        self.eval_batches = data.eval_batches
-        self.user_feature: Optional[str] = data.user_column or self.data.feature_names[0]
-
-    @property
-    def dense_in_features(self) -> int:
-        return self.data.dense_in_features
-
-    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
-        return self.data.table_configs(embedding_dim)
-
-    def train_batches(self, cursor: int, rank: int, world_size: int, num: int) -> Iterator[Batch]:
-        """``num`` batches of this rank starting at global batch ``cursor``."""
-        for i in range(num):
-            yield self.data.batch(self.batch_size, cursor + i * world_size + rank)
-
-    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's share of the held-out set: ``ceil(data.eval_batches / W)`` batches on
-        every rank (equal counts keep the sharded collectives in step)."""
-        per_rank = -(-self.eval_batches // world_size)
-        for j in range(per_rank):
-            yield self.data.batch(self.eval_batch_size, EVAL_OFFSET + j * world_size + rank)
-
-    def malformed_report(self) -> Dict[str, int]:
-        return {}
-
-    def close(self) -> None:
-        """Nothing runs in the background here."""
-
-
-class SyntheticSequenceSource(SyntheticSource):
-    """``data.format=synthetic_sequences``: :class:`SyntheticSource` batches plus a
-    candidate ``item`` and a behaviour sequence ``hist_item`` (one shared item table, for
-    the model's sequence EmbeddingCollection; data/synthetic_sequences.py).
-
-    Args:
-        data: the ``data`` settings (``data.synthetic.*`` for the base features,
-            ``data.sequences.*`` for the items and histories).
-        two_labels: must be False (the sequence data has one label).
-
-    Example::
-
-        >>> src = SyntheticSequenceSource(DataSettings(format="synthetic_sequences", batch_size=4))
-        >>> [c.name for c in src.sequence_features()], src.sequence_table_configs(8)[0].feature_names
-        (['item', 'hist_item'], ['item', 'hist_item'])
-    """
-
-    has_sequences = True
-
-    def __init__(self, data: DataSettings, two_labels: bool = False) -> None:
-        if two_labels:
-            raise ValueError("data.format ('synthetic_sequences') has one label; model.task='esmm' needs two")
-        super().__init__(data, False)
-        q = data.sequences
-        self.data = SyntheticSequenceData(
-            base=self.data, num_items=q.num_items, num_categories=q.num_categories,  # type: ignore[arg-type]
-            max_history=q.max_history, recent_window=q.recent_window, match_rate=q.match_rate,
-            effect=q.effect, seed=q.seed,
-        )
-
-    @property
-    def dense_in_features(self) -> int:
-        return self.data.base.dense_in_features  # type: ignore[union-attr]
-
-    def table_configs(self, embedding_dim: int) -> List[EmbeddingBagConfig]:
-        return self.data.embedding_bag_configs(embedding_dim)  # type: ignore[union-attr]
-
-    def sequence_table_configs(self, embedding_dim: int) -> List[EmbeddingConfig]:
-        """The sequence EmbeddingCollection's tables."""
-        return self.data.sequence_table_configs(embedding_dim)  # type: ignore[union-attr]
-
-    def sequence_features(self) -> List[SequenceFeatureConfig]:
-        """The default pooling (``model.sequence_features`` overrides it): the candidate as a
-        sequence of one, the history by target attention over its ``recent_window`` items."""
-        return self.data.sequence_feature_configs(max_len=self.data.recent_window)  # type: ignore[union-attr]
-
-
 class FileSource:
     """Batches from files for one rank (same interface as :class:`SyntheticSource`).
 
@@ -253,10 +144,10 @@ class FileSource:
                 f"data.user_column ({self.user_feature!r}) must be one of the sparse columns "
                 f"{self.prep.feature_names}"
             )
-        self.train_files, self.eval_files = list(d.train_files), list(d.eval_files)
+        self.train_files, self.eval_files, self.test_files = list(d.train_files), list(d.eval_files), list(d.test_files)
         self.rank, self.world = rank, world_size
         self.counter = MalformedCounter(d.max_malformed_fraction)
-        self._eval_cache: Optional[Tuple[Tuple[int, int], List[Batch]]] = None
+        self._eval_cache: Dict[Tuple[str, int, int], List[Batch]] = {}
         header = read_header(self.train_files[0], d.delimiter) if self.fmt == "csv" else None
         self.reader = FileReader(self.fmt, self.labels, self.sparse, self.dense, d.delimiter, header,
                                  self.counter, d.text_reader, d.read_block_kb * 1024)
@@ -297,17 +188,20 @@ class FileSource:
         """Stop the background reader."""
         self._stream.close()
 
-    def eval_batch_iter(self, rank: int, world_size: int) -> Iterator[Batch]:
-        """This rank's share of the eval files as full batches, padded (labels -1) so every
-        rank yields the same number of batches. Collective when distributed."""
-        if not self.eval_files:
+    def eval_batch_iter(self, rank: int, world_size: int, split: str = "valid") -> Iterator[Batch]:
+        """This rank's share of the ``split`` files (``"valid"``: ``data.eval_files``,
+        ``"test"``: ``data.test_files``) as full batches, padded (labels -1) so every rank
+        yields the same number of batches. Collective when distributed."""
+        check_choice("split", split, SPLITS)
+        files = self.eval_files if split == "valid" else self.test_files
+        if not files:
             return iter(())
-        if self._eval_cache is None or self._eval_cache[0] != (rank, world_size):
-            blocks = list(self.reader.epoch([(f, rank, world_size) for f in self.eval_files]))
+        key = (split, rank, world_size)
+        if key not in self._eval_cache:  # a held-out set is fixed: read it once
+            blocks = list(self.reader.epoch([(f, rank, world_size) for f in files]))
             rows = Rows.cat(blocks) if blocks else None
-            batches = padded_eval_batches(rows, self.prep, self.eval_batch_size, rank, self.eval_files)
-            self._eval_cache = ((rank, world_size), batches)  # the eval set is fixed: read it once
-        return iter(self._eval_cache[1])
+            self._eval_cache[key] = padded_eval_batches(rows, self.prep, self.eval_batch_size, rank, files)
+        return iter(self._eval_cache[key])
 
 
 def padded_eval_batches(rows: Optional[Rows], prep: FeaturePrep, batch_size: int, rank: int,
@@ -343,6 +237,8 @@ def make_source(data: DataSettings, two_labels: bool, rank: int,
         return SyntheticSource(data, two_labels)
     if data.format == "synthetic_sequences":
         return SyntheticSequenceSource(data, two_labels)
+    if data.format in ("synthetic_affinity", "synthetic_context_rules"):
+        return FamilySource(data, two_labels)
     if data.format == "criteo_binary":
         if two_labels:
             raise ValueError("data.format='criteo_binary' has one label; model.task='esmm' needs two")

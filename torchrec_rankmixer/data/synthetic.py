@@ -24,6 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 # Held-out synthetic batches start at this index, disjoint from the training batches
 # (every synthetic batch is a pure function of its index).
 EVAL_OFFSET = 1_000_000
+TEST_OFFSET = 2_000_000  # the test set (data.test_batches), disjoint from both
 
 
 @dataclass(frozen=True)

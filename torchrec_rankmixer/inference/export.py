@@ -181,7 +181,7 @@ def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
 def _atomic(path: str, write: Callable[[str], None]) -> None:
     """``write`` a temporary file beside ``path`` (same suffix), then rename it over ``path``."""
     folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # keeps the suffix torch checks
     try:
         write(tmp)
         os.replace(tmp, path)

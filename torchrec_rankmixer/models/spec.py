@@ -23,6 +23,7 @@ token order, and JSON writers may sort object keys). Version-1 specs (torchrec-r
 0.1 artifacts and model files) are read too (:func:`upgrade_v1`).
 """
 
+import functools
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -34,8 +35,15 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.models.baselines import ARCHS, BaselineConfig, BaselineModel
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
-from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_non_negative_int, check_positive_int
+from torchrec_rankmixer.utils.checks import (
+    check_choice,
+    check_float,
+    check_layer_sizes,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 SPEC_VERSION = 2
 
@@ -55,10 +63,13 @@ class TableSpec:
     num_embeddings: int
     feature_names: Tuple[str, ...]
     pooling: str = "SUM"
+    init_std: Optional[float] = None
 
     def __post_init__(self) -> None:
         for key in ("embedding_dim", "num_embeddings"):
             check_positive_int(f"table {self.name!r}: {key}", getattr(self, key))
+        if self.init_std is not None:
+            check_float(f"table {self.name!r}: init_std", self.init_std, 0.0, float("inf"), "()")
         if isinstance(self.feature_names, str) or len(self.feature_names) == 0:
             raise ValueError(
                 f"table {self.name!r}: feature_names ({self.feature_names!r}) must be a "
@@ -67,26 +78,35 @@ class TableSpec:
         check_choice(f"table {self.name!r}: pooling", self.pooling, list(PoolingType.__members__))
         object.__setattr__(self, "feature_names", tuple(self.feature_names))
 
+    def _init_fn(self) -> Any:
+        """normal(0, init_std) for ``init_std``; None keeps TorchRec's uniform(+-sqrt(1/rows))."""
+        return None if self.init_std is None else functools.partial(torch.nn.init.normal_, mean=0.0, std=self.init_std)
+
     def to_config(self) -> EmbeddingBagConfig:
         """The ``EmbeddingBagConfig`` (a pooled table of the EBC)."""
         return EmbeddingBagConfig(
             name=self.name, embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings,
-            feature_names=list(self.feature_names), pooling=PoolingType[self.pooling],
+            feature_names=list(self.feature_names), pooling=PoolingType[self.pooling], init_fn=self._init_fn(),
         )
 
     def to_sequence_config(self) -> EmbeddingConfig:
         """The ``EmbeddingConfig`` (an unpooled table of the sequence EmbeddingCollection)."""
         return EmbeddingConfig(
             name=self.name, embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings,
-            feature_names=list(self.feature_names),
+            feature_names=list(self.feature_names), init_fn=self._init_fn(),
         )
 
     @classmethod
     def from_config(cls, config: Any) -> "TableSpec":
-        """From an ``EmbeddingBagConfig`` or an ``EmbeddingConfig``."""
+        """From an ``EmbeddingBagConfig`` or an ``EmbeddingConfig`` (a normal init_fn made by
+        :meth:`to_config` is read back as ``init_std``)."""
         pooling = getattr(config, "pooling", PoolingType.SUM)
+        fn = getattr(config, "init_fn", None)
+        std = None
+        if isinstance(fn, functools.partial) and fn.func is torch.nn.init.normal_:
+            std = float(fn.keywords["std"])
         return cls(config.name, config.embedding_dim, config.num_embeddings,
-                   tuple(config.feature_names), pooling.name)
+                   tuple(config.feature_names), pooling.name, std)
 
 
 def _tables(value: Sequence[Any]) -> Tuple[TableSpec, ...]:
@@ -120,6 +140,12 @@ class ModelSpec:
         num_dense_tokens: tokens made from the dense arch output.
         sequence_tables: the sequence EmbeddingCollection's tables (empty: none).
         sequence_features: one :class:`SequenceFeatureConfig` per sequence feature.
+        arch: ``"rankmixer"`` (DLRM_RankMixer, the default) or a baseline of
+            models/baselines.py (``"dnn"``, ``"dcnv2"``, ``"dlrm"``, ``"dlrm_dcn"``) trained on
+            the same tables for comparison, with the same ``over_arch_layer_sizes`` and
+            ``dense_arch_layer_sizes`` (``dlrm`` / ``dlrm_dcn`` only), ``baseline`` settings
+            and no ``rankmixer_config``, CTR task only.
+        baseline: the baseline's :class:`BaselineConfig` (``arch`` != ``"rankmixer"``).
 
     Example::
 
@@ -136,7 +162,7 @@ class ModelSpec:
     tables: Tuple[TableSpec, ...]
     dense_in_features: int
     dense_arch_layer_sizes: Tuple[int, ...]
-    rankmixer_config: RankMixerConfig
+    rankmixer_config: Optional[RankMixerConfig] = None
     task: str = "ctr"
     over_arch_layer_sizes: Optional[Tuple[int, ...]] = None
     tower_layer_sizes: Optional[Tuple[int, ...]] = None
@@ -145,6 +171,8 @@ class ModelSpec:
     num_dense_tokens: int = 1
     sequence_tables: Tuple[TableSpec, ...] = ()
     sequence_features: Tuple[SequenceFeatureConfig, ...] = ()
+    arch: str = "rankmixer"
+    baseline: Optional[BaselineConfig] = None
 
     def __post_init__(self) -> None:
         if len(self.tables) == 0:
@@ -157,10 +185,18 @@ class ModelSpec:
         check_non_negative_int("dense_in_features", self.dense_in_features)
         check_positive_int("num_dense_tokens", self.num_dense_tokens)
         object.__setattr__(self, "dense_arch_layer_sizes", tuple(self.dense_arch_layer_sizes))
-        if self.dense_in_features > 0:
-            check_layer_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
         check_choice("task", self.task, TASKS)
         check_choice("tokenization", self.tokenization, MODES)
+        check_choice("arch", self.arch, ARCHS)
+        if self.arch != "rankmixer":
+            self._check_baseline()
+            return
+        if self.dense_in_features > 0:
+            check_layer_sizes("dense_arch_layer_sizes", self.dense_arch_layer_sizes)
+        if self.baseline is not None:
+            raise ValueError("baseline sizes are for arch != 'rankmixer'")
+        if self.rankmixer_config is None:
+            raise ValueError("arch 'rankmixer' needs rankmixer_config")
         if self.task == "ctr":
             if self.tower_layer_sizes is not None:
                 raise ValueError(f"tower_layer_sizes ({list(self.tower_layer_sizes)}) are ESMM's; task is 'ctr'")
@@ -179,7 +215,7 @@ class ModelSpec:
                      else self.feature_groups)  # [[name, features], ...] as in to_dict()
             object.__setattr__(self, "feature_groups", {str(k): tuple(v) for k, v in pairs})
         config = self.rankmixer_config
-        if not isinstance(config, RankMixerConfig):
+        if config is not None and not isinstance(config, RankMixerConfig):
             known = {f.name for f in fields(RankMixerConfig)}
             unknown = sorted(set(config) - known)
             if unknown:
@@ -190,6 +226,21 @@ class ModelSpec:
             object.__setattr__(self, "rankmixer_config", RankMixerConfig(**config))
         if bool(self.sequence_tables) != bool(self.sequence_features):
             raise ValueError("sequence_tables and sequence_features must be given together")
+
+    def _check_baseline(self) -> None:
+        baseline = self.baseline if self.baseline is not None else BaselineConfig()
+        if isinstance(baseline, Mapping):
+            baseline = BaselineConfig(**baseline)
+        object.__setattr__(self, "baseline", baseline)
+        extra = [name for name, value in (("rankmixer_config", self.rankmixer_config),
+                                          ("tower_layer_sizes", self.tower_layer_sizes),
+                                          ("sequence_tables", self.sequence_tables or None)) if value is not None]
+        if extra or self.task != "ctr":
+            raise ValueError(f"arch {self.arch!r} (a baseline) takes the CTR task and no RankMixer, tower or "
+                             f"sequence settings; got {extra or ['task ' + repr(self.task)]}")
+        if self.over_arch_layer_sizes is None:
+            raise ValueError(f"arch {self.arch!r} needs over_arch_layer_sizes (hidden..., num_logits)")
+        object.__setattr__(self, "over_arch_layer_sizes", _sizes("over_arch_layer_sizes", self.over_arch_layer_sizes, 1))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -206,8 +257,7 @@ class ModelSpec:
     def num_logits(self) -> int:
         if self.task == "esmm":
             return 2
-        assert self.over_arch_layer_sizes is not None  # checked in __post_init__
-        return self.over_arch_layer_sizes[-1]
+        return 1 if self.over_arch_layer_sizes is None else self.over_arch_layer_sizes[-1]
 
     # ------------------------------------------------------------------ build
     def build(
@@ -228,10 +278,16 @@ class ModelSpec:
 
         tables_on = device if table_device is None else table_device
         ebc = EmbeddingBagCollection(tables=[t.to_config() for t in self.tables], device=tables_on)
+        if self.arch != "rankmixer":
+            assert self.over_arch_layer_sizes is not None  # a baseline has them (_check_baseline)
+            return BaselineModel(self.arch, ebc, self.dense_in_features, self.over_arch_layer_sizes,
+                                 self.dense_arch_layer_sizes, self.baseline or BaselineConfig(), device,
+                                 validate_inputs)
         ec = None
         if self.sequence_tables:
             ec = EmbeddingCollection(tables=[t.to_sequence_config() for t in self.sequence_tables], device=tables_on)
         config = self.rankmixer_config
+        assert config is not None  # arch 'rankmixer' has one (__post_init__)
         over_arch = None
         if self.task == "esmm":
             assert self.tower_layer_sizes is not None  # set in __post_init__
@@ -261,7 +317,8 @@ class ModelSpec:
         out["tables"] = [dict(asdict(t), feature_names=list(t.feature_names)) for t in self.tables]
         out["sequence_tables"] = [dict(asdict(t), feature_names=list(t.feature_names)) for t in self.sequence_tables]
         out["sequence_features"] = [asdict(c) for c in self.sequence_features]
-        out["rankmixer_config"] = asdict(self.rankmixer_config)
+        out["rankmixer_config"] = None if self.rankmixer_config is None else asdict(self.rankmixer_config)
+        out["baseline"] = None if self.baseline is None else asdict(self.baseline)
         for key in ("dense_arch_layer_sizes", "over_arch_layer_sizes", "tower_layer_sizes"):
             out[key] = None if out[key] is None else list(out[key])
         if self.feature_groups is not None:

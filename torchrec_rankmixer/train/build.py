@@ -1,6 +1,6 @@
 """Build the pieces of a run from a :class:`TrainConfig`: the model recipe and the train module."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -9,6 +9,7 @@ from torchrec.datasets.utils import Batch
 
 from torchrec_rankmixer.features.grouping import resolve_mode
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
+from torchrec_rankmixer.models.baselines import BaselineConfig
 from torchrec_rankmixer.models.dlrm_rankmixer import default_config
 from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
@@ -32,11 +33,22 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
         (8, 'pre', 'ctr')
     """
     m = cfg.model
-    tables = tuple(TableSpec.from_config(c) for c in source.table_configs(m.embedding_dim))
+    tables = tuple(replace(TableSpec.from_config(c), init_std=m.embedding_init_std)
+                   for c in source.table_configs(m.embedding_dim))
+    if m.arch != "rankmixer":  # a baseline over the same tables (models/baselines.py)
+        try:
+            torchrec_arch = m.arch in ("dlrm", "dlrm_dcn")  # they have a dense arch; dnn / dcnv2 do not
+            return ModelSpec(tables=tables, dense_in_features=source.dense_in_features,
+                             dense_arch_layer_sizes=tuple(m.dense_arch_layer_sizes) if torchrec_arch else (),
+                             over_arch_layer_sizes=tuple(m.over_arch_layer_sizes), arch=m.arch,
+                             baseline=BaselineConfig(**m.baseline), task=m.task)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"model.arch={m.arch!r} with model.baseline={m.baseline}: {e}") from e
     seq_tables: Tuple[TableSpec, ...] = ()
     seq_features: Tuple[SequenceFeatureConfig, ...] = ()
     if getattr(source, "has_sequences", False):
-        seq_tables = tuple(TableSpec.from_config(c) for c in source.sequence_table_configs(m.embedding_dim))
+        seq_tables = tuple(replace(TableSpec.from_config(c), init_std=m.embedding_init_std)
+                           for c in source.sequence_table_configs(m.embedding_dim))
         try:
             seq_features = tuple(SequenceFeatureConfig(**c) for c in m.sequence_features) or tuple(
                 source.sequence_features())

@@ -12,11 +12,13 @@ from typing import Any, Dict, List, Optional
 from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.features.grouping import MODES
+from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
 from torchrec_rankmixer.models.heads import TASKS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
     check_bool,
     check_choice,
+    check_float,
     check_layer_sizes,
     check_non_negative,
     check_positive,
@@ -25,7 +27,7 @@ from torchrec_rankmixer.utils.checks import (
 from torchrec_rankmixer.utils.settings import apply_override, from_dict, load_file
 
 DENSE_OPTIMIZERS = ("rmsprop", "adam", "adagrad", "sgd")
-EMBEDDING_OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam")
+EMBEDDING_OPTIMIZERS = ("row_wise_adagrad", "adagrad", "sgd", "adam", "dense")
 LR_DECAYS = ("none", "linear", "cosine", "exponential")
 SHARDING_TYPES = ("table_wise", "data_parallel", "row_wise", "column_wise", "table_row_wise")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +47,10 @@ class ModelSettings:
     """
 
     embedding_dim: int = 16
+    embedding_init_std: Optional[float] = None
+    arch: str = "rankmixer"
     rankmixer: Dict[str, Any] = field(default_factory=dict)
+    baseline: Dict[str, Any] = field(default_factory=dict)
     tokenization: Optional[str] = None
     feature_groups: Optional[Dict[str, List[str]]] = None
     num_dense_tokens: int = 1
@@ -58,6 +63,17 @@ class ModelSettings:
 
     def validate(self) -> None:
         check_positive_int("model.embedding_dim", self.embedding_dim)
+        if self.embedding_init_std is not None:
+            check_positive("model.embedding_init_std", self.embedding_init_std)
+        check_choice("model.arch", self.arch, ARCHS)
+        if self.arch != "rankmixer" and self.rankmixer:
+            raise ValueError(f"model.rankmixer ({self.rankmixer}) is for model.arch='rankmixer', not {self.arch!r}")
+        if self.arch == "rankmixer" and self.baseline:
+            raise ValueError(f"model.baseline ({self.baseline}) is for the baseline archs {list(BASELINES)}")
+        known_baseline = {f.name for f in fields(BaselineConfig)}
+        unknown_baseline = sorted(set(self.baseline) - known_baseline)
+        if unknown_baseline:
+            raise ValueError(f"model.baseline names {unknown_baseline}; known: {sorted(known_baseline)}")
         check_positive_int("model.num_dense_tokens", self.num_dense_tokens)
         check_choice("model.task", self.task, TASKS)
         if self.tokenization is not None:
@@ -84,10 +100,13 @@ class OptimSettings:
     embedding: str = "row_wise_adagrad"
     embedding_lr: float = 0.05
     embedding_eps: float = 1e-8
+    embedding_l2: float = 0.0
     warmup_steps: int = 50
     decay: str = "none"
     decay_steps: Optional[int] = None
     min_lr_ratio: float = 0.0
+    plateau_decay: float = 1.0
+    plateau_min_lr: float = 1e-6
     grad_clip_norm: Optional[float] = 1.0
 
     def validate(self) -> None:
@@ -104,6 +123,15 @@ class OptimSettings:
             raise ValueError(f"optim.min_lr_ratio ({self.min_lr_ratio}) must be in [0, 1]")
         if self.grad_clip_norm is not None:
             check_positive("optim.grad_clip_norm", self.grad_clip_norm)
+        check_non_negative("optim.embedding_l2", self.embedding_l2)
+        if self.embedding_l2 > 0 and self.embedding != "dense":
+            raise ValueError(
+                f"optim.embedding_l2 ({self.embedding_l2}) needs optim.embedding='dense': the penalty decays every "
+                f"row of every table each step, which the fused {self.embedding!r} optimiser (it updates the "
+                "batch's rows only) cannot do"
+            )
+        check_float("optim.plateau_decay", self.plateau_decay, 0.0, 1.0, "(]")
+        check_positive("optim.plateau_min_lr", self.plateau_min_lr)
 
 
 @dataclass
@@ -140,11 +168,16 @@ class TrainSettings:
     validate_inputs: bool = False
     num_threads: Optional[int] = None
     calibrate_moe_batches: int = DEFAULT_CALIBRATION_BATCHES
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 1e-6
+    restore_best: bool = False
     compile: bool = False
 
     def validate(self) -> None:
         check_positive("train.steps", self.steps)
         check_bool("train.compile", self.compile)
+        check_non_negative("train.early_stop_patience", self.early_stop_patience)
+        check_non_negative("train.early_stop_min_delta", self.early_stop_min_delta)
         check_non_negative("train.calibrate_moe_batches", self.calibrate_moe_batches)
         if self.num_threads is not None:
             check_positive("train.num_threads", self.num_threads)
@@ -213,6 +246,14 @@ class TrainConfig:
                 f"data.managed_collision.eviction_interval ({interval}), so that checkpoints hold "
                 "no ids pending in the eviction history (exact resume)"
             )
+        adaptive = {"train.early_stop_patience": self.train.early_stop_patience > 0,
+                    "train.restore_best": self.train.restore_best, "optim.plateau_decay": self.optim.plateau_decay < 1}
+        on = [k for k, v in adaptive.items() if v]
+        if on and not self.train.eval_every:
+            raise ValueError(f"{on} act on evaluations; set train.eval_every > 0 (and a validation set)")
+        if self.train.compile and self.model.arch != "rankmixer":
+            raise ValueError(f"train.compile (true) compiles DLRM_RankMixer's dense path; "
+                             f"model.arch is {self.model.arch!r}")
         if self.model.task == "ctr" and self.model.cvr_loss_weight > 0:
             raise ValueError(
                 f"model.cvr_loss_weight ({self.model.cvr_loss_weight}) needs model.task='esmm'"

@@ -8,7 +8,7 @@ rendezvous come from the environment; gloo on CPU, NCCL on GPU.
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,8 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 from torchrec_rankmixer.train.config import OptimSettings, ShardingSettings, TrainConfig
 
 CPU_SHARDING_TYPES = ("table_wise", "data_parallel")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -119,9 +121,18 @@ def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> Distribute
         collections.append(model.sequence_arch.embedding_collection)
         sequence_tables = [t.name for t in model.sequence_arch.embedding_collection.embedding_configs()]
         tables += sequence_tables
-    opt_cls, opt_kwargs = _embedding_optimizer(cfg.optim)
-    for collection in collections:
-        _apply_optimizer_in_backward(opt_cls, collection.parameters(), opt_kwargs)
+    dense_tables = cfg.optim.embedding == "dense"
+    if dense_tables:  # replicated tables with dense gradients, stepped by the dense optimiser
+        if sequence_tables:
+            raise ValueError("optim.embedding ('dense') keeps tables data-parallel, which sequence tables cannot be; "
+                             "use a fused embedding optimiser")
+        bad = {t: ts for t, ts in cfg.sharding.constraints.items() if list(ts) != ["data_parallel"]}
+        if bad:
+            raise ValueError(f"sharding.constraints ({bad}): optim.embedding ('dense') keeps every table data_parallel")
+    else:
+        opt_cls, opt_kwargs = _embedding_optimizer(cfg.optim)
+        for collection in collections:
+            _apply_optimizer_in_backward(opt_cls, collection.parameters(), opt_kwargs)
     hbm = None
     if cfg.sharding.hbm_gb is not None:
         hbm = int(cfg.sharding.hbm_gb * 1024**3)
@@ -132,7 +143,11 @@ def shard_model(module: nn.Module, cfg: TrainConfig, env: DistEnv) -> Distribute
         local_world_size=env.local_world_size,
     )
     planner = EmbeddingShardingPlanner(
-        topology=topology, constraints=_constraints(cfg.sharding, tables, env, sequence_tables)
+        topology=topology,
+        constraints=(
+            {t: ParameterConstraints(sharding_types=["data_parallel"], compute_kernels=["dense"]) for t in tables}
+            if dense_tables else _constraints(cfg.sharding, tables, env, sequence_tables)
+        ),
     )
     plan = planner.collective_plan(module, pg=dist.GroupMember.WORLD)
     return DistributedModelParallel(module, device=env.device, plan=plan)
@@ -165,19 +180,33 @@ def lr_factor(step: int, o: OptimSettings, total_steps: int) -> float:
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
 
 
+def _is_table(name: str) -> bool:
+    return "embedding_bag_collection." in name or "embedding_collection." in name
+
+
 def dense_optimizer(model: nn.Module, o: OptimSettings) -> KeyedOptimizer:
     """Keyed dense optimiser (``optim.dense``) over the parameters not fused into backward,
-    with gradient-norm clipping when ``optim.grad_clip_norm`` is set."""
+    with gradient-norm clipping when ``optim.grad_clip_norm`` is set. With
+    ``optim.embedding="dense"`` the tables are among them, in their own group
+    (``optim.embedding_lr``; ``optim.embedding_l2`` as the coupled L2 weight decay: the
+    gradient of ``(l2 / 2) * ||E||^2`` on every row, every step, as FuxiCTR's regulariser)."""
     params = dict(in_backward_optimizer_filter(model.named_parameters()))
+    tables = {id(p) for n, p in params.items() if _is_table(n)}
 
     def factory(ps: List[torch.Tensor]) -> torch.optim.Optimizer:
+        groups = [g for g in (  # "kind" tells set_dense_lr which schedule a group follows
+            {"params": [p for p in ps if id(p) not in tables], "lr": o.lr, "weight_decay": o.weight_decay,
+             "kind": "dense"},
+            {"params": [p for p in ps if id(p) in tables], "lr": o.embedding_lr, "weight_decay": o.embedding_l2,
+             "kind": "tables"},
+        ) if g["params"]]
         if o.dense == "rmsprop":
-            return torch.optim.RMSprop(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay, momentum=o.momentum)
+            return torch.optim.RMSprop(groups, lr=o.lr, eps=o.eps, momentum=o.momentum)
         if o.dense == "adam":
-            return torch.optim.Adam(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+            return torch.optim.Adam(groups, lr=o.lr, eps=o.eps)
         if o.dense == "adagrad":
-            return torch.optim.Adagrad(ps, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
-        return torch.optim.SGD(ps, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+            return torch.optim.Adagrad(groups, lr=o.lr, eps=o.eps)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
 
     keyed = KeyedOptimizerWrapper(params, factory)
     if o.grad_clip_norm is None:
@@ -190,11 +219,87 @@ def build_optimizer(model: DistributedModelParallel, o: OptimSettings) -> Combin
     return CombinedOptimizer([("sparse", model.fused_optimizer), ("dense", dense_optimizer(model, o))])
 
 
-def set_dense_lr(optimizer: CombinedOptimizer, o: OptimSettings, step: int, total_steps: int) -> float:
-    """Set the dense LR for ``step`` (a pure function of the step: exact on resume)."""
-    lr = o.lr * lr_factor(step, o, total_steps)
+def set_dense_lr(optimizer: CombinedOptimizer, o: OptimSettings, step: int, total_steps: int,
+                 scale: float = 1.0) -> float:
+    """Set the learning rates for ``step``: the dense LR follows :func:`lr_factor` (a pure
+    function of the step: exact on resume) times ``scale`` (the plateau decay so far); the
+    embedding LR is ``optim.embedding_lr * scale``. Returns the dense LR.
+
+    Example::
+
+        >>> from torchrec.optim.keyed import KeyedOptimizerWrapper
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = CombinedOptimizer([("dense", KeyedOptimizerWrapper({"w": w}, lambda ps: torch.optim.SGD(
+        ...     [{"params": ps, "lr": 0.1, "kind": "dense"}])))])
+        >>> set_dense_lr(opt, OptimSettings(lr=0.1, warmup_steps=0), 5, 10, scale=0.5)
+        0.05
+    """
+    factor = lr_factor(step, o, total_steps) * scale
     for name, opt in optimizer.optimizers:
-        if name == "dense":
-            for group in opt.param_groups:
-                group["lr"] = lr
-    return lr
+        for group in opt.param_groups:  # fused embedding optimisers apply theirs on the next step
+            tables = name == "sparse" or group.get("kind") == "tables"
+            group["lr"] = o.embedding_lr * scale if tables else o.lr * factor
+    return o.lr * factor
+
+
+# ---------------------------------------------------------------------- collectives
+def agreed(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; a ValueError raised on rank 0 (which owns the run
+    directory) is raised on every rank, so no rank waits for a collective that never comes.
+
+    Example::
+
+        >>> agreed(lambda: 3)  # one process (or no group): just the call
+        3
+    """
+    error: List[Optional[str]] = [None]
+    result: Optional[T] = None
+    try:
+        result = fn()
+    except ValueError as e:
+        if _rank() != 0:
+            raise
+        error = [str(e)]
+    if _world() > 1:
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise ValueError(error[0])
+    return result  # type: ignore[return-value]
+
+
+def broadcast_value(value: T) -> T:
+    """Rank 0's ``value`` on every rank (any picklable value)."""
+    box = [value]
+    if _world() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over the ranks."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if _world() > 1:
+        dist.all_reduce(t)
+        t /= _world()
+    return float(t.item())
+
+
+def sum_counts_over_ranks(local: Dict[str, int]) -> Dict[str, int]:
+    """Per-key sums of every rank's counts (e.g. rows read, malformed rows by reason)."""
+    if _world() == 1:
+        return dict(local)
+    parts: List[Any] = [None] * _world()
+    dist.all_gather_object(parts, local)
+    total: Dict[str, int] = {}
+    for part in parts:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1

@@ -20,8 +20,9 @@ through the model's and the optimiser's state dicts, whose tensors are views of 
 weights and states.
 """
 
+import itertools
 import zlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -119,3 +120,57 @@ def _local_count(value: Any, rows: torch.Tensor) -> int:
             total += int(((rows >= start) & (rows < start + count)).sum())
         return total
     return int(rows.numel())
+
+
+class RemapFeeder:
+    """Feeds training batches through the managed-collision remapper and resets the rows
+    each batch's remap evicted, just before that batch's forward (TorchRec's sharded
+    MC-EBC resets them before the lookup of the batch that evicted them).
+
+    Args:
+        remapper: the run's :class:`ManagedCollisionRemapper` (None: batches pass through).
+        reset_evicted_rows: re-initialise evicted rows (``data.managed_collision``).
+        row_init: table -> its init_fn (``evicted_row_init=table_init``) or None (zeros).
+        seed: ``train.seed`` (with the global batch index, it seeds the re-drawn rows).
+    """
+
+    def __init__(self, remapper: Optional[torch.nn.Module], reset_evicted_rows: bool,
+                 row_init: Optional[Dict[str, Callable[[torch.Tensor], Any]]], seed: int) -> None:
+        self.remapper, self.reset_evicted_rows, self.row_init, self.seed = remapper, reset_evicted_rows, row_init, seed
+        self._evictions: List[Dict[str, torch.Tensor]] = []  # per remapped training batch
+        self._done, self._base, self.evicted_rows = 0, 0, 0
+
+    def remapped(self, batches: Iterator[Any], training: bool, step: int) -> Iterator[Any]:
+        """``batches`` through the remapper (profiling/evicting when ``training``; all ranks
+        consume the same number of batches, so its all-gathers stay in step). In training,
+        each batch's evictions are queued in batch order (see :meth:`reset_before`)."""
+        if self.remapper is None:
+            return batches
+        remapper = self.remapper.train(training)
+        if not training:
+            return map(remapper.remap_batch, batches)
+        self._evictions, self._done, self._base = [], 0, step
+
+        def remap_and_record() -> Iterator[Any]:
+            for batch in batches:
+                out = remapper.remap_batch(batch)
+                self._evictions.append(remapper.last_evictions)
+                yield out
+
+        it = remap_and_record()
+        first = next(it, None)  # remapped now, so its evictions are known before its forward
+        return it if first is None else itertools.chain([first], it)
+
+    def reset_before(self, upto: int, model: torch.nn.Module, optimizer: Any) -> None:
+        """Before the forward of this segment's batch ``upto``: reset the rows that the remap
+        of batches <= ``upto`` gave to new ids (the pipeline has remapped batch ``upto``
+        already, one or two batches ahead of its forward)."""
+        if self.remapper is None:
+            return
+        while self._done <= upto and self._done < len(self._evictions):
+            evicted = self._evictions[self._done]
+            batch_index = self._base + self._done  # global: the same on every rank
+            self._done += 1
+            self.evicted_rows += sum(int(r.numel()) for r in evicted.values())
+            if evicted and self.reset_evicted_rows:
+                reset_rows(model, optimizer, evicted, self.row_init, self.seed * 1_000_003 + batch_index)

@@ -141,10 +141,39 @@ def apply_override(data: Dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = parse_value(text)
 
 
-def load_file(path: str) -> Dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) settings file into a dict."""
+EXTENDS_KEY = "extends"
+
+
+def merge_settings(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, any other value replaces.
+
+    Example::
+
+        >>> merge_settings({"optim": {"lr": 0.1, "dense": "adam"}}, {"optim": {"lr": 0.2}})
+        {'optim': {'lr': 0.2, 'dense': 'adam'}}
+    """
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_file(path: str, _chain: Sequence[str] = ()) -> Dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) settings file into a dict.
+
+    A top-level ``extends: base.yaml`` (or a list of files, later ones winning) names
+    files, relative to this one, whose settings this file's own are merged over
+    (:func:`merge_settings`); so a family of configs states what they share once.
+    """
     if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
+        where = f" (extended by {_chain[-1]!r})" if _chain else ""
+        raise ValueError(f"config file {path!r}{where} does not exist")
+    real = os.path.realpath(path)
+    if real in _chain:
+        raise ValueError(f"config file {path!r} extends itself (through {list(_chain)})")
     with open(path) as f:
         text = f.read()
     try:
@@ -155,4 +184,13 @@ def load_file(path: str) -> Dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of sections")
-    return data
+    parents = data.pop(EXTENDS_KEY, [])
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ValueError(f"config file {path!r}: {EXTENDS_KEY} ({parents!r}) must be a file name or a list of them")
+    merged: Dict[str, Any] = {}
+    for parent in parents:
+        parent_path = os.path.join(os.path.dirname(path), parent)
+        merged = merge_settings(merged, load_file(parent_path, (*_chain, real)))
+    return merge_settings(merged, data)
