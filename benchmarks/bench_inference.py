@@ -6,7 +6,9 @@ dense dtypes, reloads every artifact and measures, side by side in one run:
 - held-out AUC and max |logit - float logit| per variant,
 - table / model / artifact-file bytes,
 - p50 / p99 latency and throughput at batch 1, 64, 512 (calls interleaved round-robin
-  across variants so background load hits all of them alike).
+  across variants so background load hits all of them alike), and the two ratios the
+  default artifact is held to: its p50 against the eager float model's and against the
+  int8 ``.pt2``'s (the default before the split artifact).
 
 Usage::
 
@@ -46,6 +48,7 @@ from torchrec_rankmixer.utils.metrics import binary_auc  # noqa: E402
 Q = QuantizationOptions
 VARIANTS: Dict[str, Tuple[QuantizationOptions, str]] = {  # name -> (options, artifact)
     "float": (Q(table_dtype="fp32"), "export"),
+    "int8 (aoti, default)": (Q(table_dtype="int8"), "auto"),
     "int8": (Q(table_dtype="int8"), "export"),
     "int4": (Q(table_dtype="int4"), "export"),
     "fp16": (Q(table_dtype="fp16"), "export"),
@@ -54,8 +57,8 @@ VARIANTS: Dict[str, Tuple[QuantizationOptions, str]] = {  # name -> (options, ar
     "int8 (ts)": (Q(table_dtype="int8"), "torchscript"),
     "int8+dyn-int8 (ts)": (Q(table_dtype="int8", dynamic_int8_linear=True), "auto"),
 }
-LATENCY_VARIANTS = ("float", "float-eager", "int8", "int4", "int8+bf16", "int8 (ts)",
-                    "int8+dyn-int8 (ts)")
+LATENCY_VARIANTS = ("float", "float-eager", "int8 (aoti, default)", "int8", "int4", "int8+bf16",
+                    "int8 (ts)", "int8+dyn-int8 (ts)")
 
 
 def artifact_args(batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,7 +122,8 @@ def main() -> None:
                 "max_abs_logit_diff": (logits - ref).abs().max().item(),
                 "table_bytes": sizes["tables"],
                 "model_bytes": sizes["model"],
-                "file_bytes": os.path.getsize(exp.path),
+                "file_bytes": sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)
+                                  if f.startswith("model")),  # both files of the split artifact
             }
             modules[name] = loaded.module
             if name == "float":  # the same float model, eager (not exported)
@@ -154,11 +158,21 @@ def main() -> None:
                    "threads": args.threads, "torch": torch.__version__},
         "parity": results,
         "latency": latency,
+        "default_speedup": default_ratios(latency),
     }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     print_markdown(report)
+
+
+def default_ratios(latency: Dict[str, Dict[str, Dict[str, float]]]) -> Dict[str, Dict[str, float]]:
+    """Per batch: the default artifact's p50 speed-up over float-eager and over the int8 .pt2."""
+    out = {}
+    for batch, per in latency.items():
+        p50 = per["int8 (aoti, default)"]["p50_ms"]
+        out[batch] = {"vs_float_eager": per["float-eager"]["p50_ms"] / p50, "vs_int8_pt2": per["int8"]["p50_ms"] / p50}
+    return out
 
 
 def print_markdown(report: Dict[str, object]) -> None:
@@ -183,6 +197,9 @@ def print_markdown(report: Dict[str, object]) -> None:
             speed = per["float"]["p50_ms"] / r["p50_ms"]
             print(f"| {batch} | {name} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
                   f"{r['samples_per_s']:,.0f} | {speed:.2f}x |")
+    for batch, r in report["default_speedup"].items():  # type: ignore[union-attr]
+        print(f"batch {batch}: default artifact p50 {r['vs_float_eager']:.2f}x float-eager, "
+              f"{r['vs_int8_pt2']:.2f}x the int8 .pt2")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
 """Over-arch training speed: RankMixer vs TorchRec's DCNv2 at (nearly) equal dense parameters.
 
 Both over-arches read the same pooled embeddings [B, F*E] (+ a dense vector [B, E]) and
-train with Adam on BCE. RankMixer = SemanticTokenizer (one token per feature + one dense
-token) + RankMixerEncoder + OverArch; DCNv2 = LowRankCrossNet + OverArch (exactly
-``DLRM_DCN``'s interaction and over-arch). Reported per model: training samples/s, matmul
-FLOPs per training step (torch's FlopCounterMode, forward + backward) and achieved
-FLOP/s as a fraction of a same-run fp32 matmul peak (a square GEMM of ``--peak-n``).
-Everything is timed interleaved, round by round, in one process.
+train with Adam on BCE. RankMixer = SemanticTokenizer + RankMixerEncoder + OverArch;
+DCNv2 = LowRankCrossNet + OverArch (exactly ``DLRM_DCN``'s interaction and over-arch).
+Reported per model: training samples/s, matmul FLOPs per training step (torch's
+FlopCounterMode, forward + backward) and achieved FLOP/s as a fraction of a same-run fp32
+matmul peak (a square GEMM of ``--peak-n``). Everything is timed interleaved, round by
+round, in one process, on ``--threads`` intra-op threads.
+
+Rows: ``rankmixer`` has one token per feature (T = F + 1); ``--tokens t ...`` adds
+RankMixer rows that group the F features into t - 1 tokens (+ 1 dense token), with the
+multiple of t for D that brings the parameters closest to DCNv2's; ``--compile`` adds a
+``torch.compile``d copy of every model; ``--profile`` prints where the first RankMixer's
+forward + backward spends its time (self CPU time by op family, torch.profiler).
 
 Usage::
 
-    python benchmarks/bench_overarch.py --batch 1024
+    python benchmarks/bench_overarch.py --batch 512 --tokens 8 4 --profile
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -34,13 +41,16 @@ from torchrec_rankmixer.modules.block import RankMixerEncoder  # noqa: E402
 
 
 class RankMixerOver(nn.Module):
-    """Tokenizer + encoder + OverArch on (dense [B, E], embeddings [B, F, E])."""
+    """Tokenizer + encoder + OverArch on (dense [B, E], embeddings [B, F, E]); one token per
+    feature when ``config.num_tokens`` is F + 1, else contiguous groups of features."""
 
     def __init__(self, num_features: int, emb_dim: int, config: RankMixerConfig, over: list) -> None:
         super().__init__()
         self.keys = [f"f{i}" for i in range(num_features)]
+        per_feature = config.num_tokens == num_features + 1
         self.tokenizer = SemanticTokenizer(
-            {k: emb_dim for k in self.keys}, config.d_model, groups={k: [k] for k in self.keys},
+            {k: emb_dim for k in self.keys}, config.d_model, num_sparse_tokens=config.num_tokens - 1,
+            groups={k: [k] for k in self.keys} if per_feature else None,
             dense_in_features=emb_dim, num_dense_tokens=1,
         )
         self.encoder = RankMixerEncoder(config)
@@ -69,10 +79,22 @@ def build(args: argparse.Namespace) -> Dict[str, nn.Module]:
     torch.manual_seed(0)
     F, E = args.features, args.emb_dim
     cfg = RankMixerConfig(d_model=args.d_model, num_tokens=F + 1, num_layers=args.layers)
-    return {
+    models: Dict[str, nn.Module] = {
         "rankmixer": RankMixerOver(F, E, cfg, [args.d_model, 1]),
         "dcnv2": DCNv2Over(F, E, args.dcn_layers, args.dcn_low_rank, args.dcn_over + [1]),
     }
+    target = sum(p.numel() for p in models["dcnv2"].parameters())
+    for t in getattr(args, "tokens", None) or []:
+        def grouped(d: int, t: int = t) -> nn.Module:
+            return RankMixerOver(F, E, RankMixerConfig(d_model=d, num_tokens=t, num_layers=args.layers), [d, 1])
+        d = min(range(t, 4 * args.d_model, t),
+                key=lambda d: abs(sum(p.numel() for p in grouped(d).parameters()) - target))
+        models[f"rankmixer T={t} D={d}"] = grouped(d)
+    if getattr(args, "compile", False):
+        for name in list(models):
+            models[f"{name} (compiled)"] = copy.deepcopy(models[name])
+            models[f"{name} (compiled)"].compile()
+    return models
 
 
 def train_step_fn(model: nn.Module, dense: torch.Tensor, emb: torch.Tensor, y: torch.Tensor):
@@ -96,6 +118,34 @@ def step_flops(model: nn.Module, dense: torch.Tensor, emb: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+FAMILIES = {  # op name fragments -> family, first match wins
+    "matmul": ("bmm", "mm", "linear"), "gelu": ("gelu",), "layer_norm": ("layer_norm",),
+    "copy / add / sum": ("copy", "add", "sum", "cat", "clone", "contiguous", "mul", "div", "fill", "zero"),
+}
+
+
+def profile_fwd_bwd(model: nn.Module, dense: torch.Tensor, emb: torch.Tensor, calls: int = 3) -> Dict[str, float]:
+    """Fraction of forward + backward self CPU time per op family (``FAMILIES``, else other)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def fwd_bwd() -> None:
+        model(dense, emb).sum().backward()
+
+    fwd_bwd()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fwd_bwd()
+    model.zero_grad(set_to_none=True)
+    out: Dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith(("autograd::", "## ")) or event.key.endswith("Backward0"):
+            continue  # wrappers: their children are counted
+        family = next((f for f, keys in FAMILIES.items() if any(k in event.key for k in keys)), "other")
+        out[family] = out.get(family, 0.0) + event.self_cpu_time_total
+    total = sum(out.values())
+    return {k: v / total for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 def peak_fn(n: int) -> Tuple[object, int]:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return (lambda: torch.mm(a, b)), 2 * n**3
@@ -113,8 +163,13 @@ def main() -> None:
     p.add_argument("--dcn-over", type=int, nargs="+", default=[1024, 1024, 640])
     p.add_argument("--peak-n", type=int, default=2048)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tokens", type=int, nargs="*", default=[], help="also RankMixer with T tokens (grouped)")
+    p.add_argument("--compile", action="store_true", help="also torch.compile'd copies of every model")
+    p.add_argument("--profile", action="store_true", help="op-family breakdown of RankMixer's step")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     models = build(args)
     g = torch.Generator().manual_seed(0)
     B, F, E = args.batch, args.features, args.emb_dim
@@ -131,18 +186,24 @@ def main() -> None:
     rows = {}
     for name, m in models.items():
         params = sum(q.numel() for q in m.parameters())
-        flops = step_flops(m, dense, emb)
+        flops = step_flops(models[name.replace(" (compiled)", "")], dense, emb)
         rate = flops / times[name]
         rows[name] = {"params": params, "flops_per_step": flops, "samples_per_s": B / times[name],
                       "flops_per_s": rate, "fraction_of_peak": rate / peak_rate}
         print(f"| {name} | {params / 1e6:.2f}M | {flops / 1e9:.2f} | {B / times[name]:.0f} | "
               f"{rate / 1e9:.1f} | {rate / peak_rate:.3f} |")
-    ratio = rows["rankmixer"]["fraction_of_peak"] / rows["dcnv2"]["fraction_of_peak"]
-    print(f"RankMixer fraction / DCNv2 fraction = {ratio:.2f}x; "
-          f"samples/s ratio = {rows['rankmixer']['samples_per_s'] / rows['dcnv2']['samples_per_s']:.2f}x")
+    for name, r in rows.items():
+        base = rows["dcnv2 (compiled)" if name.endswith("(compiled)") else "dcnv2"]
+        if name.startswith("rankmixer"):
+            print(f"{name}: fraction of peak / DCNv2's = {r['fraction_of_peak'] / base['fraction_of_peak']:.2f}x, "
+                  f"samples/s ratio {r['samples_per_s'] / base['samples_per_s']:.2f}x")
+    breakdown = profile_fwd_bwd(models["rankmixer"], dense, emb) if args.profile else None
+    if breakdown:
+        print("rankmixer forward + backward, self CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flops_per_s": peak_rate, "models": rows, "args": vars(args)}, f, indent=1)
+            json.dump({"peak_flops_per_s": peak_rate, "models": rows, "profile": breakdown, "args": vars(args)},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

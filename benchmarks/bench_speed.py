@@ -1,8 +1,9 @@
 """All speed tables of docs/benchmarks.md in one command.
 
 Runs, one after another, each in its own process: the PerTokenFFN kernel table
-(``bench_ffn_kernels.py``), the over-arch comparison (``bench_overarch.py``) and the
-sharded end-to-end comparison (``bench_e2e.py``), writing JSON under ``--out-dir``.
+(``bench_ffn_kernels.py``), the over-arch comparison (``bench_overarch.py``), the
+sharded end-to-end comparison (``bench_e2e.py``) and the compiled dense path
+(``bench_compile.py``), writing JSON under ``--out-dir``.
 
 Usage::
 
@@ -23,15 +24,18 @@ def commands(out_dir: str, quick: bool) -> list:
     ffn = [py, f"{HERE}/bench_ffn_kernels.py", "--json", f"{out_dir}/ffn_kernels.json"]
     over = [py, f"{HERE}/bench_overarch.py", "--json", f"{out_dir}/overarch.json"]
     e2e = [py, f"{HERE}/bench_e2e.py", "--json", f"{out_dir}/e2e.json"]
+    compiled = [py, f"{HERE}/bench_compile.py", "--json", f"{out_dir}/compile.json"]
     if quick:
         ffn += ["--batches", "1", "64", "--rounds", "1", "--min-time", "0.01", "--d-model", "32"]
         over += ["--batch", "64", "--rounds", "1", "--peak-n", "256"]
         e2e += ["--world-sizes", "1", "--steps", "2", "--warmup", "1", "--batch", "64", "--rows", "1000"]
+        compiled += ["--rounds", "1", "--window", "2", "--warmup", "2", "--set", "data.batch_size=32"]
     else:
         ffn += ["--rounds", "3", "--min-time", "0.2"]
-        over += ["--batch", "512", "--rounds", "2", "--peak-n", "1024"]
+        over += ["--batch", "512", "--rounds", "3", "--peak-n", "1024", "--tokens", "8", "4", "--compile", "--profile"]
         e2e += ["--world-sizes", "1", "2", "--steps", "10", "--warmup", "2", "--batch", "512"]
-    return [ffn, over, e2e]
+        compiled += ["--rounds", "4", "--window", "30"]
+    return [ffn, over, e2e, compiled]
 
 
 def main() -> None:

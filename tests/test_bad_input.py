@@ -22,20 +22,11 @@ from torchrec_rankmixer.train.loop import Trainer
 from torchrec_rankmixer.utils.files import DirectoryLock
 from torchrec_rankmixer.utils.metrics import binary_auc
 
-from tests.inference.helpers import artifact_inputs, small_model
+from tests.inference.helpers import Planted, artifact_inputs, small_model
 from tests.train.helpers import ROOT, destroy_group, tiny
 
 MARKER = "planted_code_ran"
 
-
-class _Planted:
-    """Unpickling this creates a marker file: proof that code from a file ran."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (open, (self.path, "w"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def test_planted_dcp_metadata_does_not_run(run_dir, tmp_path) -> None:
     marker = str(tmp_path / MARKER)
     ckpt = os.path.join(run, "checkpoints", "step_00000004")
     with open(os.path.join(ckpt, ".metadata"), "wb") as f:
-        pickle.dump(_Planted(marker), f)
+        pickle.dump(Planted(marker), f)
     from torchrec_rankmixer.run_format import write_manifest
 
     write_manifest(ckpt)  # an attacker can write a matching manifest too
@@ -89,7 +80,7 @@ def test_planted_pickle_in_an_artifact_does_not_run(artifact, tmp_path) -> None:
         for item in src.infolist():
             data = src.read(item.filename)
             if "/data/sample_inputs/" in item.filename:
-                data = pickle.dumps(_Planted(marker))
+                data = pickle.dumps(Planted(marker))
             dst.writestr(item, data)
     with pytest.raises(ValueError, match="holds pickled objects beyond tensors"):
         load_artifact(planted)
@@ -179,10 +170,10 @@ def test_two_exports_never_share_an_output(tmp_path) -> None:
     lock = DirectoryLock(out, "export output")
     try:
         with pytest.raises(ValueError, match=f"export output '{out}' is in use by another process"):
-            export_model(small_model(), out)
+            export_model(small_model(), out, artifact="export")
     finally:
         lock.release()
-    export_model(small_model(), out)
+    export_model(small_model(), out, artifact="export")
     assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == ["metadata.json", "model.pt2"]
 
 

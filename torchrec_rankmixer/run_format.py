@@ -26,7 +26,6 @@ keys (``sparse_arch...``, ``encoder...``), whatever wrapper trained it. DCP file
 with a restricted unpickler (utils/safe_load.py): a planted file cannot run code.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from typing import Dict, List, Optional, Union
 
 from torchrec_rankmixer.data.settings import DataSettings
 from torchrec_rankmixer.models.spec import ModelSpec
-from torchrec_rankmixer.utils.files import atomic_write_text
+from torchrec_rankmixer.utils.files import atomic_write_text, sha256_file
 from torchrec_rankmixer.utils.settings import from_dict, load_file
 
 CONFIG_FILE = "config.yaml"
@@ -89,14 +88,6 @@ def complete_checkpoints(root: str) -> Dict[int, str]:
     return steps
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(path: str) -> str:
     """Write ``<path>/manifest.json``: size and SHA-256 of every other file of checkpoint
     ``path`` (call it last: its presence marks the checkpoint complete)."""
@@ -104,7 +95,7 @@ def write_manifest(path: str) -> str:
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
         if name != MANIFEST_FILE and os.path.isfile(full):
-            files[name] = {"size": os.path.getsize(full), "sha256": _sha256(full)}
+            files[name] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
     out = os.path.join(path, MANIFEST_FILE)
     atomic_write_text(out, json.dumps({"files": files}, indent=1, sort_keys=True))
     return out
@@ -135,7 +126,7 @@ def verify_checkpoint(path: str) -> None:
         if os.path.getsize(full) != want["size"]:
             raise ValueError(f"checkpoint {path!r} is damaged: {name} has {os.path.getsize(full)} bytes, "
                              f"the manifest says {want['size']}")
-        if _sha256(full) != want["sha256"]:
+        if sha256_file(full) != want["sha256"]:
             raise ValueError(f"checkpoint {path!r} is damaged: {name} does not match its checksum")
 
 

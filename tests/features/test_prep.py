@@ -69,14 +69,14 @@ def _model_for(prep: FeaturePrep) -> torch.nn.Module:
     return spec.build().eval()
 
 
-@pytest.mark.parametrize("artifact", ["auto", "torchscript"])
+@pytest.mark.parametrize("artifact", ["export", "torchscript"])
 def test_artifact_with_preparation_scores_raw_columns_as_training(tmp_path, artifact: str) -> None:
     prep = _prep()
     model = _model_for(prep)
     raw = prep.module
     result = export_model(model, tmp_path, QuantizationOptions(table_dtype="fp32"), artifact, feature_prep=raw)
     meta = result.metadata
-    assert meta["artifact"] == ("torch.export" if artifact == "auto" else "torchscript"), meta["fallback_reason"]
+    assert meta["artifact"] == ("torch.export" if artifact == "export" else "torchscript"), meta["fallback_reason"]
     assert meta["feature_names"] == SPARSE and meta["dense_feature_names"] == DENSE
     assert meta["raw_id_features"] == SPARSE and meta["inputs"]["dense"]["shape"] == ["B", 3]
     assert meta["preprocessing"]["model_feature_names"] == ["u", "i", "y_bucket"]

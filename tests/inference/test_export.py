@@ -4,43 +4,55 @@ torchrec_rankmixer and give exactly the in-memory quantized model's predictions.
 import copy
 import json
 import os
+import pickle
+import shutil
+import zipfile
 
 import pytest
 import torch
 
-from tests.inference.helpers import artifact_inputs, run_fresh, small_model, small_spec
+from tests.inference.helpers import Planted, artifact_inputs, run_fresh, small_model, small_spec
 from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
 from torchrec_rankmixer.inference.model_file import save_model
 from torchrec_rankmixer.inference.export import export_model, moe_execution
+from torchrec_rankmixer.inference.predictor import Predictor
 from torchrec_rankmixer.inference.quantize import QuantizationOptions
+from torchrec_rankmixer.utils.files import sha256_file
 from torchrec_rankmixer.modules.moe import configure_moe_inference
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A .pt2 (int8 tables, from a checkpoint) and a .ts (int4 tables, fp16 dense)."""
+    """The default split artifact (int8 tables, from a checkpoint), a .pt2 and a .ts
+    (int4 tables, fp16 dense)."""
     root = tmp_path_factory.mktemp("exported")
     model = small_model(seed=6)
     ckpt = root / "ckpt.pt"
     save_model(model, ckpt)
-    pt2 = export_model(ckpt, root / "pt2", dense_feature_names=["a", "b", "c"])
+    split = export_model(ckpt, root / "split", dense_feature_names=["a", "b", "c"])
+    pt2 = export_model(model, root / "pt2", artifact="export")
     ts = export_model(model, root / "ts", QuantizationOptions(table_dtype="int4", dense_dtype="fp16"),
                       artifact="torchscript")
-    return pt2, ts
+    return split, pt2, ts
 
 
 def test_fresh_process_matches_in_memory(tmp_path, exported):
-    pt2, ts = exported
-    assert pt2.path.endswith(".pt2") and ts.path.endswith(".ts")
+    split, pt2, ts = exported
+    assert split.path.endswith("model_sparse.ts") and pt2.path.endswith(".pt2") and ts.path.endswith(".ts")
     inputs = [artifact_inputs(b, i) for i, b in enumerate((1, 7, 64))]  # dynamic batch
-    outs, reports = run_fresh([pt2.path, ts.path], inputs, tmp_path)
-    for result, out, report in zip((pt2, ts), outs, reports):
+    outs, reports = run_fresh([split.path, pt2.path, ts.path], inputs, tmp_path)
+    for result, out, report in zip(exported, outs, reports):
         assert report["features"] == ["f0", "f1", "f2", "f3"]
         assert report["leaked"] == []
         assert report["torchrec_imported"] is False  # torch + fbgemm_gpu suffice
+        loaded = load_artifact(result.path).module
         with torch.inference_mode():
             for args, o in zip(inputs, out):
                 assert o.shape == (args[0].shape[0], 1)
-                assert torch.equal(o, result.module(*args))
+                assert torch.equal(o, loaded(*args))
+                if result is split:  # AOTInductor's fused kernels round differently
+                    torch.testing.assert_close(o, result.module(*args), rtol=1e-5, atol=1e-6)
+                else:
+                    assert torch.equal(o, result.module(*args))
 
 
 def test_checkpoint_source_and_metadata(exported):
@@ -49,7 +61,10 @@ def test_checkpoint_source_and_metadata(exported):
     with open(os.path.join(export_dir, "metadata.json")) as f:
         meta = json.load(f)
     assert meta == result.metadata == load_artifact(export_dir).metadata
-    assert meta["artifact"] == "torch.export" and meta["fallback_reason"] is None
+    assert meta["artifact"] == "aoti" and meta["fallback_reason"] is None
+    assert sorted(os.listdir(export_dir)) == [".lock", "metadata.json", "model_dense.aoti.pt2", "model_sparse.ts"]
+    assert meta["parts"]["dense"] == "model_dense.aoti.pt2" and len(meta["parts"]["dense_sha256"]) == 64
+    assert exported[1].metadata["artifact"] == "torch.export" and "parts" not in exported[1].metadata
     assert meta["moe_execution"] is None  # no Sparse-MoE in this model
     assert meta["dense_feature_names"] == ["a", "b", "c"]
     assert meta["num_embeddings"] == [50, 50, 50, 50]
@@ -58,16 +73,19 @@ def test_checkpoint_source_and_metadata(exported):
     assert set(meta["versions"]) == {"torchrec_rankmixer", "torch", "torchrec", "fbgemm_gpu"}
     assert meta["sizes_bytes"]["tables"] < meta["sizes_bytes"]["tables_float"]
     args = artifact_inputs(5, 3)
-    assert torch.equal(load_artifact(result.path).module(*args), result.module(*args))
+    torch.testing.assert_close(load_artifact(result.path).module(*args), result.module(*args),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_dynamic_int8_falls_back_to_torchscript(tmp_path):
-    with pytest.warns(UserWarning, match="torch.export failed .*; writing TorchScript instead"):
+    (tmp_path / "model.pt2").write_bytes(b"")  # an earlier export's file is removed
+    with pytest.warns(UserWarning, match="torch.export: .*; trying torchscript"):
         result = export_model(small_model(), tmp_path, QuantizationOptions(dynamic_int8_linear=True))
     assert result.path.endswith(".ts")
     assert result.metadata["artifact"] == "torchscript"
-    assert "LinearPackedParamsBase" in result.metadata["fallback_reason"]
-    assert not (tmp_path / "model.pt2").exists()
+    reasons = result.metadata["fallback_reason"]
+    assert reasons.startswith("aoti: ") and "; torch.export: " in reasons and "LinearPackedParamsBase" in reasons
+    assert sorted(os.listdir(tmp_path)) == [".lock", "metadata.json", "model.ts"]
     args = artifact_inputs(4, 0)
     assert torch.equal(load_artifact(tmp_path).module(*args), result.module(*args))
     with pytest.raises(Exception):
@@ -85,7 +103,7 @@ def test_export_errors(tmp_path):
         export_model(model, tmp_path, dense_feature_names=["f0", "b", "c"])
     with pytest.raises(ValueError, match="must be an nn.Module or a checkpoint path"):
         export_model(3, tmp_path)
-    with pytest.raises(ValueError, match="holds neither model.pt2 nor model.ts"):
+    with pytest.raises(ValueError, match="holds none of model_sparse.ts, model.pt2, model.ts"):
         resolve_model_file(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"")
     with pytest.raises(ValueError, match="must end in .pt2"):
@@ -114,7 +132,7 @@ def _moe_model():
 def test_moe_exports_sparse_inference(tmp_path):
     model = _moe_model()
     inputs = [artifact_inputs(b, 10 + i) for i, b in enumerate((1, 9, 64))]
-    pt2 = export_model(model, tmp_path / "pt2")  # default: torch.export, sparse MoE
+    pt2 = export_model(model, tmp_path / "pt2", artifact="export")  # sparse MoE
     ts = export_model(model, tmp_path / "ts", artifact="torchscript")  # sparse kernel scripted
     assert pt2.path.endswith(".pt2") and pt2.metadata["fallback_reason"] is None
     assert pt2.metadata["moe_execution"] == "sparse"
@@ -168,7 +186,8 @@ def test_tokenmixer_large_exports_with_float_parity(tmp_path):
     dense_model = _tml_model(tml_global_token=True, num_layers=3)
     moe_model = _tml_model(use_moe=True, moe_router="topk", moe_num_experts=4, moe_target_active_ratio=0.5)
     fp32 = QuantizationOptions(table_dtype="fp32")
-    results = [export_model(dense_model, tmp_path / "dense", fp32), export_model(moe_model, tmp_path / "moe", fp32),
+    results = [export_model(dense_model, tmp_path / "dense", fp32, artifact="export"),
+               export_model(moe_model, tmp_path / "moe", fp32, artifact="export"),
                export_model(moe_model, tmp_path / "moe_ts", fp32, artifact="torchscript")]
     assert [r.path[-3:] for r in results] == ["pt2", "pt2", ".ts"]
     assert results[0].metadata["fallback_reason"] is None and results[1].metadata["moe_execution"] == "sparse"
@@ -182,3 +201,41 @@ def test_tokenmixer_large_exports_with_float_parity(tmp_path):
             with torch.inference_mode():
                 assert torch.equal(o, result.module(dense, values, lengths))
                 torch.testing.assert_close(o, model(dense, kjt), rtol=1e-5, atol=1e-5)
+
+
+def test_split_artifact_refuses_a_foreign_missing_or_unrunnable_dense_part(exported, tmp_path, monkeypatch):
+    split = exported[0]
+    src = os.path.dirname(split.path)
+    for name in ("model_sparse.ts", "model_dense.aoti.pt2"):  # either file names the pair
+        assert load_artifact(os.path.join(src, name)).path == split.path
+    work = tmp_path / "split"
+    shutil.copytree(src, work)
+    sparse, dense = str(work / "model_sparse.ts"), str(work / "model_dense.aoti.pt2")
+
+    def rewrite(**parts: str) -> None:  # metadata naming the dense file as it now is
+        parts = {"dense_sha256": sha256_file(dense), **parts}
+        meta = dict(split.metadata, parts=dict(split.metadata["parts"], **parts))
+        torch.jit.save(torch.jit.load(sparse), sparse, _extra_files={"metadata.json": json.dumps(meta)})
+
+    with zipfile.ZipFile(dense, "a") as z:  # another package under the same name
+        z.writestr("extra.txt", "x")
+    with pytest.raises(ValueError, match="is not the dense part exported with it"):
+        Predictor(work)
+    marker = tmp_path / "ran"
+    with zipfile.ZipFile(dense, "a") as z:  # pickled weights: torch could be asked to unpickle them
+        prefix = z.namelist()[0].split("/")[0]
+        z.writestr(f"{prefix}/data/aotinductor/model/w_weights_config.json",
+                   json.dumps({"config": {"w": {"path_name": "w.pkl", "use_pickle": True}}}))
+        z.writestr(f"{prefix}/data/aotinductor/model/w.pkl", pickle.dumps(Planted(str(marker))))
+    rewrite()  # an attacker can write a matching hash too
+    with pytest.raises(ValueError, match="holds pickled objects beyond tensors"):
+        load_artifact(work)
+    assert not marker.exists()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    rewrite(vec_isa="avx512")
+    with pytest.raises(ValueError, match="compiled for AVX512 and this CPU runs AVX2"):
+        load_artifact(work)
+    os.remove(dense)
+    with pytest.raises(ValueError, match="its dense part .* is missing"):
+        load_artifact(work)
+

@@ -95,7 +95,7 @@ def test_loads_latest_and_chosen_step_exactly(run):
 
 def test_artifact_equals_trained_model_quantized(run, tmp_path, builds):
     run_dir, states = run
-    result, ckpt = export_from_run_dir(run_dir, tmp_path / "exp")
+    result, ckpt = export_from_run_dir(run_dir, tmp_path / "exp", artifact="export")
     assert len(builds) == 1  # built once, from spec.json
     assert ckpt.step == 4 and result.path.endswith(("model.pt2", "model.ts"))
     trained, _, _ = load_run_model(run_dir)
@@ -201,7 +201,7 @@ def test_esmm_run_exports_ctr_and_cvr_towers(tmp_path, builds) -> None:
     model, ckpt, _ = load_run_model(run_dir)
     assert ckpt.step == 2 and type(model.over_arch).__name__ == "TaskTowers"
     builds.clear()
-    result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    result, _ = export_from_run_dir(run_dir, tmp_path / "export", artifact="export")
     assert len(builds) == 1
     assert result.metadata["task"] == "esmm"
     args = _inputs(model)
@@ -243,7 +243,7 @@ def test_moe_run_is_calibrated_before_export(tmp_path, builds) -> None:
         calibrate_run_moe(untouched, spec, data, -1)
 
     builds.clear()
-    result, _ = export_from_run_dir(run_dir, tmp_path / "export")
+    result, _ = export_from_run_dir(run_dir, tmp_path / "export", artifact="export")
     assert result.metadata["moe_execution"] == "sparse" and len(builds) == 1
 
 

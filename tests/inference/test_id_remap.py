@@ -113,7 +113,7 @@ def test_export_of_a_managed_collision_run_takes_raw_ids(mc_run, tmp_path):
 
     # without the feature preparation the artifact takes prepared inputs, as before
     bare, _ = export_from_run_dir(mc_run, tmp_path / "bare", QuantizationOptions(table_dtype="fp32"),
-                                  preprocessing=False)
+                                  preprocessing=False, artifact="export")
     assert bare.metadata["feature_names"] == ["user", "item", "ctx", "x_bucket"]
     assert bare.metadata["preprocessing"] is None
     bare_predictor = Predictor(bare.path)

@@ -102,7 +102,7 @@ def test_multi_logit_columns(tmp_path):
 
 def test_model_without_dense_input_pt2(tmp_path):
     model = small_model(seed=12, dense_in_features=0)
-    result = export_model(model, tmp_path)
+    result = export_model(model, tmp_path, artifact="export")
     assert result.path.endswith(".pt2")
     p = Predictor(tmp_path)
     assert p.dense_feature_names == []
@@ -113,7 +113,7 @@ def test_model_without_dense_input_pt2(tmp_path):
         assert torch.equal(p.predict(sparse), result.module(*args))
 
 
-@pytest.mark.parametrize("artifact", ["auto", "torchscript"])
+@pytest.mark.parametrize("artifact", ["export", "torchscript"])
 def test_esmm_model_exports_and_scores_ctr_cvr_ctcvr(tmp_path, artifact):
     """An ESMM (CTR + CVR towers) model: the artifact matches the float model and the
     predictor names its outputs, with CTCVR = CTR x CVR."""

@@ -53,7 +53,11 @@ def test_dlrm_dcn_baseline_is_torchrecs_model():
 def test_every_baseline_round_trips_through_its_spec(arch):
     dense_arch = [6, 4] if arch in ("dlrm", "dlrm_dcn") else []
     model = BaselineModel(arch, EmbeddingBagCollection(tables=TABLES), 3, [8, 4, 1], dense_arch)
-    assert model(torch.rand(3, 3), _kjt()).shape == (3, 1)
+    dense = torch.rand(3, 3)
+    assert model(dense, _kjt()).shape == (3, 1)
+    embedded = model.embed(_kjt())  # the split artifact's halves, as DLRM_RankMixer's
+    assert embedded.shape == (3, 8)
+    torch.testing.assert_close(model.eval().dense_forward(dense, embedded), model(dense, _kjt()))
     spec = ModelSpec.from_model(model)
     assert spec.arch == arch and ModelSpec.from_json(spec.to_json()) == spec
     rebuilt = spec.build()

@@ -126,6 +126,8 @@ class RawFeaturePrep(nn.Module):
             f: [float(b) for b in bucket_boundaries[f]] for f in self.dense_features if f in bucket_boundaries
         }
         self.register_buffer("rows", torch.tensor(list(table_rows), dtype=torch.int64))
+        # a tensor, not a list index: TorchScript cannot index with an empty list
+        self.register_buffer("kept_columns", torch.tensor(self.kept_index, dtype=torch.int64), persistent=False)
         self.bucket_buffers: List[str] = []
         for i in self.bucket_index:
             name = f"bounds_{i}"
@@ -167,7 +169,7 @@ class RawFeaturePrep(nn.Module):
             values = torch.cat([values] + bucket_ids)  # (N + Fb*B,)
             ones = torch.ones(len(bucket_ids), dense.shape[0], dtype=lengths.dtype, device=lengths.device)
             lengths = torch.cat([lengths, ones])  # (Fs + Fb, B)
-        kept = dense[:, self.kept_index]  # (B, Dd - Fb)
+        kept = dense.index_select(1, self.kept_columns)  # (B, Dd - Fb)
         if self.dense_transform == "log1p":
             kept = torch.log1p(kept.clamp(min=0.0))
         return kept, values, lengths

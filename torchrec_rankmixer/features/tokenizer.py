@@ -171,10 +171,19 @@ class SemanticTokenizer(nn.Module):
         columns = [list(cols) for cols in self.plan.columns]
         return token_projection(values, self.weight, self.bias, columns, index, self.kernel)  # (B, G, D)
 
+    def ordered_values(self, sparse: KeyedTensor) -> torch.Tensor:
+        """The embeddings as one matrix [B, sum(dims)], columns in ``feature_names`` order
+        (a KeyedTensor in another key order is reordered)."""
+        return _ordered_values(sparse, self.feature_names)
+
     def forward(
         self, sparse: KeyedTensor, dense_features: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        values = _ordered_values(sparse, self.feature_names)  # (B, sum(dims))
+        return self.tokenize(self.ordered_values(sparse), dense_features)
+
+    def tokenize(self, values: torch.Tensor, dense_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`forward` on plain tensors: values [B, sum(dims)] (``ordered_values``),
+        dense [B, dense_in_features] -> tokens [B, T, D]."""
         tokens = self.project_sparse(values)  # (B, T_s, D)
         if self.dense_proj is None:
             return tokens

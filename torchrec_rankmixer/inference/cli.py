@@ -24,8 +24,9 @@ def export_main(argv: Optional[List[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="rankmixer-export",
-        description="Quantize a trained DLRM_RankMixer checkpoint and export it "
-        "(torch.export .pt2, TorchScript fallback) with its metadata.",
+        description="Quantize a trained DLRM_RankMixer checkpoint and export it with its "
+        "metadata (default: TorchScript lookups + AOTInductor-compiled dense part; "
+        "torch.export .pt2 and TorchScript as fallbacks).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="file written by save_model")
@@ -44,7 +45,10 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES))
     parser.add_argument("--dynamic-int8-linear", action="store_true",
                         help="dynamic int8 nn.Linear in the dense part (CPU; TorchScript)")
-    parser.add_argument("--artifact", default="auto", choices=list(ARTIFACT_TYPES))
+    parser.add_argument("--artifact", default="auto", choices=list(ARTIFACT_TYPES),
+                        help="auto: aoti, else export, else torchscript; aoti: model_sparse.ts + "
+                        "model_dense.aoti.pt2 (fastest; dense kernels for this CPU's ISA); export: "
+                        "model.pt2 (portable); torchscript: model.ts")
     parser.add_argument("--row-alignment", type=int, default=None,
                         help="quantized row padding in bytes (default 1 on CPU)")
     parser.add_argument("--dense-names", default=None,

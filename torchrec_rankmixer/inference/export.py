@@ -1,11 +1,13 @@
 """Export a trained DLRM_RankMixer (module or checkpoint) to a portable artifact.
 
 Steps: rebuild/unwrap the float model -> :func:`build_inference_model` (quantized
-tables, cast dense part, eval mode) -> ``torch.export`` with a dynamic batch size
-(``model.pt2``); if that fails (e.g. dynamic int8 Linear, whose packed weights
-torch.export cannot serialise), TorchRec's FX tracer + ``torch.jit.script``
-(``model.ts``). Metadata (feature names, tables, model spec, dtypes, versions) is
-embedded in the file and written beside it as ``metadata.json``.
+tables, cast dense part, eval mode) -> the first kind that can be written (``KINDS``):
+the split artifact (lookups in TorchScript, dense part compiled by AOTInductor;
+inference/aoti.py), ``torch.export`` with a dynamic batch size (``model.pt2``), or
+TorchRec's FX tracer + ``torch.jit.script`` (``model.ts``; e.g. dynamic int8 Linear,
+whose packed weights neither AOTInductor nor torch.export take). Metadata (feature
+names, tables, model spec, dtypes, versions) is embedded in the model file and written
+beside it as ``metadata.json``.
 """
 
 import json
@@ -18,12 +20,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from torchrec_rankmixer.inference.aoti import write_split
 from torchrec_rankmixer.inference.artifact import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
+    DENSE_FILE,
     EXPORT_FILE,
     METADATA_FILE,
     SCRIPT_FILE,
+    SPARSE_FILE,
 )
 from torchrec_rankmixer.inference.model_file import full_state_dict, load_model
 from torchrec_rankmixer.inference.quantize import (
@@ -39,7 +44,15 @@ from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
 from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text
 from torchrec_rankmixer.version import __version__
 
-ARTIFACT_TYPES = ("auto", "export", "torchscript")
+# --artifact -> the kinds tried, in order (metadata "artifact" names the one written)
+KINDS: Dict[str, Tuple[str, ...]] = {
+    "auto": ("aoti", "torch.export", "torchscript"), "aoti": ("aoti",),
+    "export": ("torch.export",), "torchscript": ("torchscript",),
+}
+ARTIFACT_TYPES = tuple(KINDS)
+FILES_OF: Dict[str, Tuple[str, ...]] = {
+    "aoti": (SPARSE_FILE, DENSE_FILE), "torch.export": (EXPORT_FILE,), "torchscript": (SCRIPT_FILE,),
+}
 EXAMPLE_BATCH = 4
 
 
@@ -48,7 +61,7 @@ class ExportResult:
     """What :func:`export_model` wrote.
 
     Attributes:
-        path: the model file (``.pt2`` or ``.ts``).
+        path: the model file (``model_sparse.ts`` of the split artifact, ``model.pt2`` or ``model.ts``).
         metadata: the embedded metadata.
         module: the in-memory inference module that was exported (for parity checks).
 
@@ -166,7 +179,7 @@ def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
 
 
 def _atomic(path: str, write: Callable[[str], None]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``."""
+    """``write`` a temporary file beside ``path`` (same suffix), then rename it over ``path``."""
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # keeps the suffix torch checks
     try:
@@ -291,10 +304,12 @@ def export_model(
         source: a DLRM_RankMixer (plain or inside DistributedModelParallel: under
             torch.distributed every rank calls this and rank 0 writes) or the path of a
             :func:`save_model` file.
-        output_dir: directory for ``model.pt2``/``model.ts`` and ``metadata.json``.
+        output_dir: directory for the model file(s) and ``metadata.json``.
         options: table and dense dtypes.
-        artifact: ``"auto"`` (torch.export, TorchScript if that fails), ``"export"`` or
-            ``"torchscript"``.
+        artifact: ``"auto"`` (the split artifact, ``model_sparse.ts`` +
+            ``model_dense.aoti.pt2``; if that fails torch.export's ``model.pt2``; if that
+            fails TorchScript's ``model.ts``), ``"aoti"``, ``"export"`` or ``"torchscript"``
+            (that kind only).
         dense_feature_names: names of the dense columns for file scoring (default
             ``dense_0 .. dense_{n-1}``).
         id_remap: a frozen managed-collision remap
@@ -340,39 +355,47 @@ def _write_artifact(
     module: RankMixerInferenceModule, spec: ModelSpec, options: QuantizationOptions, float_model: nn.Module,
     names: List[str], artifact: str, output_dir: str,
 ) -> ExportResult:
-    """The model file (``.pt2``, or ``.ts`` as fallback) and ``metadata.json``, each written
-    atomically into ``output_dir``."""
-    fallback_reason: Optional[str] = None
-    kind = "torchscript" if artifact == "torchscript" else "torch.export"
+    """The model file(s) of the first kind in ``KINDS[artifact]`` that can be written, and
+    ``metadata.json``, each written atomically into ``output_dir``; files of other kinds
+    left there by an earlier export are removed."""
+    reasons: List[str] = []
+    kinds = KINDS[artifact]
+    for kind in kinds:
+        def meta(parts: Optional[Dict[str, str]] = None, kind_: str = kind) -> Dict[str, str]:
+            data = build_metadata(spec, options, module, float_model, kind_, names,
+                                  "; ".join(reasons) or None, moe_execution(module))
+            if parts is not None:
+                data["parts"] = parts
+            return {METADATA_FILE: json.dumps(data, sort_keys=True)}
 
-    def meta(kind_: str) -> Dict[str, str]:
-        data = build_metadata(spec, options, module, float_model, kind_, names, fallback_reason,
-                              moe_execution(module))
-        return {METADATA_FILE: json.dumps(data, sort_keys=True)}
-
-    path = os.path.join(output_dir, EXPORT_FILE if kind == "torch.export" else SCRIPT_FILE)
-    extra: Dict[str, str] = {}
-    if kind == "torch.export":
-        extra = meta(kind)
         try:
-            _torch_export(module, spec, path, extra)
-        except Exception as exc:  # noqa: BLE001 - recorded, then the fallback runs
-            if artifact == "export":
+            path, extra = _write_kind(kind, module, spec, output_dir, meta)
+            break
+        except Exception as exc:  # noqa: BLE001 - recorded, then the next kind runs
+            if kind == kinds[-1]:
                 raise
-            first_line = (str(exc).splitlines() or [""])[0][:300]
-            fallback_reason = f"{type(exc).__name__}: {first_line}"
-            warnings.warn(
-                f"torch.export failed ({fallback_reason}); writing TorchScript instead",
-                UserWarning,
-                stacklevel=2,
-            )
-            kind, path = "torchscript", os.path.join(output_dir, SCRIPT_FILE)
-    if kind == "torchscript":
-        extra = meta(kind)
-        _torchscript(module, path, extra)
-    stale = os.path.join(output_dir, SCRIPT_FILE if kind == "torch.export" else EXPORT_FILE)
-    if os.path.exists(stale):
-        os.remove(stale)
+            reasons.append(f"{kind}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+            warnings.warn(f"{reasons[-1]}; trying {kinds[kinds.index(kind) + 1]}", UserWarning, stacklevel=2)
+    for stale in {f for files in FILES_OF.values() for f in files} - set(FILES_OF[kind]):
+        if os.path.exists(os.path.join(output_dir, stale)):
+            os.remove(os.path.join(output_dir, stale))
     atomic_write_text(os.path.join(output_dir, METADATA_FILE),
                       json.dumps(json.loads(extra[METADATA_FILE]), indent=2, sort_keys=True))
     return ExportResult(path=path, metadata=json.loads(extra[METADATA_FILE]), module=module)
+
+
+def _write_kind(
+    kind: str, module: RankMixerInferenceModule, spec: ModelSpec, output_dir: str,
+    meta: Callable[..., Dict[str, str]],
+) -> Tuple[str, Dict[str, str]]:
+    """Write one kind of model file; returns (its path, its embedded metadata)."""
+    if kind == "aoti":
+        return write_split(module, example_inputs(spec, feature_prep=module.feature_prep), output_dir, meta, _atomic)
+    extra = meta()
+    if kind == "torch.export":
+        path = os.path.join(output_dir, EXPORT_FILE)
+        _torch_export(module, spec, path, extra)
+    else:
+        path = os.path.join(output_dir, SCRIPT_FILE)
+        _torchscript(module, path, extra)
+    return path, extra

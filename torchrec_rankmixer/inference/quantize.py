@@ -16,7 +16,7 @@ artifacts need no TorchRec types at their boundary:
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -161,9 +161,14 @@ class RankMixerInferenceModule(nn.Module):
         self.id_remap = id_remap
         self.feature_prep = feature_prep
 
-    def forward(
+    def embed(
         self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The sparse half: feature preparation, id remap, quantized lookups.
+
+        Returns (dense [B, dense_in_features], embedded [B, sum(dims)]), both in the dense
+        dtype: the inputs of :meth:`dense_forward`.
+        """
         if self.feature_prep is not None:  # raw columns -> the model's ids and dense values
             dense, values, lengths = self.feature_prep(dense, values, lengths)
         if self.id_remap is not None:  # a Python constant when traced/exported
@@ -171,8 +176,16 @@ class RankMixerInferenceModule(nn.Module):
         kjt = KeyedJaggedTensor(
             keys=self.feature_names, values=values, lengths=lengths.reshape(-1)
         )  # stride B = lengths.shape[1]
-        logits = self.model(dense.to(self.dense_dtype), kjt)  # (B, num_logits)
-        return logits.float()
+        return dense.to(self.dense_dtype), self.model.embed(kjt)
+
+    def dense_forward(self, dense: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The dense half (``DLRM_RankMixer.dense_forward``): -> fp32 logits [B, num_logits]."""
+        return self.model.dense_forward(dense, embedded).float()
+
+    def forward(
+        self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        return self.dense_forward(*self.embed(dense, values, lengths))  # (B, num_logits)
 
 
 def _eval_mode(module: nn.Module) -> nn.Module:
@@ -233,6 +246,7 @@ def _build(
     work = _eval_mode(copy.deepcopy(source)).cpu()
     work.requires_grad_(False)
     work.validate_inputs = False  # the Predictor validates; the traced graph stays check-free
+    work.reset_dense_path()  # eager on this copy: export traces it, AOTInductor compiles it
     pin_traceable_kernels(work)
 
     dense_dtype = options.dense_torch_dtype

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM, DLRM_DCN
+from torchrec.models.dlrm import DLRM, DLRM_DCN, SparseArch as TorchRecSparseArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -133,8 +133,10 @@ class CrossNet(nn.Module):
 
 class BaselineModel(nn.Module):
     """A baseline over-arch on an EBC, with ``DLRM_RankMixer``'s interface and arguments:
-    ``forward(dense, kjt)`` -> logits, ``feature_names``, ``dense_in_features``, input
-    checks, ``recipe()``.
+    ``forward(dense, kjt)`` -> logits, its two halves ``embed(kjt)`` and
+    ``dense_forward(dense, embedded)`` (which the split artifact exports apart),
+    ``feature_names``, ``dense_in_features``, input checks, ``recipe()``. It has no
+    compiled dense path (``train.compile`` is for ``DLRM_RankMixer``).
 
     ``dnn``: the MLP ``over_arch_layer_sizes`` on [dense, concatenated embeddings];
     ``dcnv2``: a cross network on that input in parallel with the MLP's hidden layers, the
@@ -197,6 +199,7 @@ class BaselineModel(nn.Module):
             raise ValueError(f"dense_arch_layer_sizes ({list(dense_arch_layer_sizes)}) must end in the "
                              f"embedding dim ({emb_dim}) for arch {arch!r}, as TorchRec's DLRM requires")
         self.arch, self.config, self.dense_in_features = arch, config, dense_in_features
+        self._num_features, self._emb_dim = len(dims), emb_dim  # dlrm/dlrm_dcn: embedded -> (B, F, D)
         self.validate_inputs = validate_inputs
         self.feature_names: List[str] = list(dims)
         configs = embedding_bag_collection.embedding_bag_configs()
@@ -238,19 +241,37 @@ class BaselineModel(nn.Module):
     def dense_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if "embedding_bag_collection" not in n]
 
-    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        if self.validate_inputs:
-            check_model_inputs(dense_features, sparse_features, self.feature_names, self.num_embeddings,
-                               self.dense_in_features)
+    def reset_dense_path(self) -> None:
+        """No-op: a baseline's dense path is always eager (``DLRM_RankMixer``'s interface,
+        which the export calls)."""
+
+    def embed(self, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """The sparse half: the pooled embeddings as one matrix.
+
+        Shapes: KJT (stride B) -> [B, sum(dims)], columns in ``feature_names`` order.
+        """
+        if isinstance(self.sparse_arch, TorchRecSparseArch):  # dlrm / dlrm_dcn: (B, F, D)
+            return self.sparse_arch(sparse_features).flatten(1)
+        return self.sparse_arch(sparse_features).values()  # a KeyedTensor (or its awaitable, sharded)
+
+    def dense_forward(self, dense_features: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The dense half on plain tensors: dense_features [B, dense_in_features],
+        embedded [B, sum(dims)] (:meth:`embed`) -> logits [B, over_arch_layer_sizes[-1]]."""
         if self.arch in ("dlrm", "dlrm_dcn"):  # torchrec.models.dlrm.DLRM.forward
             dense = self.dense_arch(dense_features)  # (B, emb_dim)
-            interaction = self.inter_arch(dense_features=dense, sparse_features=self.sparse_arch(sparse_features))
-            return self.over_arch(interaction)  # (B, 1)
-        x0 = torch.cat([dense_features, self.sparse_arch(sparse_features).values()], dim=1)  # (B, W)
+            sparse = embedded.reshape(-1, self._num_features, self._emb_dim)  # (B, F, D)
+            return self.over_arch(self.inter_arch(dense_features=dense, sparse_features=sparse))  # (B, 1)
+        x0 = torch.cat([dense_features, embedded], dim=1)  # (B, W)
         h = self.mlp(x0)  # (B, H): the last hidden width, or W without hidden layers
         if self.arch == "dcnv2":
             h = torch.cat([self.cross(x0), h], dim=1)  # (B, W + H)
         return self.out(h)  # (B, over_arch_layer_sizes[-1])
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        if self.validate_inputs:
+            check_model_inputs(dense_features, sparse_features, self.feature_names, self.num_embeddings,
+                               self.dense_in_features)
+        return self.dense_forward(dense_features, self.embed(sparse_features))
 
 
 def _table_specs(configs: Sequence[Any]) -> tuple:

@@ -2,7 +2,7 @@
 
 import math
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -238,6 +238,8 @@ class DLRM_RankMixer(nn.Module):
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
         )
+        self._compiled_dense: Optional[Callable[..., torch.Tensor]] = None  # compile_dense_path
+        self._has_moe = config.use_moe
         self._recipe = {  # what models/spec.py's ModelSpec.from_model reads back
             "tables": _table_specs(embedding_bag_collection.embedding_bag_configs()),
             "dense_in_features": dense_in_features,
@@ -281,6 +283,71 @@ class DLRM_RankMixer(nn.Module):
         tables = ("sparse_arch.", "sequence_arch.embedding_collection.")
         return [p for n, p in self.named_parameters() if not n.startswith(tables)]
 
+    def compile_dense_path(self, compile_mode: Optional[str] = None, **compile_kwargs: Any) -> None:
+        """Compile the dense path with ``torch.compile``; the sparse arch stays eager.
+
+        As TorchRec's ``DLRM.compile_dense_path``: the embedding lookups (EBC and the
+        sequence EmbeddingCollection, sharded or not, with KJT inputs whose shapes change
+        every batch) run eager, and what follows them is compiled, here as one graph:
+        :meth:`dense_forward` (dense arch, tokenizer, encoder, over-arch). Additive and
+        idempotent: the eager ``forward`` is unchanged until it is called, a second call is
+        a no-op, state_dict keys do not change (the modules are not wrapped), so
+        checkpoints, DistributedModelParallel and TrainPipelineSparseDist (whose tracer
+        sees the eager path) work as before. The compiled path runs while training and in
+        eval mode; a model with Sparse-MoE layers runs eval-mode calls eager (their sparse
+        execution has data-dependent sizes). Export and quantization run eager
+        (:meth:`reset_dense_path` on their copy).
+
+        Args:
+            compile_mode: the ``torch.compile`` mode; None is inductor's default.
+                TorchRec's default, ``"reduce-overhead"``, records CUDA graphs (GPU only),
+                re-recorded for every new batch size.
+            **compile_kwargs: further ``torch.compile`` arguments (``dynamic``,
+                ``fullgraph``, ``backend``, ``options``).
+
+        Example::
+
+            >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+            >>> ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+            ...     name="t", embedding_dim=8, num_embeddings=10, feature_names=["f"])])
+            >>> model = DLRM_RankMixer(ebc, 2, [8], [4, 1])
+            >>> model.compile_dense_path(backend="eager")  # inductor needs a C++ compiler
+            >>> model.dense_path_compiled
+            True
+        """
+        if self._compiled_dense is None:
+            self._compiled_dense = torch.compile(type(self).dense_forward, mode=compile_mode, **compile_kwargs)
+
+    def reset_dense_path(self) -> None:
+        """Run the dense path eager again (undoes :meth:`compile_dense_path`)."""
+        self._compiled_dense = None
+
+    @property
+    def dense_path_compiled(self) -> bool:
+        """Whether :meth:`compile_dense_path` is in effect."""
+        return self._compiled_dense is not None
+
+    def embed(self, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """The sparse half: embedding lookups (and pooled sequences) as one matrix.
+
+        Shapes: KJT (stride B) -> [B, sum(dims)], columns in ``feature_names`` order.
+        """
+        embedded = self.sparse_arch(sparse_features)  # KeyedTensor, values (B, sum(dims))
+        if self.sequence_arch is not None:  # append pooled sequences, (B, sum(dims) + S * d_seq)
+            embedded = self.sequence_arch(sparse_features, embedded)
+        return self.tokenizer.ordered_values(embedded)
+
+    def dense_forward(self, dense_features: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The dense half on plain tensors: dense arch, tokenizer, encoder, heads.
+
+        Shapes: dense_features [B, dense_in_features], embedded [B, sum(dims)]
+        (:meth:`embed`) -> logits [B, num_logits].
+        """
+        dense = self.dense_arch(dense_features) if self.dense_arch is not None else None
+        tokens = self.tokenizer.tokenize(embedded, dense)  # (B, T, D)
+        pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
+        return self.over_arch(pooled)  # (B, num_logits)
+
     def forward(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
     ) -> torch.Tensor:
@@ -289,13 +356,17 @@ class DLRM_RankMixer(nn.Module):
                 dense_features, sparse_features, self.feature_names, self.num_embeddings,
                 self.dense_in_features, None, _dense_dtype(self.dense_arch),
             )
-        embedded = self.sparse_arch(sparse_features)  # KeyedTensor, values (B, sum(dims))
-        if self.sequence_arch is not None:  # append pooled sequences, (B, sum(dims) + S * d_seq)
-            embedded = self.sequence_arch(sparse_features, embedded)
-        dense = self.dense_arch(dense_features) if self.dense_arch is not None else None
-        tokens = self.tokenizer(embedded, dense)  # (B, T, D)
-        pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
-        return self.over_arch(pooled)  # (B, num_logits)
+        embedded = self.embed(sparse_features)  # (B, sum(dims))
+        if self._use_compiled():
+            return self._compiled_dense(self, dense_features, embedded)  # type: ignore[misc]
+        return self.dense_forward(dense_features, embedded)
+
+    def _use_compiled(self) -> bool:
+        if self._compiled_dense is None or torch.compiler.is_compiling():
+            return False
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing():
+            return False  # tracers (TorchRec's pipeline, export) see the eager path
+        return self.training or not self._has_moe
 
 
 def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:

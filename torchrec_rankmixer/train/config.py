@@ -16,6 +16,7 @@ from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
 from torchrec_rankmixer.models.heads import TASKS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
+    check_bool,
     check_choice,
     check_float,
     check_layer_sizes,
@@ -170,9 +171,11 @@ class TrainSettings:
     early_stop_patience: int = 0
     early_stop_min_delta: float = 1e-6
     restore_best: bool = False
+    compile: bool = False
 
     def validate(self) -> None:
         check_positive("train.steps", self.steps)
+        check_bool("train.compile", self.compile)
         check_non_negative("train.early_stop_patience", self.early_stop_patience)
         check_non_negative("train.early_stop_min_delta", self.early_stop_min_delta)
         check_non_negative("train.calibrate_moe_batches", self.calibrate_moe_batches)
@@ -248,6 +251,9 @@ class TrainConfig:
         on = [k for k, v in adaptive.items() if v]
         if on and not self.train.eval_every:
             raise ValueError(f"{on} act on evaluations; set train.eval_every > 0 (and a validation set)")
+        if self.train.compile and self.model.arch != "rankmixer":
+            raise ValueError(f"train.compile (true) compiles DLRM_RankMixer's dense path; "
+                             f"model.arch is {self.model.arch!r}")
         if self.model.task == "ctr" and self.model.cvr_loss_weight > 0:
             raise ValueError(
                 f"model.cvr_loss_weight ({self.model.cvr_loss_weight}) needs model.task='esmm'"

@@ -102,6 +102,8 @@ class Trainer:
                                   cfg.train.seed)
         # tables on meta: DistributedModelParallel materialises them sharded
         model = self.spec.build(self.env.device, cfg.train.validate_inputs, table_device=torch.device("meta"))
+        if cfg.train.compile:
+            model.compile_dense_path()  # the sparse arch, sharded below, stays eager
         module = TrainModule(model, cfg.model.task, cfg.model.cvr_loss_weight, self.source.user_feature)
         self.model = shard_model(module, cfg, self.env)
         self.optimizer = build_optimizer(self.model, cfg.optim)

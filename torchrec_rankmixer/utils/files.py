@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""Atomic file writes (a reader sees the old file or the new one, never a partial one),
+directory locks and file digests."""
 
 import fcntl
+import hashlib
 import os
 import tempfile
 from typing import Optional, Union
@@ -104,3 +106,20 @@ class DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes.
+
+    Example::
+
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile() as f:
+        ...     sha256_file(f.name)[:12]
+        'e3b0c44298fc'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -76,6 +76,10 @@ class AdaptiveL1(nn.Module):
         self.register_buffer("coef", torch.zeros(()))
         self.register_buffer("integral", torch.zeros(()))
 
+    # Eager under torch.compile: the controller updates ``coef`` in place after
+    # _ScaledL1 saved its pre-update copy, and AOTAutograd saves the buffer itself instead
+    # of that copy, so a compiled backward would apply the updated coefficient.
+    @torch.compiler.disable
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled() and logits.requires_grad):
             return F.relu(logits)

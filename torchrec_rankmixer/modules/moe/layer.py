@@ -235,7 +235,7 @@ class PerTokenSparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = self._infer_gates(x)  # (B, T, E), h_infer's
-        if not torch.compiler.is_compiling():  # statistics stay out of exported graphs
+        if not torch.compiler.is_exporting():  # statistics stay out of exported graphs
             self.stats.record(gates)
         if self.training:
             used = gates
