@@ -97,7 +97,7 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
 
 @pytest.mark.parametrize("block", [None, "tokenmixer_large"])
 def test_two_process_table_wise_training(block: Optional[str]) -> None:
-    manager = mp.Manager()
+    manager = mp.get_context("spawn").Manager()  # not forked from a threaded pytest (fork can deadlock it)
     out = manager.dict()
     mp.start_processes(_worker, args=(_free_port(), out, block), nprocs=WORLD, start_method="spawn")
     r0, r1 = out[0], out[1]
