@@ -16,7 +16,7 @@ Names (``build``):
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn

@@ -33,7 +33,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn

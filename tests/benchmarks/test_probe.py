@@ -2,11 +2,9 @@
 
 import json
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from benchmarks import probe_models, probe_variants, quality_probe
 from torchrec_rankmixer.data.synthetic_families import ContextRuleData
