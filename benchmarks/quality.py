@@ -79,9 +79,14 @@ def oracle_auc_of(cfg: TrainConfig) -> Optional[float]:
     return oracle_auc(source.data, cfg.data.eval_batch_size, cfg.data.test_batches, start=TEST_OFFSET)
 
 
+def run_name(dataset: str, model: str, seed: int) -> str:
+    """The run directory's name under the work dir (and its log's stem)."""
+    return f"{dataset}-{model}-s{seed}"
+
+
 def run_command(dataset: str, model: str, seed: int, work_dir: str) -> List[str]:
     return [sys.executable, "-m", "torchrec_rankmixer.train", "--config", config_path(dataset, model),
-            "--train.seed", str(seed), "--run.out_dir", work_dir, "--run.name", f"{dataset}-{model}-s{seed}",
+            "--train.seed", str(seed), "--run.out_dir", work_dir, "--run.name", run_name(dataset, model, seed),
             "--run.overwrite", "true"]
 
 
@@ -89,7 +94,7 @@ def run_one(dataset: str, model: str, seed: int, work_dir: str) -> Dict:
     """Train one (data set, model, seed); the record for the results file (``error`` set
     when the run failed: its log's last line)."""
     cmd = run_command(dataset, model, seed, work_dir)
-    name = f"{dataset}-{model}-s{seed}"
+    name = run_name(dataset, model, seed)
     log = os.path.join(work_dir, f"{name}.log")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     start = time.time()

@@ -21,7 +21,7 @@ def test_every_dataset_has_a_config_for_every_model_it_lists() -> None:
         assert quality.REFERENCE_MODEL in models and "rankmixer" in models, dataset
         for model in models:
             cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, model)))
-            assert cfg.train.restore_best and cfg.data.test_files or cfg.data.test_batches, (dataset, model)
+            assert cfg.train.restore_best and (cfg.data.test_files or cfg.data.test_batches), (dataset, model)
 
 
 def test_the_default_swap_config_sets_no_rankmixer_field() -> None:
