@@ -1,8 +1,9 @@
 """RankMixer variants for the quality probe, each one factor changed from the default swap.
 
 A variant name is one or more atoms joined by ``+`` (``rm:pre+flatten``). Each atom
-changes one thing relative to what ``DLRM_RankMixer`` builds with no config
-(``default_config``: T = min(F, 7) auto tokens + 1 dense token, D = 64, H = T, L = 2,
+changes one thing relative to the paper's block as ``DLRM_RankMixer`` built it with no
+config when the probe ran (``default_config`` with ``block="rankmixer"``,
+``ln_style="post"``: T = min(F, 7) auto tokens + 1 dense token, D = 64, H = T, L = 2,
 k = 4, post-LN, mean pooling):
 
 - encoder (RankMixerConfig fields): ``pre`` (pre-LN + final norm), ``prenf`` (pre-LN,
@@ -110,7 +111,9 @@ def build_rankmixer_variant(
     tok_kwargs: Dict[str, object] = dict(spec["tokenizer"])  # type: ignore[arg-type]
     extra = 1 if tok_kwargs.get("global_token") else 0
     n_plan, T = _token_counts(len(dims), dense_in, str(spec["tokens"]), extra)
-    base = default_config(len(dims), T - n_plan - extra, overrides={"num_tokens": T})
+    # the paper's block, as the swap built it when the probe ran (docs/quality.md)
+    base = default_config(len(dims), T - n_plan - extra,
+                          overrides={"num_tokens": T, "block": "rankmixer", "ln_style": "post"})
     overrides = dict(spec["config"])  # type: ignore[arg-type]
     if "d_model" not in overrides and base.d_model % base.heads:  # keep D a multiple of H
         overrides["d_model"] = base.heads * math.ceil(base.d_model / base.heads)

@@ -43,8 +43,8 @@ from torchrec_rankmixer.utils.files import atomic_write_text  # noqa: E402
 
 DATASETS: Tuple[str, ...] = ("synthetic", "synthetic_affinity", "synthetic_context_rules", "frappe_x1")
 # Table order; a data set runs the models it has a config file for.
-MODELS: Tuple[str, ...] = ("dnn", "dlrm", "dlrm_dcn", "dcnv2", "rankmixer", "rankmixer_paper",
-                           "tokenmixer_large")
+MODELS: Tuple[str, ...] = ("dnn", "dlrm", "dlrm_dcn", "dcnv2", "rankmixer", "rankmixer_preln",
+                           "rankmixer_paper", "tokenmixer_large")
 REFERENCE_MODEL = "dlrm_dcn"  # the model the swap replaces: every table shows the delta to it
 PUBLISHED = {"frappe_x1": {"dnn": 0.9833, "dcnv2": 0.9845}}  # BARS leaderboard, test AUC
 RESULTS = os.path.join("docs", "results", "quality.json")
@@ -101,7 +101,7 @@ def run_one(dataset: str, model: str, seed: int, work_dir: str) -> Dict:
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     record = {"dataset": dataset, "model": model, "seed": seed,
-              "command": "rankmixer-train " + " ".join(cmd[4:8]),
+              "command": "rankmixer-train " + " ".join(cmd[3:7]),
               "date": datetime.date.today().isoformat(), "machine": machine()}
     if rc != 0:
         tail = open(log).read().strip().splitlines()[-1:] or ["(no output)"]

@@ -88,5 +88,6 @@ def test_a_real_run_lands_in_the_results_and_the_doc(tmp_path, monkeypatch) -> N
     data = json.loads(results.read_text())
     (run,) = data["runs"]
     assert (run["dataset"], run["model"], run["seed"], run["steps"]) == ("synthetic", "dnn", 7, 2)
+    assert run["command"] == "rankmixer-train --config configs/synthetic/dnn.yaml --train.seed 7"
     assert 0.0 < run["test_auc"] < 1.0 and 0.5 < data["oracle_auc"]["synthetic"] <= 1.0
     assert "| dnn | 7 |" in doc.read_text()

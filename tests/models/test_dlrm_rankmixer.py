@@ -4,7 +4,8 @@ import torchrec.fx
 from torchrec import EmbeddingBagCollection
 from torchrec.models.dlrm import DLRM_DCN, DLRMTrain
 
-from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig
+from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig, RankMixerEncoder
+from torchrec_rankmixer.models.dlrm_rankmixer import default_config
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 
 DATA = SyntheticClickData(num_sparse_features=5, num_embeddings=50, dense_in_features=4)
@@ -38,6 +39,27 @@ def test_default_config_and_tokens() -> None:
     # 5 features -> 5 sparse tokens + 1 dense token; D = smallest multiple of 6 >= 64
     assert model.config.num_tokens == 6 and model.config.d_model == 66
     assert model.tokenizer.num_tokens == model.config.num_tokens
+
+
+def test_default_block_is_tokenmixer_large_at_k1_and_block_defaults_follow_the_block() -> None:
+    from torchrec_rankmixer.modules.block import RankMixerBlock
+    from torchrec_rankmixer.modules.tokenmixer_large import TokenMixerLargeBlock
+
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
+    assert (model.config.block, model.config.ffn_mult, model.config.num_layers) == ("tokenmixer_large", 1, 2)
+    assert all(isinstance(b, TokenMixerLargeBlock) for b in model.encoder.blocks)
+    # the RankMixer block gets its own defaults (pre-LN, no final norm, k = 4), not TML's k = 1
+    pre = default_config(5, 1, overrides={"block": "rankmixer"})
+    assert (pre.ln_style, pre.final_norm, pre.ffn_mult) == ("pre", False, 4)
+    paper = default_config(5, 1, overrides={"block": "rankmixer", "ln_style": "post"})
+    assert (paper.ln_style, paper.ffn_mult) == ("post", 4)
+    assert isinstance(RankMixerEncoder(paper).blocks[0], RankMixerBlock)
+    assert default_config(5, 1, overrides={"ffn_mult": 3}).ffn_mult == 3  # the caller wins
+    # a config given to the model is used as is: no block defaults are applied to it
+    given = RankMixerConfig(d_model=18, num_tokens=6, num_layers=1)
+    assert DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], rankmixer_config=given).config == given
+    with pytest.raises(ValueError, match="block"):
+        default_config(5, 1, overrides={"block": "transformer"})
 
 
 def test_groups_multi_logit_and_custom_config() -> None:

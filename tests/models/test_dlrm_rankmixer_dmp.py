@@ -2,8 +2,8 @@
 
 Table-wise sharded embeddings (gloo, CPU), fused row-wise Adagrad for the tables, Adam
 for the dense part. Checks that the loss falls and both ranks hold identical dense
-weights after training, for the RankMixer block (the default config) and for the
-TokenMixer-Large block.
+weights after training, for the default config (TokenMixer-Large at k = 1), the RankMixer
+block, and TokenMixer-Large with 3 layers and the global token.
 """
 
 import os
@@ -48,7 +48,9 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     data = SyntheticClickData(num_sparse_features=4, num_embeddings=100, seed=1)
     ebc = EmbeddingBagCollection(tables=data.table_configs(8), device=torch.device("meta"))
     config = None  # DLRM_RankMixer's default: 4 sparse tokens + 1 dense token
-    if block is not None:
+    if block == "rankmixer":
+        config = default_config(4, 1, overrides={"block": block})
+    elif block is not None:
         config = default_config(4, 1, overrides={"block": block, "num_layers": 3, "tml_global_token": True})
     model = DLRMTrain(
         DLRM_RankMixer(
@@ -95,14 +97,14 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("block", [None, "tokenmixer_large"])
+@pytest.mark.parametrize("block", [None, "rankmixer", "tokenmixer_large"])
 def test_two_process_table_wise_training(block: Optional[str]) -> None:
     manager = mp.get_context("spawn").Manager()  # not forked from a threaded pytest (fork can deadlock it)
     out = manager.dict()
     mp.start_processes(_worker, args=(_free_port(), out, block), nprocs=WORLD, start_method="spawn")
     r0, r1 = out[0], out[1]
     assert set(r0["sharding"].values()) == {"table_wise"}
-    assert r0["blocks"] == {"TokenMixerLargeBlock" if block else "RankMixerBlock"}
+    assert r0["blocks"] == {"RankMixerBlock" if block == "rankmixer" else "TokenMixerLargeBlock"}
     for r in (r0, r1):
         assert len(r["losses"]) >= STEPS - 2
         first, last = sum(r["losses"][:5]) / 5, sum(r["losses"][-5:]) / 5

@@ -39,9 +39,12 @@ def test_legacy_run_upgrades_then_exports_and_resumes(tmp_path, capsys):
     assert os.path.isfile(os.path.join(run, "config.v0_1.yaml"))
     settings = yaml.safe_load(open(os.path.join(run, "config.yaml")))
     assert settings["model"]["rankmixer"] == {"d_model": 8, "num_tokens": 2, "num_layers": 1, "ffn_mult": 1,
-                                              "dropout": 0.0}
+                                              "dropout": 0.0, "block": "rankmixer", "ln_style": "post",
+                                              "final_norm": False}
     spec = read_spec(run)
     assert (spec.rankmixer_config.d_model, spec.rankmixer_config.num_tokens) == (8, 2)
+    # the block 0.1 trained (the paper's post-LN RankMixer block), not today's default
+    assert (spec.rankmixer_config.block, spec.rankmixer_config.ln_style) == ("rankmixer", "post")
 
     model, ckpt, _ = load_run_model(run)  # the 0.1 weights, exactly
     want = _legacy_weights(tmp_path)

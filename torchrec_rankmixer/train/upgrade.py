@@ -4,8 +4,9 @@
 the model under the trainer's wrapper keys (``model.model.<key>``). The upgrade, run once
 by ``rankmixer-train --upgrade-run RUN_DIR``:
 
-1. moves the model-shape settings into ``model.rankmixer`` and rewrites ``config.yaml``
-   (the original is kept as ``config.v0_1.yaml``);
+1. moves the model-shape settings into ``model.rankmixer``, pins the block 0.1 trained
+   (``V0_1_BLOCK``: the paper's post-LN RankMixer block; today's default is another) and
+   rewrites ``config.yaml`` (the original is kept as ``config.v0_1.yaml``);
 2. writes ``spec.json`` from those settings with the trainer's own spec builder;
 3. rewrites every checkpoint with the model's own keys (``model.<key>``), optimiser and
    id-remap state unchanged, into a temporary directory that then replaces the old one.
@@ -42,15 +43,20 @@ from torchrec_rankmixer.utils.settings import from_dict, load_file, to_dict
 
 LEGACY_CONFIG_FILE = "config.v0_1.yaml"
 LEGACY_MODEL_PREFIX = "model."  # 0.1 kept DMP(TrainModule) keys: model.<key> inside "model"
+# The block every 0.1 run trained, where its settings do not say: the settings default for
+# a model without a config has changed since (DEFAULT_BLOCK in models/dlrm_rankmixer.py), and
+# a pre-LN block loads a post-LN checkpoint without an error, so the upgrade writes them out.
+V0_1_BLOCK: Dict[str, Any] = {"block": "rankmixer", "ln_style": "post", "final_norm": False}
 
 
 def upgrade_config(raw: Dict[str, Any]) -> Dict[str, Any]:
-    """A 0.1 settings dict with the model-shape keys moved into ``model.rankmixer``.
+    """A 0.1 settings dict with the model-shape keys moved into ``model.rankmixer`` and
+    the block settings it left out set to 0.1's (``V0_1_BLOCK``).
 
     Example::
 
         >>> upgrade_config({"model": {"d_model": 64, "rankmixer": {"ln_style": "pre"}}})
-        {'model': {'rankmixer': {'ln_style': 'pre', 'd_model': 64}}}
+        {'model': {'rankmixer': {'ln_style': 'pre', 'd_model': 64, 'block': 'rankmixer', 'final_norm': False}}}
     """
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     model = out.get("model")
@@ -62,7 +68,7 @@ def upgrade_config(raw: Dict[str, Any]) -> Dict[str, Any]:
                 value = model.pop(key)
                 if value is not None:
                     rankmixer[key] = value
-        model["rankmixer"] = rankmixer
+        model["rankmixer"] = {**rankmixer, **{k: v for k, v in V0_1_BLOCK.items() if k not in rankmixer}}
     return out
 
 
