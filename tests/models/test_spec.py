@@ -7,7 +7,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from tests.inference.helpers import small_model, small_spec
-from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.heads import TaskTowers
 
 
@@ -57,12 +57,6 @@ def test_errors_name_the_bad_value():
                                      "num_expertz": 2})
     with pytest.raises(ValueError, match=r"d_model \(0\) must be a positive int"):
         small_spec(rankmixer_config={"d_model": 0, "num_tokens": 4, "num_layers": 1})
-    with pytest.raises(ValueError, match=r"num_embeddings \(0\) must be a positive int"):
-        TableSpec("t", 8, 0, ("a",))
-    with pytest.raises(ValueError, match="feature_names"):
-        TableSpec("t", 8, 10, "a")
-    with pytest.raises(ValueError, match=r"pooling \('MAX'\)"):
-        TableSpec("t", 8, 10, ("a",), pooling="MAX")
     with pytest.raises(ValueError, match="tables is empty"):
         small_spec(tables=())
 

@@ -3,6 +3,7 @@ heads, its input checks and its serialisable recipe ``ModelSpec``."""
 
 from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, SparseArch, default_config
 from torchrec_rankmixer.models.heads import TaskTowers
-from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec
+from torchrec_rankmixer.models.table_spec import TableSpec
 
 __all__ = ["DLRM_RankMixer", "ModelSpec", "SparseArch", "TableSpec", "TaskTowers", "default_config"]

@@ -275,7 +275,7 @@ class BaselineModel(nn.Module):
 
 
 def _table_specs(configs: Sequence[Any]) -> tuple:
-    from torchrec_rankmixer.models.spec import TableSpec
+    from torchrec_rankmixer.models.table_spec import TableSpec
 
     return tuple(TableSpec.from_config(c) for c in configs)
 

@@ -391,6 +391,6 @@ def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:
 
 
 def _table_specs(configs: Sequence[Any]) -> tuple:
-    from torchrec_rankmixer.models.spec import TableSpec
+    from torchrec_rankmixer.models.table_spec import TableSpec
 
     return tuple(TableSpec.from_config(c) for c in configs)

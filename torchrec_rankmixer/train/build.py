@@ -12,7 +12,8 @@ from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import BaselineConfig
 from torchrec_rankmixer.models.dlrm_rankmixer import default_config
 from torchrec_rankmixer.models.heads import task_loss
-from torchrec_rankmixer.models.spec import ModelSpec, TableSpec
+from torchrec_rankmixer.models.spec import ModelSpec
+from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.train.config import TrainConfig
 
 
