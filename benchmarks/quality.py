@@ -101,7 +101,7 @@ def run_one(dataset: str, model: str, seed: int, work_dir: str) -> Dict:
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     record = {"dataset": dataset, "model": model, "seed": seed,
-              "command": "rankmixer-train " + " ".join(cmd[3:7]),
+              "command": f"rankmixer-train --config {config_path(dataset, model)} --train.seed {seed}",
               "date": datetime.date.today().isoformat(), "machine": machine()}
     if rc != 0:
         tail = open(log).read().strip().splitlines()[-1:] or ["(no output)"]

@@ -29,8 +29,9 @@ MOE_OFFSET_PER: Tuple[str, ...] = ("expert", "token")
 MOE_TRAIN_GATES: Tuple[str, ...] = ("relu", "softplus")
 MOE_PATH_DRAWS: Tuple[str, ...] = ("sample", "token")
 # Block types of the encoder: RankMixer's (Eq. 1) or TokenMixer-Large's (modules/tokenmixer_large.py).
+RANKMIXER = "rankmixer"
 TOKENMIXER_LARGE = "tokenmixer_large"
-BLOCKS: Tuple[str, ...] = ("rankmixer", TOKENMIXER_LARGE)
+BLOCKS: Tuple[str, ...] = (RANKMIXER, TOKENMIXER_LARGE)
 TML_DOWN_INIT_SCALE = 0.01  # TokenMixer-Large's small init of each pSwiGLU down projection
 
 
@@ -129,7 +130,7 @@ class RankMixerConfig:
     moe_offset_per: str = "expert"
     moe_train_gate: str = "softplus"
     moe_path_draw: str = "sample"
-    block: str = "rankmixer"
+    block: str = RANKMIXER
     tml_inter_residual_every: int = 2
     tml_down_init_scale: float = TML_DOWN_INIT_SCALE
     tml_global_token: bool = False

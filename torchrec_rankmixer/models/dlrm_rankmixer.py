@@ -10,7 +10,7 @@ from torchrec.models.dlrm import DenseArch, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_rankmixer.config import TOKENMIXER_LARGE, RankMixerConfig
+from torchrec_rankmixer.config import RANKMIXER, TOKENMIXER_LARGE, RankMixerConfig
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
@@ -34,7 +34,7 @@ DEFAULT_BLOCK = TOKENMIXER_LARGE
 # ``{"block": "rankmixer", "ln_style": "post"}``.
 BLOCK_DEFAULTS: Dict[str, Dict[str, Any]] = {
     TOKENMIXER_LARGE: {"ffn_mult": 1},
-    "rankmixer": {"ln_style": "pre", "final_norm": False},
+    RANKMIXER: {"ln_style": "pre", "final_norm": False},
 }
 DEFAULT_MAX_SPARSE_TOKENS = 7
 

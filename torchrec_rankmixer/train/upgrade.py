@@ -24,6 +24,7 @@ import torch.distributed.checkpoint as dcp
 import yaml
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from torchrec_rankmixer.config import RANKMIXER
 from torchrec_rankmixer.data.sources import make_source
 from torchrec_rankmixer.run_format import (
     CHECKPOINTS_DIR,
@@ -46,7 +47,7 @@ LEGACY_MODEL_PREFIX = "model."  # 0.1 kept DMP(TrainModule) keys: model.<key> in
 # The block every 0.1 run trained, where its settings do not say: the settings default for
 # a model without a config has changed since (DEFAULT_BLOCK in models/dlrm_rankmixer.py), and
 # a pre-LN block loads a post-LN checkpoint without an error, so the upgrade writes them out.
-V0_1_BLOCK: Dict[str, Any] = {"block": "rankmixer", "ln_style": "post", "final_norm": False}
+V0_1_BLOCK: Dict[str, Any] = {"block": RANKMIXER, "ln_style": "post", "final_norm": False}
 
 
 def upgrade_config(raw: Dict[str, Any]) -> Dict[str, Any]:
