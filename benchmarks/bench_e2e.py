@@ -52,7 +52,8 @@ def _build(name: str, args: argparse.Namespace, data):  # noqa: ANN001, ANN202
         cfg = RankMixerConfig(d_model=args.d_model, num_tokens=data.num_sparse_features + 1, num_layers=2)
         groups = {f: [f] for f in data.feature_names}
         model = DLRM_RankMixer(ebc, data.dense_in_features, dense_sizes, [args.d_model, 1],
-                               rankmixer_config=cfg, feature_groups=groups, validate_inputs=False)
+                               rankmixer_config=cfg, feature_groups=groups, interaction="none",
+                               validate_inputs=False)
     return DLRMTrain(model)
 
 

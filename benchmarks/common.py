@@ -96,6 +96,7 @@ def build_model(
     return DLRM_RankMixer(
         ebc, dense_in_features, [emb_dim] if dense_in_features else [], list(spec.rankmixer_over) + [1],
         rankmixer_config=spec.rankmixer, feature_groups=spec.feature_groups,
+        interaction="none",  # the encoder alone: what sections 2, 5 and 6 measured
         validate_inputs=False,
     )
 

@@ -23,7 +23,8 @@ import torch
 from torchrec import EmbeddingBagCollection
 
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
-from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_config
+from torchrec_rankmixer.models.defaults import default_config
+from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE, configure_moe_inference, reset_statistics
 from torchrec_rankmixer.modules.moe.calibration import calibrate_on_batches
 from torchrec_rankmixer.data.synthetic import EVAL_OFFSET
@@ -45,6 +46,7 @@ def build(data: SyntheticClickData, router: str, target: float, args: argparse.N
     return DLRM_RankMixer(
         embedding_bag_collection=ebc, dense_in_features=data.dense_in_features,
         dense_arch_layer_sizes=[64, emb], over_arch_layer_sizes=[64, 1], rankmixer_config=cfg,
+        interaction="none",  # the encoder alone, as docs/moe.md measured it
     )
 
 

@@ -145,7 +145,7 @@ def build(name: str, tables: List[EmbeddingBagConfig], dense_in: int, sizes: Pro
     if name == "dcnv2_bars":
         return BarsDCNv2(ebc, dense_in, sizes.over_hidden, sizes.bars_cross_layers, sizes.dcn_dropout)
     if name == "rankmixer":  # the one-line swap: DLRM_DCN's arguments, no rankmixer_config
-        return DLRM_RankMixer(ebc, dense_in, [emb_dim], over, validate_inputs=False)
+        return DLRM_RankMixer(ebc, dense_in, [emb_dim], over, interaction="none", validate_inputs=False)
     if name.startswith("rm:"):
         return build_rankmixer_variant(name[3:], ebc, dense_in, [emb_dim], over)
     raise ValueError(f"model ({name!r}) must be one of {list(BASE_MODELS)} or rm:<variant>")

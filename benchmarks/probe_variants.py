@@ -30,7 +30,7 @@ from torchrec.models.dlrm import OverArch
 from benchmarks.probe_tokenizer import ProbeTokenizer
 from torchrec_rankmixer import DLRM_RankMixer, RankMixerEncoder
 from torchrec_rankmixer.features.tokenizer import feature_dims_of
-from torchrec_rankmixer.models.dlrm_rankmixer import DEFAULT_MAX_SPARSE_TOKENS, default_config
+from torchrec_rankmixer.models.defaults import DEFAULT_MAX_SPARSE_TOKENS, default_config
 
 CONFIG_ATOMS: Dict[str, Dict[str, object]] = {
     "paper": {},
@@ -127,7 +127,8 @@ def build_rankmixer_variant(
     # a global token is one more than the plan: build without it, then swap the encoder
     built = config.with_updates(num_tokens=T - 1, num_heads=config.heads, strict_heads=False) if extra else config
     model = DLRM_RankMixer(ebc, dense_in, dense_arch, over, rankmixer_config=built,
-                           feature_groups=groups, tokenization=mode, validate_inputs=False)
+                           feature_groups=groups, tokenization=mode, interaction="none",
+                           validate_inputs=False)
     if extra:
         model.config, model.encoder = config, RankMixerEncoder(config)
         model.over_arch = OverArch(config.output_dim, over)

@@ -63,6 +63,7 @@ def build_model(data: SyntheticSequenceData, pooling: str, keep: str, max_len: i
             d_model=48, num_tokens=2 + (data.base.dense_in_features > 0), num_layers=2
         ),
         feature_groups={"context": data.base.feature_names, "behaviour": [CANDIDATE, HISTORY]},
+        interaction="none",  # the encoder alone, as docs/sequences.md measured it
         sequence_embedding_collection=EmbeddingCollection(tables=item_tables),
         sequence_features=sequence_configs(data, pooling, keep, max_len),
     )

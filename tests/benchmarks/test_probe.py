@@ -33,7 +33,7 @@ def test_all_models_share_the_embedding_init_of_a_seed() -> None:
 
 
 def test_the_default_swap_is_dlrm_rankmixer_without_a_config() -> None:
-    from torchrec_rankmixer.models.dlrm_rankmixer import default_config
+    from torchrec_rankmixer.models.defaults import default_config
 
     model = probe_models.build("rankmixer", TABLES, 1, probe_models.ProbeSizes(), seed=1)
     assert model.config == default_config(len(DATA.feature_names), 1)  # 7 auto tokens + 1 dense

@@ -29,6 +29,17 @@ def test_the_default_swap_config_sets_no_rankmixer_field() -> None:
     for dataset in quality.DATASETS:
         cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, "rankmixer")))
         assert cfg.model.arch == "rankmixer" and not cfg.model.rankmixer, dataset
+        assert cfg.model.interaction is None, dataset  # the model's own rule decides
+
+
+def test_rows_measured_without_the_interaction_pin_it() -> None:
+    """The rows kept from before the dot interaction became the default (the previous
+    defaults, the paper's model, TokenMixer-Large at k = 4) must still build what they
+    measured: the encoder alone."""
+    for dataset in quality.DATASETS:
+        for model in ("rankmixer_nodot", "rankmixer_preln", "rankmixer_paper", "tokenmixer_large"):
+            cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, model)))
+            assert cfg.model.interaction == "none", (dataset, model)
 
 
 def test_merge_replaces_a_rerun_and_keeps_the_rest() -> None:

@@ -18,7 +18,7 @@ DATA = SyntheticClickData(num_sparse_features=4, num_embeddings=50, dense_in_fea
 
 
 def small_spec(dense_in_features: int = 3, **overrides: object) -> ModelSpec:
-    """4 features in 3 tables (one shared), 2 ids per bag, D=16, T=3+1."""
+    """4 features in 3 tables (one shared; widths 8, 8, 16), 2 ids per bag, D=16, T=3+1."""
     tables = (
         TableSpec("t_a", 8, 50, ("f0", "f1")),
         TableSpec("t_b", 8, 50, ("f2",)),
@@ -35,6 +35,14 @@ def small_spec(dense_in_features: int = 3, **overrides: object) -> ModelSpec:
     )
     args.update(overrides)
     return ModelSpec(**args)  # type: ignore[arg-type]
+
+
+def dot_spec(**overrides: object) -> ModelSpec:
+    """:func:`small_spec` with one width (8) everywhere and the dot interaction, as the
+    default swap builds it."""
+    tables = (TableSpec("t_a", 8, 50, ("f0", "f1")), TableSpec("t_b", 8, 50, ("f2",)),
+              TableSpec("t_c", 8, 50, ("f3",)))
+    return small_spec(**{"tables": tables, "interaction": "dot", **overrides})
 
 
 def small_model(seed: int = 0, **overrides: object) -> torch.nn.Module:

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from tests.inference.helpers import Planted, artifact_inputs, run_fresh, small_model, small_spec
+from tests.inference.helpers import Planted, artifact_inputs, dot_spec, run_fresh, small_model, small_spec
 from torchrec_rankmixer.inference.artifact import load_artifact, resolve_model_file
 from torchrec_rankmixer.inference.model_file import save_model
 from torchrec_rankmixer.inference.export import export_model, moe_execution
@@ -23,9 +23,10 @@ from torchrec_rankmixer.modules.moe import configure_moe_inference
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The default split artifact (int8 tables, from a checkpoint), a .pt2 and a .ts
-    (int4 tables, fp16 dense)."""
+    (int4 tables, fp16 dense), of a model with the dot interaction (the default swap's)."""
     root = tmp_path_factory.mktemp("exported")
-    model = small_model(seed=6)
+    torch.manual_seed(6)
+    model = dot_spec().build().eval()
     ckpt = root / "ckpt.pt"
     save_model(model, ckpt)
     split = export_model(ckpt, root / "split", dense_feature_names=["a", "b", "c"])

@@ -177,7 +177,7 @@ def test_spec_mismatch_and_legacy_run_directories_are_rejected(run, tmp_path):
     copy = _copy_run(run_dir, tmp_path)
     spec_path = os.path.join(copy, "spec.json")
     data = json.load(open(spec_path))
-    data["tables"][0]["embedding_dim"] = 4  # edited after training
+    data["tables"][0]["num_embeddings"] += 1  # edited after training
     json.dump(data, open(spec_path, "w"))
     with pytest.raises(ValueError, match="does not match the run's spec.json: .*t_f0.weight has shape"):
         load_run_model(copy)

@@ -4,8 +4,7 @@ import torchrec.fx
 from torchrec import EmbeddingBagCollection
 from torchrec.models.dlrm import DLRM_DCN, DLRMTrain
 
-from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig, RankMixerEncoder
-from torchrec_rankmixer.models.dlrm_rankmixer import default_config
+from torchrec_rankmixer import DLRM_RankMixer, RankMixerConfig
 from torchrec_rankmixer.data.synthetic import SyntheticClickData
 
 DATA = SyntheticClickData(num_sparse_features=5, num_embeddings=50, dense_in_features=4)
@@ -41,25 +40,44 @@ def test_default_config_and_tokens() -> None:
     assert model.tokenizer.num_tokens == model.config.num_tokens
 
 
-def test_default_block_is_tokenmixer_large_at_k1_and_block_defaults_follow_the_block() -> None:
-    from torchrec_rankmixer.modules.block import RankMixerBlock
-    from torchrec_rankmixer.modules.tokenmixer_large import TokenMixerLargeBlock
+def _written_out(model: DLRM_RankMixer, batch, with_dots: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The model's forward written out: encoder, plus Linear(pairwise dots) when asked."""
+    dense = model.dense_arch(batch.dense_features)  # (B, d)
+    embedded = model.embed(batch.sparse_features)  # (B, F*d)
+    pooled = model.encoder(model.tokenizer.tokenize(embedded, dense))  # (B, D)
+    if with_dots:
+        v = [dense] + list(embedded.split(8, dim=1))
+        dots = torch.stack([(v[i] * v[j]).sum(-1) for i in range(len(v)) for j in range(i + 1, len(v))], 1)
+        pooled = pooled + model.interaction_proj(dots)
+    return model.over_arch(pooled)
 
+
+def test_default_interaction_adds_projected_dot_products() -> None:
+    """The swap's default (one width everywhere, as DLRM_DCN requires) dots the dense arch
+    output and the 5 features: 15 pairs, projected to the pooled width and added to the
+    pooled tokens, forward and backward as written out."""
     model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
-    assert (model.config.block, model.config.ffn_mult, model.config.num_layers) == ("tokenmixer_large", 1, 2)
-    assert all(isinstance(b, TokenMixerLargeBlock) for b in model.encoder.blocks)
-    # the RankMixer block gets its own defaults (pre-LN, no final norm, k = 4), not TML's k = 1
-    pre = default_config(5, 1, overrides={"block": "rankmixer"})
-    assert (pre.ln_style, pre.final_norm, pre.ffn_mult) == ("pre", False, 4)
-    paper = default_config(5, 1, overrides={"block": "rankmixer", "ln_style": "post"})
-    assert (paper.ln_style, paper.ffn_mult) == ("post", 4)
-    assert isinstance(RankMixerEncoder(paper).blocks[0], RankMixerBlock)
-    assert default_config(5, 1, overrides={"ffn_mult": 3}).ffn_mult == 3  # the caller wins
-    # a config given to the model is used as is: no block defaults are applied to it
-    given = RankMixerConfig(d_model=18, num_tokens=6, num_layers=1)
-    assert DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], rankmixer_config=given).config == given
-    with pytest.raises(ValueError, match="block"):
-        default_config(5, 1, overrides={"block": "transformer"})
+    assert model.interaction == "dot" and model.interaction_proj.in_features == 15
+    assert model.interaction_proj.out_features == model.config.output_dim
+    batch = DATA.batch(6, 0)
+    out = model(batch.dense_features, batch.sparse_features)
+    torch.testing.assert_close(out, _written_out(model, batch, with_dots=True))
+    out.sum().backward()
+    assert model.interaction_proj.weight.grad.abs().sum() > 0
+
+
+def test_interaction_none_is_the_encoder_alone_and_unequal_widths_fall_back() -> None:
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="none")
+    assert model.dot_interaction is None and model.interaction_proj is None
+    batch = DATA.batch(6, 0)
+    torch.testing.assert_close(model(batch.dense_features, batch.sparse_features),
+                               _written_out(model, batch, with_dots=False))
+    # a dense arch output of another width than the tables: the default has nothing to dot
+    assert DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1]).interaction == "none"
+    with pytest.raises(ValueError, match=r"one width.*'dense arch output': 4"):
+        DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1], interaction="dot")
+    with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="fm")
 
 
 def test_groups_multi_logit_and_custom_config() -> None:

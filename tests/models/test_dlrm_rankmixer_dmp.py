@@ -43,7 +43,8 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
     from torchrec_rankmixer.data.synthetic import SyntheticClickData
-    from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer, default_config
+    from torchrec_rankmixer.models.defaults import default_config
+    from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer
 
     data = SyntheticClickData(num_sparse_features=4, num_embeddings=100, seed=1)
     ebc = EmbeddingBagCollection(tables=data.table_configs(8), device=torch.device("meta"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from tests.inference.helpers import small_model, small_spec
+from tests.inference.helpers import dot_spec, small_model, small_spec
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.heads import TaskTowers
 
@@ -76,6 +76,24 @@ def test_from_dict_errors():
         ModelSpec.from_dict(data)
     with pytest.raises(ValueError, match="not valid JSON"):
         ModelSpec.from_json("{")
+
+
+def test_interaction_round_trips_and_a_spec_without_it_means_none():
+    spec = dot_spec()
+    model = spec.build()
+    assert model.interaction == "dot" and ModelSpec.from_model(model) == spec
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    older = spec.to_dict()
+    del older["interaction"]  # written before the setting existed: the encoder alone
+    loaded = ModelSpec.from_dict(older)
+    assert loaded.interaction == "none" and loaded.build().interaction_proj is None
+    with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of \['none', 'dot'\]"):
+        dot_spec(interaction="fm")
+    with pytest.raises(ValueError, match=r"one width.*'f3': 16"):
+        small_spec(interaction="dot").build()  # t_c is 16 wide, the others 8
+    with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['interaction'\]"):
+        ModelSpec(tables=spec.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
+                  over_arch_layer_sizes=(8, 1), interaction="dot")
 
 
 def test_from_model_rejects_other_models():

@@ -149,6 +149,22 @@ def test_override_into_non_section():
         apply_override(d, "model.rankmixer=4")
 
 
+def test_interaction_setting_follows_the_model_rule():
+    """Left out, model.interaction is the model's rule ("dot" for one width everywhere);
+    a bad value, or one set for a baseline arch, names the setting."""
+    from torchrec_rankmixer.data.sources import SyntheticSource
+    from torchrec_rankmixer.train.build import model_spec
+
+    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]"])  # tables are 16 wide
+    assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "dot"
+    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]"])
+    assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "none"
+    with pytest.raises(ValueError, match=r"model.interaction \('fm'\) must be one of"):
+        load_config(overrides=["model.interaction=fm"])
+    with pytest.raises(ValueError, match=r"model.interaction \('dot'\) is for model.arch='rankmixer', not 'dnn'"):
+        load_config(overrides=["model.arch=dnn", "model.interaction=dot"])
+
+
 def test_managed_collision_settings_load():
     ok = load_config(overrides=["data.id_transform=managed_collision", "data.managed_collision.eviction_interval=2",
                                 "run.checkpoint_every=4"])
@@ -161,6 +177,8 @@ def test_managed_collision_settings_load():
     (["model.rankmixer={num_tokens: 4, d_model: 30}"], "d_model (30) must be divisible by num_heads (4)"),
     (["model.feature_groups={u: [f0], i: [nope]}"], "nope"),
     (["model.sequence_features=[{name: hist, max_len: 4}]"], "model.sequence_features"),
+    (["model.interaction=dot", "model.dense_arch_layer_sizes=[8, 4]"],
+     "model.interaction: interaction 'dot' needs one width for every vector it dots"),
 ])
 def test_model_settings_errors_name_the_setting(overrides, message):
     """Values inside model.rankmixer and the token plan are checked when the run's model

@@ -100,7 +100,7 @@ def write_split(
         output_dir: the (locked) export directory.
         metadata: ``parts -> {"metadata.json": text}``, the embedded metadata for this
             artifact given its ``parts`` entry.
-        atomic: writes a file through a temporary beside it (export's ``_atomic``).
+        atomic: writes a file through a temporary beside it (``utils.files.atomic_write_with``).
 
     Returns:
         (the path of ``model_sparse.ts``, the file that embeds the metadata; that metadata).

@@ -41,7 +41,7 @@ from torchrec_rankmixer.inference.quantize import (
 from torchrec_rankmixer.inference.scripting import script_inference_module
 from torchrec_rankmixer.models.spec import ModelSpec, unwrap_model
 from torchrec_rankmixer.modules.moe.layer import PerTokenSparseMoE
-from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text
+from torchrec_rankmixer.utils.files import DirectoryLock, atomic_write_text, atomic_write_with
 from torchrec_rankmixer.version import __version__
 
 # --artifact -> the kinds tried, in order (metadata "artifact" names the one written)
@@ -170,24 +170,12 @@ def _torch_export(module: RankMixerInferenceModule, spec: ModelSpec, path: str, 
         dynamic_shapes=({0: batch}, {0: num_ids}, {1: batch}),
         strict=False,
     )
-    _atomic(path, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
+    atomic_write_with(path, lambda tmp: torch.export.save(program, tmp, extra_files=extra))
 
 
 def _torchscript(module: nn.Module, path: str, extra: Dict[str, str]) -> None:
     scripted = script_inference_module(module)
-    _atomic(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
-
-
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-    """``write`` a temporary file beside ``path`` (same suffix), then rename it over ``path``."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")  # keeps the suffix torch checks
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_with(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
 
 
 def _versions() -> Dict[str, str]:
@@ -390,7 +378,7 @@ def _write_kind(
 ) -> Tuple[str, Dict[str, str]]:
     """Write one kind of model file; returns (its path, its embedded metadata)."""
     if kind == "aoti":
-        return write_split(module, example_inputs(spec, feature_prep=module.feature_prep), output_dir, meta, _atomic)
+        return write_split(module, example_inputs(spec, feature_prep=module.feature_prep), output_dir, meta, atomic_write_with)
     extra = meta()
     if kind == "torch.export":
         path = os.path.join(output_dir, EXPORT_FILE)

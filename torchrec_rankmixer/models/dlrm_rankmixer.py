@@ -1,8 +1,7 @@
 """DLRM_RankMixer: TorchRec's DLRM_DCN with the DCN over-arch swapped for RankMixer."""
 
-import math
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -10,33 +9,20 @@ from torchrec.models.dlrm import DenseArch, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_rankmixer.config import RANKMIXER, TOKENMIXER_LARGE, RankMixerConfig
+from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
+from torchrec_rankmixer.models.defaults import default_config
 from torchrec_rankmixer.models.heads import TaskTowers
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
+from torchrec_rankmixer.modules.interaction import DotInteraction, resolve_interaction
 from torchrec_rankmixer.utils.checks import check_layer_sizes, check_non_negative_int
 
 # fx.wrap patches the calling module's globals: register the imported name here too, so
 # TorchRec's tracer (TrainPipelineSparseDist, torchrec.fx) records one opaque call.
 torch.fx.wrap("check_model_inputs")
-
-DEFAULT_MIN_D_MODEL = 64
-# The block type DLRM_RankMixer uses without a config, chosen on the whole quality suite
-# (docs/quality.md): TokenMixer-Large at k = 1 ranks above the RankMixer block on the three
-# synthetic sets (every seed), level on Frappe, at 0.74x its encoder FLOPs.
-DEFAULT_BLOCK = TOKENMIXER_LARGE
-# Per block type, the settings a default config takes unless the caller sets them. The
-# RankMixer block: pre-LN without a final norm (the output-path LayerNorm of the paper's
-# post-LN block is what made it rank below a plain MLP); the paper's block is
-# ``{"block": "rankmixer", "ln_style": "post"}``.
-BLOCK_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    TOKENMIXER_LARGE: {"ffn_mult": 1},
-    RANKMIXER: {"ln_style": "pre", "final_norm": False},
-}
-DEFAULT_MAX_SPARSE_TOKENS = 7
 
 
 class SparseArch(nn.Module):
@@ -54,75 +40,12 @@ class SparseArch(nn.Module):
         return self.embedding_bag_collection(features)
 
 
-def default_num_sparse_tokens(
-    num_features: int, feature_groups: Optional[Mapping[str, Sequence[str]]], tokenization: Optional[str]
-) -> int:
-    """T_s when the config does not set it: one token per group, else
-    ``DEFAULT_MAX_SPARSE_TOKENS`` (at most one per feature unless the mode is ``"split"``)."""
-    if feature_groups:
-        return len(feature_groups)
-    if tokenization == "split":
-        return DEFAULT_MAX_SPARSE_TOKENS
-    return min(num_features, DEFAULT_MAX_SPARSE_TOKENS)
-
-
-def default_config(
-    num_features: int,
-    num_dense_tokens: int,
-    feature_groups: Optional[Mapping[str, Sequence[str]]] = None,
-    tokenization: Optional[str] = None,
-    overrides: Optional[Mapping[str, Any]] = None,
-) -> RankMixerConfig:
-    """The encoder config the model uses when none is given (the one default rule).
-
-    T = ``overrides["num_tokens"]`` or :func:`default_num_sparse_tokens` + dense tokens;
-    D = ``overrides["d_model"]`` or the smallest multiple of T that is >= 64; L = 2; the
-    block ``overrides["block"]`` or ``DEFAULT_BLOCK`` (TokenMixer-Large, chosen on the
-    quality suite: docs/quality.md) with its ``BLOCK_DEFAULTS`` (TokenMixer-Large: k = 1;
-    the RankMixer block: pre-LN without a final norm; ``overrides={"block": "rankmixer",
-    "ln_style": "post"}`` is the paper's block); every other field is ``overrides``' or
-    :class:`RankMixerConfig`'s default, which is the paper's (H = T, k = 4, mean pooling).
-
-    Args:
-        num_features: sparse features the tokenizer sees (EBC + pooled sequences).
-        num_dense_tokens: dense tokens (0 without dense input).
-        feature_groups: the semantic groups, if any.
-        tokenization: the tokenization mode, if given.
-        overrides: RankMixerConfig fields to set (``rankmixer-train``'s ``model.rankmixer``).
-
-    Example::
-
-        >>> cfg = default_config(num_features=10, num_dense_tokens=1)
-        >>> cfg.num_tokens, cfg.d_model, cfg.num_layers
-        (8, 64, 2)
-        >>> cfg.block, cfg.ffn_mult
-        ('tokenmixer_large', 1)
-        >>> paper = default_config(10, 1, overrides={"block": "rankmixer", "ln_style": "post"})
-        >>> paper.ffn_mult, paper.ln_style
-        (4, 'post')
-        >>> default_config(10, 1, overrides={"num_tokens": 3}).d_model
-        66
-    """
-    given = dict(overrides or {})
-    block = given.get("block", DEFAULT_BLOCK)
-    values: Dict[str, Any] = {"num_layers": 2, "block": block, **BLOCK_DEFAULTS.get(block, {}), **given}
-    if "num_tokens" not in values:
-        values["num_tokens"] = default_num_sparse_tokens(num_features, feature_groups, tokenization) + num_dense_tokens
-    T = values["num_tokens"]
-    if "d_model" not in values and isinstance(T, int) and T > 0:
-        values["d_model"] = T * math.ceil(DEFAULT_MIN_D_MODEL / T)
-    known = set(RankMixerConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown RankMixerConfig field(s) {unknown}; known: {sorted(known)}")
-    return RankMixerConfig(**values)
-
-
 class DLRM_RankMixer(nn.Module):
     """A drop-in for ``torchrec.models.dlrm.DLRM_DCN`` whose interaction/over-arch is RankMixer.
 
     Data flow: KJT -> EmbeddingBagCollection -> KeyedTensor; dense -> DenseArch (MLP);
-    SemanticTokenizer -> tokens [B, T, D]; RankMixerEncoder -> [B, D]; OverArch -> logits.
+    SemanticTokenizer -> tokens [B, T, D]; RankMixerEncoder -> [B, D]; with
+    ``interaction="dot"``, + Linear(pairwise dot products) -> [B, D]; OverArch -> logits.
 
     Args:
         embedding_bag_collection: the EBC (may be on the meta device, for DMP).
@@ -140,6 +63,12 @@ class DLRM_RankMixer(nn.Module):
         tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (default: groups if
             ``feature_groups`` else auto).
         num_dense_tokens: tokens made from the dense arch output (default 1).
+        interaction: ``"dot"``: DLRM's pairwise dot products of the dense arch output and
+            the feature embeddings (modules/interaction.py), projected to the pooled
+            width by a Linear and added to the pooled tokens; ``"none"``: the encoder
+            alone (the paper). Default: ``"dot"`` when every feature and the dense arch output
+            share one width (always so in TorchRec's DLRM_DCN), else ``"none"``
+            (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
         validate_inputs: check every batch (keys, id ranges, NaN, batch sizes).
         sequence_embedding_collection: optional EmbeddingCollection (unpooled) for
             behaviour sequences; its features come in the same KJT (docs/sequences.md).
@@ -182,6 +111,7 @@ class DLRM_RankMixer(nn.Module):
         feature_groups: Optional[Dict[str, Sequence[str]]] = None,
         tokenization: Optional[str] = None,
         num_dense_tokens: int = 1,
+        interaction: Optional[str] = None,
         validate_inputs: bool = True,
         sequence_embedding_collection: Optional[EmbeddingCollection] = None,
         sequence_features: Optional[Sequence[SequenceFeatureConfig]] = None,
@@ -248,6 +178,13 @@ class DLRM_RankMixer(nn.Module):
             device=dense_device,
         )
         self.encoder = RankMixerEncoder(config, device=dense_device)
+        self.interaction = resolve_interaction(interaction, feature_dims, dense_out)
+        self.dot_interaction: Optional[DotInteraction] = None
+        self.interaction_proj: Optional[nn.Linear] = None
+        if self.interaction == "dot":
+            width = next(iter(feature_dims.values()))
+            self.dot_interaction = DotInteraction(len(feature_dims), width, dense_out > 0, config.kernel)
+            self.interaction_proj = nn.Linear(self.dot_interaction.output_dim, config.output_dim, device=dense_device)
         self.over_arch = (
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
@@ -263,6 +200,7 @@ class DLRM_RankMixer(nn.Module):
             "tokenization": self.tokenizer.mode,
             "feature_groups": self.tokenizer.groups,
             "num_dense_tokens": num_dense_tokens,
+            "interaction": self.interaction,
             "sequence_tables": (
                 _table_specs(sequence_embedding_collection.embedding_configs())
                 if sequence_embedding_collection is not None else ()
@@ -360,6 +298,8 @@ class DLRM_RankMixer(nn.Module):
         dense = self.dense_arch(dense_features) if self.dense_arch is not None else None
         tokens = self.tokenizer.tokenize(embedded, dense)  # (B, T, D)
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
+        if self.dot_interaction is not None and self.interaction_proj is not None:
+            pooled = pooled + self.interaction_proj(self.dot_interaction(embedded, dense))  # (B, D)
         return self.over_arch(pooled)  # (B, num_logits)
 
     def forward(

@@ -16,7 +16,7 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
      "rankmixer_config": {"d_model": 64, "num_tokens": 8, ...every field...},
      "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
-     "sequence_tables": [], "sequence_features": []}
+     "interaction": "dot", "sequence_tables": [], "sequence_features": []}
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
 token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
@@ -36,6 +36,7 @@ from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import ARCHS, BaselineConfig, BaselineModel
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
 from torchrec_rankmixer.models.table_spec import TableSpec
+from torchrec_rankmixer.modules.interaction import INTERACTIONS
 from torchrec_rankmixer.utils.checks import (
     check_choice,
     check_layer_sizes,
@@ -75,6 +76,9 @@ class ModelSpec:
         tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (features/grouping.py).
         feature_groups: group -> feature names (``"groups"``/``"split"``) or None.
         num_dense_tokens: tokens made from the dense arch output.
+        interaction: ``"dot"`` (the over-arch also reads the pairwise dot products of the
+            feature embeddings, modules/interaction.py) or ``"none"``. A spec without the
+            key (written before the setting existed) means ``"none"``.
         sequence_tables: the sequence EmbeddingCollection's tables (empty: none).
         sequence_features: one :class:`SequenceFeatureConfig` per sequence feature.
         arch: ``"rankmixer"`` (DLRM_RankMixer, the default) or a baseline of
@@ -106,6 +110,7 @@ class ModelSpec:
     tokenization: str = "auto"
     feature_groups: Optional[Mapping[str, Tuple[str, ...]]] = None
     num_dense_tokens: int = 1
+    interaction: str = "none"
     sequence_tables: Tuple[TableSpec, ...] = ()
     sequence_features: Tuple[SequenceFeatureConfig, ...] = ()
     arch: str = "rankmixer"
@@ -124,6 +129,7 @@ class ModelSpec:
         object.__setattr__(self, "dense_arch_layer_sizes", tuple(self.dense_arch_layer_sizes))
         check_choice("task", self.task, TASKS)
         check_choice("tokenization", self.tokenization, MODES)
+        check_choice("interaction", self.interaction, INTERACTIONS)
         check_choice("arch", self.arch, ARCHS)
         if self.arch != "rankmixer":
             self._check_baseline()
@@ -171,7 +177,9 @@ class ModelSpec:
         object.__setattr__(self, "baseline", baseline)
         extra = [name for name, value in (("rankmixer_config", self.rankmixer_config),
                                           ("tower_layer_sizes", self.tower_layer_sizes),
-                                          ("sequence_tables", self.sequence_tables or None)) if value is not None]
+                                          ("sequence_tables", self.sequence_tables or None),
+                                          ("interaction", None if self.interaction == "none" else self.interaction))
+                 if value is not None]
         if extra or self.task != "ctr":
             raise ValueError(f"arch {self.arch!r} (a baseline) takes the CTR task and no RankMixer, tower or "
                              f"sequence settings; got {extra or ['task ' + repr(self.task)]}")
@@ -239,6 +247,7 @@ class ModelSpec:
             feature_groups=self.feature_groups,
             tokenization=self.tokenization,
             num_dense_tokens=self.num_dense_tokens,
+            interaction=self.interaction,
             validate_inputs=validate_inputs,
             sequence_embedding_collection=ec,
             sequence_features=list(self.sequence_features) or None,

@@ -10,10 +10,11 @@ from torchrec.datasets.utils import Batch
 from torchrec_rankmixer.features.grouping import resolve_mode
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import BaselineConfig
-from torchrec_rankmixer.models.dlrm_rankmixer import default_config
+from torchrec_rankmixer.models.defaults import default_config
 from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
+from torchrec_rankmixer.modules.interaction import resolve_interaction
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -68,6 +69,12 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
     except (TypeError, ValueError) as e:
         raise ValueError(f"model.rankmixer ({m.rankmixer}): {e}") from e
     esmm = m.task == "esmm"
+    widths = {f: m.embedding_dim for t in tables + seq_tables for f in t.feature_names}
+    dense_width = m.dense_arch_layer_sizes[-1] if dense_in > 0 else 0
+    try:
+        interaction = resolve_interaction(m.interaction, widths, dense_width)
+    except ValueError as e:
+        raise ValueError(f"model.interaction: {e}") from e
     try:
         return ModelSpec(
             tables=tables,
@@ -80,6 +87,7 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             tokenization=resolve_mode(m.feature_groups, m.tokenization),
             feature_groups=m.feature_groups,
             num_dense_tokens=m.num_dense_tokens,
+            interaction=interaction,
             sequence_tables=seq_tables,
             sequence_features=seq_features,
         )

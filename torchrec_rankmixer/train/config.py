@@ -14,6 +14,7 @@ from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
 from torchrec_rankmixer.models.heads import TASKS
+from torchrec_rankmixer.modules.interaction import INTERACTIONS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
     check_bool,
@@ -43,7 +44,8 @@ class ModelSettings:
 
     ``rankmixer`` holds :class:`~torchrec_rankmixer.config.RankMixerConfig` fields (any of
     them); ``num_tokens`` and ``d_model`` left out follow the model's default rule
-    (:func:`~torchrec_rankmixer.models.dlrm_rankmixer.default_config`).
+    (:func:`~torchrec_rankmixer.models.defaults.default_config`); ``interaction`` left
+    out follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
     """
 
     embedding_dim: int = 16
@@ -54,6 +56,7 @@ class ModelSettings:
     tokenization: Optional[str] = None
     feature_groups: Optional[Dict[str, List[str]]] = None
     num_dense_tokens: int = 1
+    interaction: Optional[str] = None
     dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 16])
     task: str = "ctr"
     over_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 1])
@@ -75,6 +78,10 @@ class ModelSettings:
         if unknown_baseline:
             raise ValueError(f"model.baseline names {unknown_baseline}; known: {sorted(known_baseline)}")
         check_positive_int("model.num_dense_tokens", self.num_dense_tokens)
+        if self.interaction is not None:
+            check_choice("model.interaction", self.interaction, INTERACTIONS)
+            if self.arch != "rankmixer":
+                raise ValueError(f"model.interaction ({self.interaction!r}) is for model.arch='rankmixer', not {self.arch!r}")
         check_choice("model.task", self.task, TASKS)
         if self.tokenization is not None:
             check_choice("model.tokenization", self.tokenization, MODES)

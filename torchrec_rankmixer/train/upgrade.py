@@ -45,19 +45,21 @@ from torchrec_rankmixer.utils.settings import from_dict, load_file, to_dict
 LEGACY_CONFIG_FILE = "config.v0_1.yaml"
 LEGACY_MODEL_PREFIX = "model."  # 0.1 kept DMP(TrainModule) keys: model.<key> inside "model"
 # The block every 0.1 run trained, where its settings do not say: the settings default for
-# a model without a config has changed since (DEFAULT_BLOCK in models/dlrm_rankmixer.py), and
+# a model without a config has changed since (DEFAULT_BLOCK in models/defaults.py), and
 # a pre-LN block loads a post-LN checkpoint without an error, so the upgrade writes them out.
 V0_1_BLOCK: Dict[str, Any] = {"block": RANKMIXER, "ln_style": "post", "final_norm": False}
+# Likewise the interaction: 0.1 had none; the default is now "dot" (modules/interaction.py).
+V0_1_INTERACTION = "none"
 
 
 def upgrade_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     """A 0.1 settings dict with the model-shape keys moved into ``model.rankmixer`` and
-    the block settings it left out set to 0.1's (``V0_1_BLOCK``).
+    the block settings it left out set to 0.1's (``V0_1_BLOCK``, ``V0_1_INTERACTION``).
 
     Example::
 
         >>> upgrade_config({"model": {"d_model": 64, "rankmixer": {"ln_style": "pre"}}})
-        {'model': {'rankmixer': {'ln_style': 'pre', 'd_model': 64, 'block': 'rankmixer', 'final_norm': False}}}
+        {'model': {'rankmixer': {'ln_style': 'pre', 'd_model': 64, 'block': 'rankmixer', 'final_norm': False}, 'interaction': 'none'}}
     """
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     model = out.get("model")
@@ -70,6 +72,7 @@ def upgrade_config(raw: Dict[str, Any]) -> Dict[str, Any]:
                 if value is not None:
                     rankmixer[key] = value
         model["rankmixer"] = {**rankmixer, **{k: v for k, v in V0_1_BLOCK.items() if k not in rankmixer}}
+        model.setdefault("interaction", V0_1_INTERACTION)
     return out
 
 

@@ -5,7 +5,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,6 +47,29 @@ def _umask() -> int:
 def atomic_write_text(path: PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` of UTF-8 ``text``."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> None:
+    """Atomically create ``path`` with a writer that takes a file name (``torch.jit.save``,
+    ``torch.export.save``): ``write`` fills a temporary file beside ``path`` that keeps its
+    suffix (torch checks it), which is then renamed over ``path``; on error it is removed.
+
+    Example::
+
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.txt")
+        >>> atomic_write_with(p, lambda tmp: open(tmp, "w").write("ok")); open(p).read()
+        'ok'
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    try:
+        write(tmp)
+        os.replace(tmp, os.fspath(path))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(folder)
 
 
 def fsync_dir(folder: PathLike) -> None:
