@@ -87,6 +87,11 @@ def test_interaction_round_trips_and_a_spec_without_it_means_none():
     del older["interaction"]  # written before the setting existed: the encoder alone
     loaded = ModelSpec.from_dict(older)
     assert loaded.interaction == "none" and loaded.build().interaction_proj is None
+    esmm = dot_spec(task="esmm", over_arch_layer_sizes=None, tower_layer_sizes=(12,))
+    model = esmm.build()  # the towers read the pooled width, which the interaction keeps
+    assert model.interaction == "dot" and ModelSpec.from_model(model) == esmm
+    kjt = KeyedJaggedTensor.from_lengths_sync(esmm.feature_names, torch.randint(0, 50, (40,)), torch.full((20,), 2))
+    assert model.eval()(torch.rand(5, 3), kjt).shape == (5, 2)
     with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of \['none', 'dot'\]"):
         dot_spec(interaction="fm")
     with pytest.raises(ValueError, match=r"one width.*'f3': 16"):
