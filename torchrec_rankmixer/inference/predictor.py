@@ -5,7 +5,6 @@ the artifact runs, so bad data gives a ValueError instead of garbage scores.
 """
 
 import os
-import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from torchrec_rankmixer.inference.artifact import load_artifact
 from torchrec_rankmixer.inference.inputs import InputSchema, columns_to_inputs
 from torchrec_rankmixer.models.heads import task_scores
+from torchrec_rankmixer.utils.files import atomic_write_with
 from torchrec_rankmixer.utils.metrics import binary_auc, binary_logloss
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -251,10 +251,8 @@ def write_table(table: Any, path: Union[str, os.PathLike]) -> None:
         [0.5]
     """
     suffix = _suffix(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if suffix == ".csv":
             import pyarrow.csv as pacsv
 
@@ -263,7 +261,5 @@ def write_table(table: Any, path: Union[str, os.PathLike]) -> None:
             import pyarrow.parquet as pq
 
             pq.write_table(table, tmp)
-        os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write_with(path, write)  # readers see the old file or the whole new one

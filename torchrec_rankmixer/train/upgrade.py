@@ -6,7 +6,8 @@ by ``rankmixer-train --upgrade-run RUN_DIR``:
 
 1. moves the model-shape settings into ``model.rankmixer``, pins the block 0.1 trained
    (``V0_1_BLOCK``: the paper's post-LN RankMixer block; today's default is another) and
-   rewrites ``config.yaml`` (the original is kept as ``config.v0_1.yaml``);
+   its interaction (``V0_1_INTERACTION``: none; today's default is "dot"), and rewrites
+   ``config.yaml`` (the original is kept as ``config.v0_1.yaml``);
 2. writes ``spec.json`` from those settings with the trainer's own spec builder;
 3. rewrites every checkpoint with the model's own keys (``model.<key>``), optimiser and
    id-remap state unchanged, into a temporary directory that then replaces the old one.

@@ -11,8 +11,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory,
-    flushed and fsynced, then renamed over ``path``.
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write_with`), flushed and
+    fsynced before the rename.
 
     Example::
 
@@ -21,21 +21,14 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         >>> atomic_write_bytes(p, b"hello"); open(p, "rb").read()
         b'hello'
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_dir(folder)
+
+    atomic_write_with(path, write)
 
 
 def _umask() -> int:
@@ -51,8 +44,9 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> None:
     """Atomically create ``path`` with a writer that takes a file name (``torch.jit.save``,
-    ``torch.export.save``): ``write`` fills a temporary file beside ``path`` that keeps its
-    suffix (torch checks it), which is then renamed over ``path``; on error it is removed.
+    ``torch.export.save``, pyarrow): ``write`` fills a fresh temporary file beside ``path``
+    whose name ends with ``path``'s (torch checks the suffix), which is then renamed over
+    ``path``; on error it is removed and ``path`` is left as it was.
 
     Example::
 
@@ -61,14 +55,18 @@ def atomic_write_with(path: PathLike, write: Callable[[str], None]) -> None:
         >>> atomic_write_with(p, lambda tmp: open(tmp, "w").write("ok")); open(p).read()
         'ok'
     """
-    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{os.path.basename(path)}", dir=folder)
+    os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
         write(tmp)
-        os.replace(tmp, os.fspath(path))
-    finally:
+        os.replace(tmp, path)
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
     fsync_dir(folder)
 
 
