@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import Any
 
 from torchrec_rankmixer.config import RankMixerConfig
+from torchrec_rankmixer.modules.deep import DeepConfig
 from torchrec_rankmixer.modules import (
     MultiHeadTokenMixing,
     PerTokenFFN,
@@ -45,6 +46,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DLRM_RankMixer",
+    "DeepConfig",
     "ModelSpec",
     "MultiHeadTokenMixing",
     "PerTokenFFN",

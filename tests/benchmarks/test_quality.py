@@ -29,7 +29,7 @@ def test_the_default_swap_config_sets_no_rankmixer_field() -> None:
     for dataset in quality.DATASETS:
         cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, "rankmixer")))
         assert cfg.model.arch == "rankmixer" and not cfg.model.rankmixer, dataset
-        assert cfg.model.interaction is None, dataset  # the model's own rule decides
+        assert cfg.model.interaction == "auto", dataset  # the model's own rule decides
 
 
 def test_rows_measured_without_the_interaction_pin_it() -> None:

@@ -8,16 +8,10 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM_DCN
 
-from torchrec_rankmixer.models.baselines import BaselineConfig, BaselineModel, CrossNet, mlp_block
+from torchrec_rankmixer.models.baselines import BaselineConfig, BaselineModel, CrossNet
 from torchrec_rankmixer.models.spec import ModelSpec
 
 TABLES = [EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=20, feature_names=["a", "b"])]
-
-
-def _kjt(B: int = 3) -> KeyedJaggedTensor:
-    g = torch.Generator().manual_seed(0)
-    return KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.randint(0, 20, (2 * B,), generator=g),
-                                               torch.ones(2 * B, dtype=torch.int32))
 
 
 def test_cross_net_matches_its_formula():
@@ -32,10 +26,10 @@ def test_cross_net_matches_its_formula():
     torch.testing.assert_close(low(x0), x0 * (x0 @ u.weight.T @ v.weight.T + v.bias) + x0)
 
 
-def test_mlp_block_layers():
-    kinds = [type(m).__name__ for m in mlp_block(4, [3, 2], 0.2, True)]
-    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2
-    assert [type(m).__name__ for m in mlp_block(4, [3], 0.0, False)] == ["Linear", "ReLU"]
+def _kjt(B: int = 3) -> KeyedJaggedTensor:
+    g = torch.Generator().manual_seed(0)
+    return KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.randint(0, 20, (2 * B,), generator=g),
+                                               torch.ones(2 * B, dtype=torch.int32))
 
 
 def test_dlrm_dcn_baseline_is_torchrecs_model():

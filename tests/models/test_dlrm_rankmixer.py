@@ -24,13 +24,19 @@ DCN_KWARGS = dict(
 
 
 def test_one_line_swap_from_dlrm_dcn() -> None:
+    """DLRM_DCN's arguments build DLRM_RankMixer, and its cross sizes size the cross layers
+    of the default interaction; with an interaction without them they warn."""
     batch = DATA.batch(6, 0)
     dcn = DLRM_DCN(embedding_bag_collection=_ebc(), **DCN_KWARGS)
-    with pytest.warns(UserWarning, match="ignores dcn_num_layers"):
-        rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
+    rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
     out_dcn = dcn(batch.dense_features, batch.sparse_features)
     out_rm = rm(batch.dense_features, batch.sparse_features)
     assert out_rm.shape == out_dcn.shape == (6, 1)
+    assert rm.interaction == "dot_cross" and rm.cross_net.num_layers == 2
+    assert rm.cross_net.V_kernels.shape == (2, 4, 8 + 5 * 8)  # rank 4 on [dense arch output, 5 embeddings]
+    with pytest.warns(UserWarning, match="interaction 'dot' does not have; they are ignored"):
+        dot = DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot", **DCN_KWARGS)
+    assert dot.cross_net is None and dot.recipe()["dcn_num_layers"] is None
 
 
 def test_default_config_and_tokens() -> None:
@@ -40,40 +46,57 @@ def test_default_config_and_tokens() -> None:
     assert model.tokenizer.num_tokens == model.config.num_tokens
 
 
-def _written_out(model: DLRM_RankMixer, batch, with_dots: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """The model's forward written out: encoder, plus Linear(pairwise dots) when asked."""
+def _written_out(model: DLRM_RankMixer, batch, dots: bool, cross: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The model's forward written out: encoder, plus Linear(pairwise dots) and
+    Linear(cross layers x_{l+1} = x0 * (U V x_l + b) + x_l on [dense, embeddings]) when asked."""
     dense = model.dense_arch(batch.dense_features)  # (B, d)
     embedded = model.embed(batch.sparse_features)  # (B, F*d)
     pooled = model.encoder(model.tokenizer.tokenize(embedded, dense))  # (B, D)
-    if with_dots:
+    if dots:
         v = [dense] + list(embedded.split(8, dim=1))
-        dots = torch.stack([(v[i] * v[j]).sum(-1) for i in range(len(v)) for j in range(i + 1, len(v))], 1)
-        pooled = pooled + model.interaction_proj(dots)
+        products = torch.stack([(v[i] * v[j]).sum(-1) for i in range(len(v)) for j in range(i + 1, len(v))], 1)
+        pooled = pooled + model.interaction_proj(products)
+    if cross:
+        x0 = torch.cat([dense, embedded], dim=1)  # (B, W)
+        x = x0
+        net = model.cross_net
+        for w, v, b in zip(net.W_kernels, net.V_kernels, net.bias):
+            x = x0 * (x @ v.T @ w.T + b) + x
+        pooled = pooled + model.cross_proj(x)
     return model.over_arch(pooled)
 
 
-def test_default_interaction_adds_projected_dot_products() -> None:
+def test_default_interaction_adds_projected_dot_products_and_cross_layers() -> None:
     """The swap's default (one width everywhere, as DLRM_DCN requires) dots the dense arch
-    output and the 5 features: 15 pairs, projected to the pooled width and added to the
-    pooled tokens, forward and backward as written out."""
+    output and the 5 features (15 pairs) and runs 3 cross layers of rank 512 on their
+    concatenation (48 wide); each is projected to the pooled width and added to the pooled
+    tokens, forward and backward as written out."""
     model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
-    assert model.interaction == "dot" and model.interaction_proj.in_features == 15
-    assert model.interaction_proj.out_features == model.config.output_dim
+    assert model.interaction == "dot_cross" and model.interaction_proj.in_features == 15
+    assert model.interaction_proj.out_features == model.cross_proj.out_features == model.config.output_dim
+    assert model.cross_net.W_kernels.shape == (3, 48, 512)
     batch = DATA.batch(6, 0)
     out = model(batch.dense_features, batch.sparse_features)
-    torch.testing.assert_close(out, _written_out(model, batch, with_dots=True))
+    torch.testing.assert_close(out, _written_out(model, batch, dots=True, cross=True))
     out.sum().backward()
     assert model.interaction_proj.weight.grad.abs().sum() > 0
+    assert model.cross_net.V_kernels.grad[2].abs().sum() > 0
+    for interaction, dots, cross in (("dot", True, False), ("cross", False, True)):
+        part = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction=interaction, dcn_low_rank_dim=6)
+        assert (part.dot_interaction is not None, part.cross_net is not None) == (dots, cross)
+        torch.testing.assert_close(part(batch.dense_features, batch.sparse_features),
+                                   _written_out(part, batch, dots=dots, cross=cross))
 
 
 def test_interaction_none_is_the_encoder_alone_and_unequal_widths_fall_back() -> None:
     model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="none")
-    assert model.dot_interaction is None and model.interaction_proj is None
+    assert model.dot_interaction is None and model.interaction_proj is None and model.cross_net is None
     batch = DATA.batch(6, 0)
     torch.testing.assert_close(model(batch.dense_features, batch.sparse_features),
-                               _written_out(model, batch, with_dots=False))
-    # a dense arch output of another width than the tables: the default has nothing to dot
-    assert DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1]).interaction == "none"
+                               _written_out(model, batch, dots=False, cross=False))
+    # a dense arch output of another width than the tables: nothing to dot, cross layers only
+    mixed = DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1])
+    assert mixed.interaction == "cross" and mixed.cross_net.bias.shape == (3, 4 + 5 * 8)
     with pytest.raises(ValueError, match=r"one width.*'dense arch output': 4"):
         DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1], interaction="dot")
     with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of"):
@@ -195,3 +218,29 @@ def test_each_feature_group_reaches_its_own_token(groups, owner) -> None:
         assert changed == [token], (feature, changed)
     dense_moved = _tokens(model, b.dense_features + 1.0, b.sparse_features)
     assert [t for t in range(T) if not torch.equal(dense_moved[:, t], base[:, t])] == [T - 1]
+
+
+def test_deep_branch_adds_its_logits_to_the_over_arch() -> None:
+    """deep=DeepConfig(...): an MLP on [dense arch output, embeddings] whose logits are
+    added to the over-arch's (CTR: 1, ESMM's towers: 2); it needs to know the logit count."""
+    from torchrec_rankmixer.models.heads import TaskTowers
+    from torchrec_rankmixer.modules.deep import DeepConfig
+
+    deep = DeepConfig(layer_sizes=(12, 6), dropout=0.1)
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], deep=deep).eval()
+    assert model.deep_branch.mlp[0].in_features == 8 + 5 * 8 and model.recipe()["deep"] == deep
+    batch = DATA.batch(6, 0)
+    with torch.no_grad():
+        x0 = torch.cat([model.dense_arch(batch.dense_features), model.embed(batch.sparse_features)], dim=1)
+        expected = _written_out(model, batch, dots=True, cross=True) + model.deep_branch(x0)
+        torch.testing.assert_close(model(batch.dense_features, batch.sparse_features), expected)
+    model.train()(batch.dense_features, batch.sparse_features).sum().backward()
+    assert model.deep_branch.out.weight.grad.abs().sum() > 0
+    cfg = model.config
+    esmm = DLRM_RankMixer(_ebc(), 4, [16, 8], None, deep=deep, over_arch=TaskTowers(cfg.output_dim, [8], 2))
+    assert esmm.deep_branch.out.out_features == 2
+    assert esmm(batch.dense_features, batch.sparse_features).shape == (6, 2)
+    with pytest.raises(ValueError, match="deep needs to know the number of logits.*custom Linear"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], None, deep=deep, over_arch=torch.nn.Linear(cfg.output_dim, 1))
+    with pytest.raises(ValueError, match="deep must be a DeepConfig or None; got dict"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], deep={"layer_sizes": [4]})  # type: ignore[arg-type]

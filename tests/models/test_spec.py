@@ -81,24 +81,46 @@ def test_from_dict_errors():
 def test_interaction_round_trips_and_a_spec_without_it_means_none():
     spec = dot_spec()
     model = spec.build()
-    assert model.interaction == "dot" and ModelSpec.from_model(model) == spec
+    assert model.interaction == "dot_cross" and ModelSpec.from_model(model) == spec
+    assert (spec.dcn_num_layers, spec.dcn_low_rank_dim) == (2, 4) and model.cross_net.num_layers == 2
     assert ModelSpec.from_json(spec.to_json()) == spec
     older = spec.to_dict()
-    del older["interaction"]  # written before the setting existed: the encoder alone
+    for key in ("interaction", "dcn_num_layers", "dcn_low_rank_dim", "deep"):
+        del older[key]  # written before the settings existed: the encoder alone
     loaded = ModelSpec.from_dict(older)
     assert loaded.interaction == "none" and loaded.build().interaction_proj is None
+    dot_only = dict(older, interaction="dot")  # written when the default was the dot products alone
+    assert ModelSpec.from_dict(dot_only).build().cross_net is None
+    # cross sizes left out take TorchRec dlrm_main's (3, 512), and read back equal from the model
+    default_sizes = dot_spec(dcn_num_layers=None, dcn_low_rank_dim=None)
+    assert (default_sizes.dcn_num_layers, default_sizes.dcn_low_rank_dim) == (3, 512)
+    assert ModelSpec.from_model(default_sizes.build()) == default_sizes
     esmm = dot_spec(task="esmm", over_arch_layer_sizes=None, tower_layer_sizes=(12,))
     model = esmm.build()  # the towers read the pooled width, which the interaction keeps
-    assert model.interaction == "dot" and ModelSpec.from_model(model) == esmm
+    assert model.interaction == "dot_cross" and ModelSpec.from_model(model) == esmm
     kjt = KeyedJaggedTensor.from_lengths_sync(esmm.feature_names, torch.randint(0, 50, (40,)), torch.full((20,), 2))
     assert model.eval()(torch.rand(5, 3), kjt).shape == (5, 2)
-    with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of \['none', 'dot'\]"):
+    with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of \['none', 'dot', 'cross', 'dot_cross'\]"):
         dot_spec(interaction="fm")
     with pytest.raises(ValueError, match=r"one width.*'f3': 16"):
         small_spec(interaction="dot").build()  # t_c is 16 wide, the others 8
+    assert small_spec(interaction="cross").build().cross_net is not None  # the cross layers take any widths
+    with pytest.raises(ValueError, match=r"dcn_num_layers \(2\) and dcn_low_rank_dim \(None\) size the cross "
+                                         r"layers, which interaction 'dot' does not have"):
+        dot_spec(interaction="dot", dcn_num_layers=2)
     with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['interaction'\]"):
         ModelSpec(tables=spec.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
                   over_arch_layer_sizes=(8, 1), interaction="dot")
+    deep = dot_spec(deep={"layer_sizes": [8, 4], "dropout": 0.2})  # a mapping, as in spec.json
+    assert deep.deep.layer_sizes == (8, 4) and ModelSpec.from_json(deep.to_json()) == deep
+    assert ModelSpec.from_model(deep.build()) == deep
+    assert ModelSpec.from_dict(older).deep is None  # written before the setting: no branch
+    with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['deep'\]"):
+        ModelSpec(tables=spec.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
+                  over_arch_layer_sizes=(8, 1), deep={"layer_sizes": [4]})
+    with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['dcn_num_layers'\]"):
+        ModelSpec(tables=spec.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
+                  over_arch_layer_sizes=(8, 1), dcn_num_layers=3)
 
 
 def test_from_model_rejects_other_models():

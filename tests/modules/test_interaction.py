@@ -1,17 +1,25 @@
-"""DotInteraction and the interaction rule (modules/interaction.py)."""
+"""DotInteraction, CrossNet and the interaction rules (modules/interaction.py)."""
 
 import pytest
 import torch
 
-from torchrec_rankmixer.modules.interaction import DotInteraction, resolve_interaction
+from torchrec_rankmixer.modules.interaction import (
+    DCN_LOW_RANK_DIM,
+    DCN_NUM_LAYERS,
+    DotInteraction,
+    LowRankCrossNet,
+    resolve_cross,
+    resolve_interaction,
+)
 
 
-def test_rule_defaults_to_dot_only_for_one_width() -> None:
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot"
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot"
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=4) == "none"  # dense differs
-    assert resolve_interaction(None, {"a": 8}, dense_width=0) == "none"  # nothing to pair
+def test_rule_defaults_to_dot_and_cross_only_for_one_width() -> None:
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot_cross"
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot_cross"
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=4) == "cross"  # dense differs
+    assert resolve_interaction(None, {"a": 8}, dense_width=0) == "cross"  # nothing to pair
     assert resolve_interaction("none", {"a": 8, "b": 16}, dense_width=0) == "none"
+    assert resolve_interaction("cross", {"a": 8, "b": 16}, dense_width=4) == "cross"  # any widths
 
 
 def test_rule_errors_name_the_widths_and_choices() -> None:
@@ -21,8 +29,55 @@ def test_rule_errors_name_the_widths_and_choices() -> None:
         resolve_interaction("dot", {"a": 8, "b": 8}, dense_width=4)
     with pytest.raises(ValueError, match="at least 2 vectors"):
         resolve_interaction("dot", {"a": 8}, dense_width=0)
-    with pytest.raises(ValueError, match=r"interaction \('cross'\) must be one of"):
-        resolve_interaction("cross", {"a": 8, "b": 8}, dense_width=0)
+    with pytest.raises(ValueError, match=r"interaction 'dot_cross' needs one width.*'b': 16"):
+        resolve_interaction("dot_cross", {"a": 8, "b": 16}, dense_width=0)
+    with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of \['none', 'dot', 'cross', 'dot_cross'\]"):
+        resolve_interaction("fm", {"a": 8, "b": 8}, dense_width=0)
+
+
+def test_cross_sizes_default_to_torchrec_dlrm_main_and_are_checked() -> None:
+    assert (DCN_NUM_LAYERS, DCN_LOW_RANK_DIM) == (3, 512)
+    assert resolve_cross("cross", None, None) == (3, 512)
+    assert resolve_cross("dot_cross", 2, 16) == (2, 16)
+    assert resolve_cross("none", None, None) == resolve_cross("dot", None, None) == (None, None)
+    with pytest.raises(ValueError, match=r"dcn_num_layers \(2\) and dcn_low_rank_dim \(None\) size the cross "
+                                         r"layers, which interaction 'dot' does not have"):
+        resolve_cross("dot", 2, None)
+    with pytest.warns(UserWarning, match="interaction 'none' does not have; they are ignored"):
+        assert resolve_cross("none", 3, 512, strict=False) == (None, None)
+    with pytest.raises(ValueError, match=r"dcn_num_layers \(0\) must be"):
+        resolve_cross("cross", 0, None)
+    with pytest.raises(ValueError, match=r"dcn_low_rank_dim \(-1\) must be"):
+        resolve_cross("cross", None, -1)
+
+
+def test_low_rank_cross_net_is_torchrecs_forward_backward_and_init() -> None:
+    """Seeded alike, LowRankCrossNet starts with TorchRec's values (DLRM_DCN's
+    interaction) and computes what it does, forward and backward."""
+    from torchrec.modules.crossnet import LowRankCrossNet as TorchRecLowRankCrossNet
+
+    torch.manual_seed(3)
+    theirs = TorchRecLowRankCrossNet(6, 2, 3)
+    torch.manual_seed(3)
+    ours = LowRankCrossNet(6, 2, 3)
+    for k in range(2):
+        torch.testing.assert_close(ours.W_kernels[k], theirs.W_kernels[k].detach())
+        torch.testing.assert_close(ours.V_kernels[k], theirs.V_kernels[k].detach())
+    with torch.no_grad():  # non-zero biases, so they are exercised
+        ours.bias.copy_(torch.randn(2, 6))
+        for k in range(2):
+            theirs.bias[k].copy_(ours.bias[k])
+    x = torch.randn(4, 6, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a, b = ours(x), theirs(x2)
+    torch.testing.assert_close(a, b)
+    (a ** 2).sum().backward()
+    (b ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(ours.W_kernels.grad[1], theirs.W_kernels[1].grad)
+    torch.testing.assert_close(ours.bias.grad[0], theirs.bias[0].grad)
+    with pytest.raises(ValueError, match=r"low_rank \(0\) must be a positive int"):
+        LowRankCrossNet(6, 2, 0)
 
 
 def test_module_dots_dense_first_then_features() -> None:
@@ -54,9 +109,10 @@ def test_traces_with_fx_and_torchscript() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.inter = DotInteraction(3, 4, has_dense=True)
+            self.cross = LowRankCrossNet(16, 2, 3)
 
         def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-            return self.inter(embedded, dense)
+            return torch.cat([self.inter(embedded, dense), self.cross(torch.cat([dense, embedded], 1))], 1)
 
     module = Model()
     embedded, dense = torch.randn(2, 12), torch.randn(2, 4)

@@ -150,19 +150,37 @@ def test_override_into_non_section():
 
 
 def test_interaction_setting_follows_the_model_rule():
-    """Left out, model.interaction is the model's rule ("dot" for one width everywhere);
-    a bad value, or one set for a baseline arch, names the setting."""
+    """Left out, model.interaction is the model's rule ("dot_cross" for one width
+    everywhere, else "cross") and the cross sizes TorchRec dlrm_main's; a bad value, or one
+    set for a baseline arch or an interaction without cross layers, names the setting."""
     from torchrec_rankmixer.data.sources import SyntheticSource
     from torchrec_rankmixer.train.build import model_spec
 
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]"])  # tables are 16 wide
-    assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "dot"
-    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]"])
-    assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "none"
+    spec = model_spec(cfg, SyntheticSource(cfg.data))
+    assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot_cross", 3, 512)
+    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]", "model.dcn_low_rank_dim=32"])
+    spec = model_spec(cfg, SyntheticSource(cfg.data))
+    assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("cross", 3, 32)
+    cfg = load_config(overrides=["model.interaction=dot", "model.dense_arch_layer_sizes=[32, 16]"])
+    assert model_spec(cfg, SyntheticSource(cfg.data)).dcn_num_layers is None
+    # "none" on the command line parses as null; for this setting it is the encoder alone, not the rule
+    cfg = load_config(overrides=["model.interaction=none", "model.dense_arch_layer_sizes=[32, 16]"])
+    assert cfg.model.interaction == "none" and model_spec(cfg, SyntheticSource(cfg.data)).interaction == "none"
+    assert load_config().model.interaction == "auto"
     with pytest.raises(ValueError, match=r"model.interaction \('fm'\) must be one of"):
         load_config(overrides=["model.interaction=fm"])
     with pytest.raises(ValueError, match=r"model.interaction \('dot'\) is for model.arch='rankmixer', not 'dnn'"):
         load_config(overrides=["model.arch=dnn", "model.interaction=dot"])
+    with pytest.raises(ValueError, match=r"model.dcn_num_layers \(2\) sizes DLRM_RankMixer's cross layers"):
+        load_config(overrides=["model.arch=dlrm_dcn", "model.dcn_num_layers=2"])
+    with pytest.raises(ValueError, match=r"model.dcn_low_rank_dim \(0\) must be"):
+        load_config(overrides=["model.dcn_low_rank_dim=0"])
+    cfg = load_config(overrides=["model.interaction=none", "model.dcn_num_layers=2"])
+    with pytest.raises(ValueError, match=r"model.dcn_num_layers / model.dcn_low_rank_dim: dcn_num_layers \(2\) "
+                                         r"and dcn_low_rank_dim \(None\) size the cross layers, which interaction "
+                                         r"'none' does not have"):
+        model_spec(cfg, SyntheticSource(cfg.data))
 
 
 def test_managed_collision_settings_load():
@@ -190,3 +208,22 @@ def test_model_settings_errors_name_the_setting(overrides, message):
     with pytest.raises(ValueError) as err:
         model_spec(cfg, SyntheticSource(cfg.data)).build()
     assert message in str(err.value)
+
+
+def test_deep_branch_setting():
+    """model.deep holds DeepConfig fields ({}: no branch); errors name the setting."""
+    from torchrec_rankmixer.data.sources import SyntheticSource
+    from torchrec_rankmixer.train.build import model_spec
+
+    assert model_spec(load_config(), SyntheticSource(load_config().data)).deep is None
+    cfg = load_config(overrides=["model.deep={layer_sizes: [32, 16], dropout: 0.2}"])
+    spec = model_spec(cfg, SyntheticSource(cfg.data))
+    assert spec.deep.layer_sizes == (32, 16) and spec.deep.dropout == 0.2 and spec.deep.batch_norm
+    for overrides, message in (
+        (["model.deep={layer_sizes: [8], dropout: 2}"], r"model.deep \(.*\): dropout \(2\) must be in \[0, 1\)"),
+        (["model.deep={layers: [8]}"], r"model.deep \(\{'layers': \[8\]\}\) takes layer_sizes \(required\)"),
+        (["model.deep={dropout: 0.1}"], r"takes layer_sizes \(required\)"),
+        (["model.deep={layer_sizes: [8]}", "model.arch=dnn"], r"model.deep .* is for model.arch='rankmixer', not 'dnn'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            load_config(overrides=overrides)

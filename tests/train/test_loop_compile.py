@@ -28,8 +28,11 @@ def test_compiled_run_trains_as_the_eager_run(tmp_path):
         states.append(_dense_state(trainer))
         destroy_group()
     assert states[0].keys() == states[1].keys()
+    # RMSprop divides each step by the running RMS of the gradient, so the float rounding of
+    # inductor's fused kernels in a near-zero gradient entry moves single weights by ~2e-5
+    # after 3 steps (seen in the cross layers' 61,440-entry kernels, 1 entry each).
     for key, eager in states[0].items():
-        torch.testing.assert_close(states[1][key], eager, atol=1e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(states[1][key], eager, atol=5e-5, rtol=1e-4, msg=key)
     assert metrics[1]["ctr_logloss"] == pytest.approx(metrics[0]["ctr_logloss"], abs=1e-5)
 
 

@@ -26,6 +26,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_rankmixer.features.tokenizer import feature_dims_of
 from torchrec_rankmixer.models.dlrm_rankmixer import SparseArch
 from torchrec_rankmixer.models.validation import check_model_inputs
+from torchrec_rankmixer.modules.deep import mlp_block
+from torchrec_rankmixer.modules.interaction import DCN_LOW_RANK_DIM, DCN_NUM_LAYERS
 from torchrec_rankmixer.utils.checks import (
     check_bool,
     check_choice,
@@ -65,7 +67,7 @@ class BaselineConfig:
 
     dropout: float = 0.0
     batch_norm: bool = True
-    cross_layers: int = 3
+    cross_layers: int = DCN_NUM_LAYERS
     cross_low_rank: Optional[int] = None
     init: str = "xavier"
 
@@ -76,26 +78,6 @@ class BaselineConfig:
         if self.cross_low_rank is not None:
             check_positive_int("cross_low_rank", self.cross_low_rank)
         check_choice("init", self.init, INITS)
-
-
-def mlp_block(width: int, hidden: Sequence[int], dropout: float, batch_norm: bool) -> nn.Sequential:
-    """Linear -> (BatchNorm1d) -> ReLU -> (Dropout) per hidden layer: [B, width] -> [B, hidden[-1]].
-
-    Example::
-
-        >>> mlp_block(6, [4, 2], 0.1, True)(torch.randn(3, 6)).shape
-        torch.Size([3, 2])
-    """
-    layers: List[nn.Module] = []
-    for h in hidden:
-        layers.append(nn.Linear(width, h))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers.append(nn.ReLU())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = h
-    return nn.Sequential(*layers)
 
 
 class CrossNet(nn.Module):
@@ -210,7 +192,7 @@ class BaselineModel(nn.Module):
                           dense_arch_layer_sizes=dense_sizes, over_arch_layer_sizes=over, dense_device=dense_device)
             torchrec_model = (DLRM(**common) if arch == "dlrm" else  # type: ignore[arg-type]
                               DLRM_DCN(**common, dcn_num_layers=config.cross_layers,  # type: ignore[arg-type]
-                                       dcn_low_rank_dim=config.cross_low_rank or 512))
+                                       dcn_low_rank_dim=config.cross_low_rank or DCN_LOW_RANK_DIM))
             # TorchRec's own modules, under its own names (sparse_arch, dense_arch, ...)
             for name in ("sparse_arch", "dense_arch", "inter_arch", "over_arch"):
                 setattr(self, name, getattr(torchrec_model, name))
@@ -280,4 +262,4 @@ def _table_specs(configs: Sequence[Any]) -> tuple:
     return tuple(TableSpec.from_config(c) for c in configs)
 
 
-__all__ = ["ARCHS", "BASELINES", "BaselineConfig", "BaselineModel", "CrossNet", "mlp_block"]
+__all__ = ["ARCHS", "BASELINES", "BaselineConfig", "BaselineModel", "CrossNet"]

@@ -1,6 +1,5 @@
 """DLRM_RankMixer: TorchRec's DLRM_DCN with the DCN over-arch swapped for RankMixer."""
 
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -17,7 +16,8 @@ from torchrec_rankmixer.models.defaults import default_config
 from torchrec_rankmixer.models.heads import TaskTowers
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
-from torchrec_rankmixer.modules.interaction import DotInteraction, resolve_interaction
+from torchrec_rankmixer.modules.deep import DeepBranch, DeepConfig
+from torchrec_rankmixer.modules.interaction import DotInteraction, LowRankCrossNet, resolve_cross, resolve_interaction
 from torchrec_rankmixer.utils.checks import check_layer_sizes, check_non_negative_int
 
 # fx.wrap patches the calling module's globals: register the imported name here too, so
@@ -44,8 +44,9 @@ class DLRM_RankMixer(nn.Module):
     """A drop-in for ``torchrec.models.dlrm.DLRM_DCN`` whose interaction/over-arch is RankMixer.
 
     Data flow: KJT -> EmbeddingBagCollection -> KeyedTensor; dense -> DenseArch (MLP);
-    SemanticTokenizer -> tokens [B, T, D]; RankMixerEncoder -> [B, D]; with
-    ``interaction="dot"``, + Linear(pairwise dot products) -> [B, D]; OverArch -> logits.
+    SemanticTokenizer -> tokens [B, T, D]; RankMixerEncoder -> [B, D]; + Linear(pairwise
+    dot products) and/or + Linear(cross layers on [dense, embeddings]) -> [B, D] (the
+    interaction); OverArch -> logits (+ the deep branch's logits, with ``deep``).
 
     Args:
         embedding_bag_collection: the EBC (may be on the meta device, for DMP).
@@ -54,21 +55,30 @@ class DLRM_RankMixer(nn.Module):
         over_arch_layer_sizes: OverArch sizes on the pooled vector; the last is the number
             of logits (tasks), as in DLRM_DCN. None when ``over_arch`` is given.
         dense_device: device for the dense modules.
-        dcn_num_layers: accepted so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a
-            one-line change; unused (a UserWarning says so when given).
-        dcn_low_rank_dim: as ``dcn_num_layers``.
+        dcn_num_layers: cross layers of the ``"cross"`` / ``"dot_cross"`` interaction, as
+            in ``DLRM_DCN`` (so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a one-line
+            change); None: 3 (TorchRec dlrm_main's). With an interaction without cross
+            layers a UserWarning says it is unused.
+        dcn_low_rank_dim: rank r of each cross layer's W = U V, as in ``DLRM_DCN``;
+            None: 512 (TorchRec dlrm_main's).
         rankmixer_config: the encoder config; its ``num_tokens`` must equal
             T_s + dense tokens. Default: :func:`default_config`.
         feature_groups: semantic groups (group -> feature names), one token each.
         tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (default: groups if
             ``feature_groups`` else auto).
         num_dense_tokens: tokens made from the dense arch output (default 1).
-        interaction: ``"dot"``: DLRM's pairwise dot products of the dense arch output and
-            the feature embeddings (modules/interaction.py), projected to the pooled
-            width by a Linear and added to the pooled tokens; ``"none"``: the encoder
-            alone (the paper). Default: ``"dot"`` when every feature and the dense arch output
-            share one width (always so in TorchRec's DLRM_DCN), else ``"none"``
-            (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
+        interaction: what joins the encoder's pooled tokens (modules/interaction.py),
+            each part projected to the pooled width by a Linear and added: ``"dot"``,
+            DLRM's pairwise dot products of the dense arch output and the feature
+            embeddings; ``"cross"``, DLRM_DCN's low-rank cross layers on the concatenated
+            [dense arch output, embeddings]; ``"dot_cross"``, both; ``"none"``, the encoder
+            alone (the paper). Default: ``"dot_cross"`` when every feature and the dense
+            arch output share one width (always so in TorchRec's DLRM_DCN), else
+            ``"cross"`` (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
+        deep: a :class:`~torchrec_rankmixer.modules.deep.DeepConfig`: an MLP on the
+            concatenated [dense arch output, embeddings] whose logits add to the
+            over-arch's (DCN-V2's parallel deep network; modules/deep.py). None: no branch
+            (the default; it is for small data sets such as Frappe, docs/quality.md).
         validate_inputs: check every batch (keys, id ranges, NaN, batch sizes).
         sequence_embedding_collection: optional EmbeddingCollection (unpooled) for
             behaviour sequences; its features come in the same KJT (docs/sequences.md).
@@ -112,19 +122,13 @@ class DLRM_RankMixer(nn.Module):
         tokenization: Optional[str] = None,
         num_dense_tokens: int = 1,
         interaction: Optional[str] = None,
+        deep: Optional[DeepConfig] = None,
         validate_inputs: bool = True,
         sequence_embedding_collection: Optional[EmbeddingCollection] = None,
         sequence_features: Optional[Sequence[SequenceFeatureConfig]] = None,
         over_arch: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
-        if dcn_num_layers is not None or dcn_low_rank_dim is not None:
-            warnings.warn(
-                "DLRM_RankMixer ignores dcn_num_layers/dcn_low_rank_dim (DCN settings); "
-                "size the model with rankmixer_config",
-                UserWarning,
-                stacklevel=2,
-            )
         check_non_negative_int("dense_in_features", dense_in_features)
         if dense_in_features > 0:
             check_layer_sizes("dense_arch_layer_sizes", dense_arch_layer_sizes)
@@ -179,12 +183,27 @@ class DLRM_RankMixer(nn.Module):
         )
         self.encoder = RankMixerEncoder(config, device=dense_device)
         self.interaction = resolve_interaction(interaction, feature_dims, dense_out)
+        cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
         self.dot_interaction: Optional[DotInteraction] = None
         self.interaction_proj: Optional[nn.Linear] = None
-        if self.interaction == "dot":
+        if self.interaction in ("dot", "dot_cross"):
             width = next(iter(feature_dims.values()))
             self.dot_interaction = DotInteraction(len(feature_dims), width, dense_out > 0, config.kernel)
             self.interaction_proj = nn.Linear(self.dot_interaction.output_dim, config.output_dim, device=dense_device)
+        self.cross_net: Optional[LowRankCrossNet] = None
+        self.cross_proj: Optional[nn.Linear] = None
+        if cross_layers is not None and cross_rank is not None:
+            x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
+            self.cross_net = LowRankCrossNet(x0_width, cross_layers, cross_rank)
+            if dense_device is not None:
+                self.cross_net.to(dense_device)
+            self.cross_proj = nn.Linear(x0_width, config.output_dim, device=dense_device)
+        self.deep_branch: Optional[DeepBranch] = None
+        if deep is not None:
+            if not isinstance(deep, DeepConfig):
+                raise ValueError(f"deep must be a DeepConfig or None; got {type(deep).__name__}")
+            self.deep_branch = DeepBranch(sum(feature_dims.values()) + dense_out,
+                                          _num_logits(over_arch, over_arch_layer_sizes), deep, dense_device)
         self.over_arch = (
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
@@ -201,6 +220,9 @@ class DLRM_RankMixer(nn.Module):
             "feature_groups": self.tokenizer.groups,
             "num_dense_tokens": num_dense_tokens,
             "interaction": self.interaction,
+            "dcn_num_layers": cross_layers,
+            "dcn_low_rank_dim": cross_rank,
+            "deep": deep,
             "sequence_tables": (
                 _table_specs(sequence_embedding_collection.embedding_configs())
                 if sequence_embedding_collection is not None else ()
@@ -300,7 +322,12 @@ class DLRM_RankMixer(nn.Module):
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
         if self.dot_interaction is not None and self.interaction_proj is not None:
             pooled = pooled + self.interaction_proj(self.dot_interaction(embedded, dense))  # (B, D)
-        return self.over_arch(pooled)  # (B, num_logits)
+        if self.cross_net is not None and self.cross_proj is not None:
+            pooled = pooled + self.cross_proj(self.cross_net(_concat(dense, embedded)))  # (B, D)
+        logits = self.over_arch(pooled)  # (B, num_logits)
+        if self.deep_branch is not None:
+            logits = logits + self.deep_branch(_concat(dense, embedded))  # (B, num_logits)
+        return logits
 
     def forward(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
@@ -321,6 +348,22 @@ class DLRM_RankMixer(nn.Module):
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing():
             return False  # tracers (TorchRec's pipeline, export) see the eager path
         return self.training or not self._has_moe
+
+
+def _concat(dense: Optional[torch.Tensor], embedded: torch.Tensor) -> torch.Tensor:
+    """[dense arch output, embeddings] (DLRM_DCN's order): [B, W], the input of the cross
+    layers and the deep branch."""
+    return embedded if dense is None else torch.cat([dense, embedded], dim=1)
+
+
+def _num_logits(over_arch: Optional[nn.Module], over_arch_layer_sizes: Optional[List[int]]) -> int:
+    """How many logits the heads give: the OverArch's last size, or one per task tower."""
+    if over_arch_layer_sizes is not None:
+        return over_arch_layer_sizes[-1]
+    if isinstance(over_arch, TaskTowers):
+        return len(over_arch.towers)
+    raise ValueError(f"deep needs to know the number of logits: give over_arch_layer_sizes or TaskTowers, "
+                     f"not a custom {type(over_arch).__name__}")
 
 
 def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:

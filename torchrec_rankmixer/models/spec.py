@@ -16,7 +16,8 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
      "rankmixer_config": {"d_model": 64, "num_tokens": 8, ...every field...},
      "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
-     "interaction": "dot", "sequence_tables": [], "sequence_features": []}
+     "interaction": "dot_cross", "dcn_num_layers": 3, "dcn_low_rank_dim": 512, "deep": null,
+     "sequence_tables": [], "sequence_features": []}
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
 token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
@@ -36,7 +37,8 @@ from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import ARCHS, BaselineConfig, BaselineModel
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
 from torchrec_rankmixer.models.table_spec import TableSpec
-from torchrec_rankmixer.modules.interaction import INTERACTIONS
+from torchrec_rankmixer.modules.deep import DeepConfig
+from torchrec_rankmixer.modules.interaction import INTERACTIONS, resolve_cross
 from torchrec_rankmixer.utils.checks import (
     check_choice,
     check_layer_sizes,
@@ -76,9 +78,15 @@ class ModelSpec:
         tokenization: ``"groups"``, ``"auto"`` or ``"split"`` (features/grouping.py).
         feature_groups: group -> feature names (``"groups"``/``"split"``) or None.
         num_dense_tokens: tokens made from the dense arch output.
-        interaction: ``"dot"`` (the over-arch also reads the pairwise dot products of the
-            feature embeddings, modules/interaction.py) or ``"none"``. A spec without the
-            key (written before the setting existed) means ``"none"``.
+        interaction: what joins the pooled tokens (modules/interaction.py): ``"dot"``
+            (pairwise dot products of the embeddings), ``"cross"`` (DCN-V2 cross layers),
+            ``"dot_cross"`` (both) or ``"none"``. A spec without the key (written before
+            the setting existed) means ``"none"``.
+        dcn_num_layers: cross layers of a ``"cross"`` / ``"dot_cross"`` interaction (None:
+            3); must be None without cross layers.
+        dcn_low_rank_dim: rank of each cross layer (None: 512); as ``dcn_num_layers``.
+        deep: the parallel deep branch's :class:`DeepConfig` (or a mapping of its fields);
+            None: no branch (and the meaning of a spec without the key).
         sequence_tables: the sequence EmbeddingCollection's tables (empty: none).
         sequence_features: one :class:`SequenceFeatureConfig` per sequence feature.
         arch: ``"rankmixer"`` (DLRM_RankMixer, the default) or a baseline of
@@ -111,6 +119,9 @@ class ModelSpec:
     feature_groups: Optional[Mapping[str, Tuple[str, ...]]] = None
     num_dense_tokens: int = 1
     interaction: str = "none"
+    dcn_num_layers: Optional[int] = None
+    dcn_low_rank_dim: Optional[int] = None
+    deep: Optional[DeepConfig] = None
     sequence_tables: Tuple[TableSpec, ...] = ()
     sequence_features: Tuple[SequenceFeatureConfig, ...] = ()
     arch: str = "rankmixer"
@@ -140,6 +151,11 @@ class ModelSpec:
             raise ValueError("baseline sizes are for arch != 'rankmixer'")
         if self.rankmixer_config is None:
             raise ValueError("arch 'rankmixer' needs rankmixer_config")
+        if isinstance(self.deep, Mapping):
+            object.__setattr__(self, "deep", DeepConfig(**self.deep))
+        layers, rank = resolve_cross(self.interaction, self.dcn_num_layers, self.dcn_low_rank_dim)
+        object.__setattr__(self, "dcn_num_layers", layers)
+        object.__setattr__(self, "dcn_low_rank_dim", rank)
         if self.task == "ctr":
             if self.tower_layer_sizes is not None:
                 raise ValueError(f"tower_layer_sizes ({list(self.tower_layer_sizes)}) are ESMM's; task is 'ctr'")
@@ -178,7 +194,10 @@ class ModelSpec:
         extra = [name for name, value in (("rankmixer_config", self.rankmixer_config),
                                           ("tower_layer_sizes", self.tower_layer_sizes),
                                           ("sequence_tables", self.sequence_tables or None),
-                                          ("interaction", None if self.interaction == "none" else self.interaction))
+                                          ("interaction", None if self.interaction == "none" else self.interaction),
+                                          ("dcn_num_layers", self.dcn_num_layers),
+                                          ("dcn_low_rank_dim", self.dcn_low_rank_dim),
+                                          ("deep", self.deep))
                  if value is not None]
         if extra or self.task != "ctr":
             raise ValueError(f"arch {self.arch!r} (a baseline) takes the CTR task and no RankMixer, tower or "
@@ -248,6 +267,9 @@ class ModelSpec:
             tokenization=self.tokenization,
             num_dense_tokens=self.num_dense_tokens,
             interaction=self.interaction,
+            dcn_num_layers=self.dcn_num_layers,
+            dcn_low_rank_dim=self.dcn_low_rank_dim,
+            deep=self.deep,
             validate_inputs=validate_inputs,
             sequence_embedding_collection=ec,
             sequence_features=list(self.sequence_features) or None,
@@ -265,6 +287,7 @@ class ModelSpec:
         out["sequence_features"] = [asdict(c) for c in self.sequence_features]
         out["rankmixer_config"] = None if self.rankmixer_config is None else asdict(self.rankmixer_config)
         out["baseline"] = None if self.baseline is None else asdict(self.baseline)
+        out["deep"] = None if self.deep is None else dict(asdict(self.deep), layer_sizes=list(self.deep.layer_sizes))
         for key in ("dense_arch_layer_sizes", "over_arch_layer_sizes", "tower_layer_sizes"):
             out[key] = None if out[key] is None else list(out[key])
         if self.feature_groups is not None:

@@ -1,43 +1,67 @@
-"""DotInteraction: DLRM's pairwise dot products of the feature embeddings, beside the encoder.
+"""The interactions beside the encoder: DLRM's dot products and DCN-V2's cross layers.
 
-``DLRM_RankMixer(interaction="dot")`` adds a Linear projection of these dot products to
-the pooled tokens the over-arch reads, as TorchRec DLRM's ``InteractionArch`` feeds its
-over-arch the dot products. Why (docs/quality.md, decision 5): the token encoder learns
-factorised user x item affinity slowly from projected tokens; given the products, the
-default swap gains on every data set of the quality suite, about 0.01 test AUC on the
-interaction-heavy ones.
+``DLRM_RankMixer(interaction=...)`` adds, to the pooled tokens the over-arch reads, a
+Linear projection of
+
+- ``"dot"``: the pairwise dot products of the feature embeddings (and the dense arch
+  output), as TorchRec DLRM's ``InteractionArch`` feeds its over-arch;
+- ``"cross"``: DCN-V2's low-rank cross layers on the concatenated [dense arch output,
+  embeddings], as TorchRec DLRM_DCN's ``InteractionDCNArch`` (``dcn_num_layers``,
+  ``dcn_low_rank_dim``);
+- ``"dot_cross"``: both (the default swap's, when every width is equal).
+
+Why (docs/quality.md, decisions 5 and 6): the token encoder learns factorised user x item
+affinity and sharp feature-conjunction rules slowly from projected tokens; given the
+second-order products and the cross layers' higher-order terms, the default swap gains on
+every data set of the quality suite.
 """
 
 from typing import Mapping, Optional, Tuple
+import warnings
 
 import torch
 from torch import nn
 
 from torchrec_rankmixer.ops.dot_interaction import dot_interaction
 from torchrec_rankmixer.ops.kernels import check_kernel
-from torchrec_rankmixer.utils.checks import check_choice
+from torchrec_rankmixer.utils.checks import check_choice, check_positive_int
 
-INTERACTIONS: Tuple[str, ...] = ("none", "dot")
+INTERACTIONS: Tuple[str, ...] = ("none", "dot", "cross", "dot_cross")
+# TorchRec dlrm_main's DLRM_DCN sizes (--dcn_num_layers, --dcn_low_rank_dim): the cross
+# layers' defaults here and for the dlrm_dcn baseline.
+DCN_NUM_LAYERS = 3
+DCN_LOW_RANK_DIM = 512
+
+
+def uses_dot(interaction: str) -> bool:
+    """Whether ``interaction`` includes DLRM's dot products."""
+    return interaction in ("dot", "dot_cross")
+
+
+def uses_cross(interaction: str) -> bool:
+    """Whether ``interaction`` includes DCN-V2's cross layers."""
+    return interaction in ("cross", "dot_cross")
 
 
 def resolve_interaction(
     interaction: Optional[str], feature_dims: Mapping[str, int], dense_width: int
 ) -> str:
     """The interaction a model uses: ``interaction`` if given (checked), else the default
-    rule: ``"dot"`` when every feature and the dense arch output (if any) share one width,
-    as in every TorchRec DLRM / DLRM_DCN, else ``"none"``.
+    rule: ``"dot_cross"`` when every feature and the dense arch output (if any) share one
+    width, as in every TorchRec DLRM / DLRM_DCN, else ``"cross"`` (the dot products need
+    one width; the cross layers do not).
 
     Args:
-        interaction: ``"none"``, ``"dot"`` or None (the default rule).
+        interaction: one of :data:`INTERACTIONS` or None (the default rule).
         feature_dims: feature name -> embedding width, in model order.
         dense_width: the dense arch output width (0: no dense input).
 
     Example::
 
         >>> resolve_interaction(None, {"u": 8, "i": 8}, dense_width=8)
-        'dot'
+        'dot_cross'
         >>> resolve_interaction(None, {"u": 8, "i": 16}, dense_width=0)
-        'none'
+        'cross'
         >>> resolve_interaction("dot", {"u": 8, "i": 16}, dense_width=0)
         Traceback (most recent call last):
         ...
@@ -48,13 +72,93 @@ def resolve_interaction(
         widths["dense arch output"] = dense_width
     equal = len(set(widths.values())) == 1 and len(widths) >= 2
     if interaction is None:
-        return "dot" if equal else "none"
+        return "dot_cross" if equal else "cross"
     check_choice("interaction", interaction, INTERACTIONS)
-    if interaction == "dot" and not equal:
+    if uses_dot(interaction) and not equal:
         if len(widths) < 2:
-            raise ValueError(f"interaction 'dot' needs at least 2 vectors to dot; got {widths}")
-        raise ValueError(f"interaction 'dot' needs one width for every vector it dots; got {widths}")
+            raise ValueError(f"interaction {interaction!r} needs at least 2 vectors to dot; got {widths}")
+        raise ValueError(f"interaction {interaction!r} needs one width for every vector it dots; got {widths}")
     return interaction
+
+
+def resolve_cross(
+    interaction: str, num_layers: Optional[int], low_rank: Optional[int], strict: bool = True
+) -> Tuple[Optional[int], Optional[int]]:
+    """The cross layers' (layers, rank) for a resolved ``interaction``.
+
+    With the cross layers, None takes TorchRec dlrm_main's DLRM_DCN sizes
+    (:data:`DCN_NUM_LAYERS`, :data:`DCN_LOW_RANK_DIM`). Without them the result is
+    (None, None), and sizes given anyway are a ``ValueError`` (``strict``) or a
+    UserWarning (``DLRM_RankMixer``, which takes ``DLRM_DCN``'s arguments in the swap).
+
+    Args:
+        interaction: a resolved interaction (:func:`resolve_interaction`).
+        num_layers: cross layers (``dcn_num_layers``), >= 1, or None.
+        low_rank: rank r of each layer's W = U V (``dcn_low_rank_dim``), >= 1, or None.
+        strict: raise (True) or warn (False) on sizes the interaction does not use.
+
+    Example::
+
+        >>> resolve_cross("dot_cross", None, 64)
+        (3, 64)
+        >>> resolve_cross("dot", None, None)
+        (None, None)
+    """
+    if not uses_cross(interaction):
+        if num_layers is not None or low_rank is not None:
+            message = (f"dcn_num_layers ({num_layers}) and dcn_low_rank_dim ({low_rank}) size the cross "
+                       f"layers, which interaction {interaction!r} does not have")
+            if strict:
+                raise ValueError(message)
+            warnings.warn(message + "; they are ignored", UserWarning, stacklevel=3)
+        return None, None
+    layers = DCN_NUM_LAYERS if num_layers is None else num_layers
+    rank = DCN_LOW_RANK_DIM if low_rank is None else low_rank
+    check_positive_int("dcn_num_layers", layers)
+    check_positive_int("dcn_low_rank_dim", rank)
+    return layers, rank
+
+
+class LowRankCrossNet(nn.Module):
+    """DCN-V2's low-rank cross layers, ``x_{l+1} = x_0 * (W_l (V_l x_l) + b_l) + x_l``:
+    TorchRec's ``LowRankCrossNet`` (DLRM_DCN's interaction) with its parameters stacked
+    per layer, so that it also scripts (TorchScript cannot index a ParameterList by a loop
+    variable). Same init in the same order (every W_l xavier-normal, then every V_l, zero
+    biases), so one seed gives TorchRec's values.
+
+    Args:
+        in_features: W, the input width.
+        num_layers: L.
+        low_rank: r.
+
+    Shapes:
+        x0 [B, W] -> [B, W]; parameters W_kernels [L, W, r], V_kernels [L, r, W], bias [L, W].
+
+    Example::
+
+        >>> LowRankCrossNet(6, num_layers=2, low_rank=3)(torch.randn(4, 6)).shape
+        torch.Size([4, 6])
+    """
+
+    def __init__(self, in_features: int, num_layers: int, low_rank: int) -> None:
+        super().__init__()
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("low_rank", low_rank)
+        self.num_layers = num_layers
+        self.W_kernels = nn.Parameter(torch.empty(num_layers, in_features, low_rank))
+        self.V_kernels = nn.Parameter(torch.empty(num_layers, low_rank, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_layers, in_features))
+        for kernels in (self.W_kernels, self.V_kernels):
+            for layer in range(num_layers):
+                nn.init.xavier_normal_(kernels[layer])
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in range(self.num_layers):
+            xw = nn.functional.linear(nn.functional.linear(x, self.V_kernels[layer]), self.W_kernels[layer])  # (B, W)
+            x = x0 * (xw + self.bias[layer]) + x  # (B, W)
+        return x
 
 
 class DotInteraction(nn.Module):

@@ -14,7 +14,8 @@ from torchrec_rankmixer.models.defaults import default_config
 from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
-from torchrec_rankmixer.modules.interaction import resolve_interaction
+from torchrec_rankmixer.modules.deep import DeepConfig
+from torchrec_rankmixer.modules.interaction import resolve_cross, resolve_interaction
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -72,9 +73,13 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
     widths = {f: m.embedding_dim for t in tables + seq_tables for f in t.feature_names}
     dense_width = m.dense_arch_layer_sizes[-1] if dense_in > 0 else 0
     try:
-        interaction = resolve_interaction(m.interaction, widths, dense_width)
+        interaction = resolve_interaction(None if m.interaction == "auto" else m.interaction, widths, dense_width)
     except ValueError as e:
         raise ValueError(f"model.interaction: {e}") from e
+    try:
+        cross_layers, cross_rank = resolve_cross(interaction, m.dcn_num_layers, m.dcn_low_rank_dim)
+    except ValueError as e:
+        raise ValueError(f"model.dcn_num_layers / model.dcn_low_rank_dim: {e}") from e
     try:
         return ModelSpec(
             tables=tables,
@@ -88,6 +93,9 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             feature_groups=m.feature_groups,
             num_dense_tokens=m.num_dense_tokens,
             interaction=interaction,
+            dcn_num_layers=cross_layers,
+            dcn_low_rank_dim=cross_rank,
+            deep=DeepConfig(**m.deep) if m.deep else None,
             sequence_tables=seq_tables,
             sequence_features=seq_features,
         )

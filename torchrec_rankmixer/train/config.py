@@ -14,6 +14,7 @@ from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
 from torchrec_rankmixer.models.heads import TASKS
+from torchrec_rankmixer.modules.deep import DeepConfig
 from torchrec_rankmixer.modules.interaction import INTERACTIONS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
@@ -44,8 +45,12 @@ class ModelSettings:
 
     ``rankmixer`` holds :class:`~torchrec_rankmixer.config.RankMixerConfig` fields (any of
     them); ``num_tokens`` and ``d_model`` left out follow the model's default rule
-    (:func:`~torchrec_rankmixer.models.defaults.default_config`); ``interaction`` left
-    out follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
+    (:func:`~torchrec_rankmixer.models.defaults.default_config`); ``interaction``
+    ``"auto"`` (the default; ``none`` on the command line is ``"none"``, the encoder alone)
+    follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`);
+    ``dcn_num_layers`` / ``dcn_low_rank_dim`` size its cross layers (None: TorchRec
+    dlrm_main's 3 / 512; :func:`~torchrec_rankmixer.modules.interaction.resolve_cross`);
+    ``deep`` holds :class:`~torchrec_rankmixer.modules.deep.DeepConfig` fields ({}: no deep branch).
     """
 
     embedding_dim: int = 16
@@ -56,7 +61,10 @@ class ModelSettings:
     tokenization: Optional[str] = None
     feature_groups: Optional[Dict[str, List[str]]] = None
     num_dense_tokens: int = 1
-    interaction: Optional[str] = None
+    interaction: str = "auto"
+    dcn_num_layers: Optional[int] = None
+    dcn_low_rank_dim: Optional[int] = None
+    deep: Dict[str, Any] = field(default_factory=dict)
     dense_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 16])
     task: str = "ctr"
     over_arch_layer_sizes: List[int] = field(default_factory=lambda: [64, 1])
@@ -78,10 +86,28 @@ class ModelSettings:
         if unknown_baseline:
             raise ValueError(f"model.baseline names {unknown_baseline}; known: {sorted(known_baseline)}")
         check_positive_int("model.num_dense_tokens", self.num_dense_tokens)
-        if self.interaction is not None:
-            check_choice("model.interaction", self.interaction, INTERACTIONS)
+        check_choice("model.interaction", self.interaction, ("auto",) + INTERACTIONS)
+        if self.interaction != "auto":
             if self.arch != "rankmixer":
                 raise ValueError(f"model.interaction ({self.interaction!r}) is for model.arch='rankmixer', not {self.arch!r}")
+        for key in ("dcn_num_layers", "dcn_low_rank_dim"):
+            value = getattr(self, key)
+            if value is not None:
+                check_positive_int(f"model.{key}", value)
+                if self.arch != "rankmixer":
+                    raise ValueError(f"model.{key} ({value}) sizes DLRM_RankMixer's cross layers (model.arch="
+                                     f"'rankmixer'); the {self.arch!r} baseline takes model.baseline.cross_*")
+        if self.deep:
+            if self.arch != "rankmixer":
+                raise ValueError(f"model.deep ({self.deep}) is for model.arch='rankmixer', not {self.arch!r}")
+            known = sorted(f.name for f in fields(DeepConfig))
+            if set(self.deep) - set(known) or "layer_sizes" not in self.deep:
+                raise ValueError(f"model.deep ({self.deep}) takes layer_sizes (required) and the other "
+                                 f"DeepConfig fields; known: {known}")
+            try:
+                DeepConfig(**self.deep)
+            except ValueError as e:
+                raise ValueError(f"model.deep ({self.deep}): {e}") from e
         check_choice("model.task", self.task, TASKS)
         if self.tokenization is not None:
             check_choice("model.tokenization", self.tokenization, MODES)
