@@ -43,7 +43,7 @@ from torchrec_rankmixer.utils.files import atomic_write_text  # noqa: E402
 
 DATASETS: Tuple[str, ...] = ("synthetic", "synthetic_affinity", "synthetic_context_rules", "frappe_x1")
 # Table order; a data set runs the models it has a config file for.
-MODELS: Tuple[str, ...] = ("dnn", "dlrm", "dlrm_dcn", "dcnv2", "rankmixer", "rankmixer_deep", "rankmixer_dot",
+MODELS: Tuple[str, ...] = ("dnn", "dlrm", "dlrm_dcn", "dcnv2", "rankmixer", "rankmixer_deep", "rankmixer_dot_cross",
                            "rankmixer_nodot", "rankmixer_preln", "rankmixer_paper", "tokenmixer_large")
 REFERENCE_MODEL = "dlrm_dcn"  # the model the swap replaces: every table shows the delta to it
 PUBLISHED = {"frappe_x1": {"dnn": 0.9833, "dcnv2": 0.9845}}  # BARS leaderboard, test AUC

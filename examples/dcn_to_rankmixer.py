@@ -28,10 +28,12 @@ def build(model_cls: type, data: SyntheticClickData, dim: int) -> torch.nn.Modul
         dense_arch_layer_sizes=[64, dim],
         over_arch_layer_sizes=[64, 1],
     )
+    if model_cls is DLRM_DCN:
+        return DLRM_DCN(**kwargs, dcn_num_layers=3, dcn_low_rank_dim=32)
     # --- the one-line change: DLRM_DCN(...) -> DLRM_RankMixer(...) ---------------
-    # DLRM_RankMixer takes DLRM_DCN's arguments; dcn_num_layers / dcn_low_rank_dim size the
-    # cross layers it keeps beside the encoder (its default interaction, "dot_cross").
-    return model_cls(**kwargs, dcn_num_layers=3, dcn_low_rank_dim=32)
+    # DLRM_RankMixer accepts (and ignores, with a warning) dcn_num_layers/dcn_low_rank_dim,
+    # so renaming the class in an existing script is enough. Here we leave them out.
+    return DLRM_RankMixer(**kwargs)
 
 
 def main() -> None:

@@ -102,3 +102,16 @@ def test_a_real_run_lands_in_the_results_and_the_doc(tmp_path, monkeypatch) -> N
     assert run["command"] == "rankmixer-train --config configs/synthetic/dnn.yaml --train.seed 7"
     assert 0.0 < run["test_auc"] < 1.0 and 0.5 < data["oracle_auc"]["synthetic"] <= 1.0
     assert "| dnn | 7 |" in doc.read_text()
+
+
+def test_option_rows_build_what_they_measured() -> None:
+    """`rankmixer_dot_cross` pins the cross layers beside the dot products on every data
+    set; `rankmixer_deep` (Frappe) is the default swap plus BARS's DNN as the deep branch."""
+    for dataset in quality.DATASETS:
+        cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, "rankmixer_dot_cross")))
+        assert cfg.model.interaction == "dot_cross" and not cfg.model.deep, dataset
+    assert quality.suite_models("frappe_x1", ["rankmixer_deep"]) == ["rankmixer_deep"]
+    assert quality.suite_models("synthetic", ["rankmixer_deep"]) == []
+    cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path("frappe_x1", "rankmixer_deep")))
+    assert cfg.model.interaction == "dot"
+    assert cfg.model.deep == {"layer_sizes": [400, 400, 400], "dropout": 0.2}

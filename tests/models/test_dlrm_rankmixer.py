@@ -24,19 +24,19 @@ DCN_KWARGS = dict(
 
 
 def test_one_line_swap_from_dlrm_dcn() -> None:
-    """DLRM_DCN's arguments build DLRM_RankMixer, and its cross sizes size the cross layers
-    of the default interaction; with an interaction without them they warn."""
+    """DLRM_DCN's arguments build DLRM_RankMixer; its cross sizes are unused by the default
+    interaction (a warning says so) and size the cross layers of "dot_cross"."""
     batch = DATA.batch(6, 0)
     dcn = DLRM_DCN(embedding_bag_collection=_ebc(), **DCN_KWARGS)
-    rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
+    with pytest.warns(UserWarning, match="interaction 'dot' does not have; they are ignored"):
+        rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
     out_dcn = dcn(batch.dense_features, batch.sparse_features)
     out_rm = rm(batch.dense_features, batch.sparse_features)
     assert out_rm.shape == out_dcn.shape == (6, 1)
-    assert rm.interaction == "dot_cross" and rm.cross_net.num_layers == 2
-    assert rm.cross_net.V_kernels.shape == (2, 4, 8 + 5 * 8)  # rank 4 on [dense arch output, 5 embeddings]
-    with pytest.warns(UserWarning, match="interaction 'dot' does not have; they are ignored"):
-        dot = DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot", **DCN_KWARGS)
-    assert dot.cross_net is None and dot.recipe()["dcn_num_layers"] is None
+    assert rm.interaction == "dot" and rm.cross_net is None and rm.recipe()["dcn_num_layers"] is None
+    crossed = DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot_cross", **DCN_KWARGS)
+    assert crossed.cross_net.num_layers == 2
+    assert crossed.cross_net.V_kernels.shape == (2, 4, 8 + 5 * 8)  # rank 4 on [dense arch output, 5 embeddings]
 
 
 def test_default_config_and_tokens() -> None:
@@ -66,13 +66,14 @@ def _written_out(model: DLRM_RankMixer, batch, dots: bool, cross: bool) -> torch
     return model.over_arch(pooled)
 
 
-def test_default_interaction_adds_projected_dot_products_and_cross_layers() -> None:
+def test_default_interaction_adds_projected_dot_products_and_cross_layers_on_request() -> None:
     """The swap's default (one width everywhere, as DLRM_DCN requires) dots the dense arch
-    output and the 5 features (15 pairs) and runs 3 cross layers of rank 512 on their
-    concatenation (48 wide); each is projected to the pooled width and added to the pooled
-    tokens, forward and backward as written out."""
-    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
-    assert model.interaction == "dot_cross" and model.interaction_proj.in_features == 15
+    output and the 5 features (15 pairs); "dot_cross" also runs 3 cross layers of rank 512
+    on their concatenation (48 wide); each is projected to the pooled width and added to the
+    pooled tokens, forward and backward as written out."""
+    assert DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1]).interaction == "dot"
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="dot_cross")
+    assert model.interaction_proj.in_features == 15
     assert model.interaction_proj.out_features == model.cross_proj.out_features == model.config.output_dim
     assert model.cross_net.W_kernels.shape == (3, 48, 512)
     batch = DATA.batch(6, 0)
@@ -82,7 +83,8 @@ def test_default_interaction_adds_projected_dot_products_and_cross_layers() -> N
     assert model.interaction_proj.weight.grad.abs().sum() > 0
     assert model.cross_net.V_kernels.grad[2].abs().sum() > 0
     for interaction, dots, cross in (("dot", True, False), ("cross", False, True)):
-        part = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction=interaction, dcn_low_rank_dim=6)
+        sizes = {"dcn_low_rank_dim": 6} if cross else {}
+        part = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction=interaction, **sizes)
         assert (part.dot_interaction is not None, part.cross_net is not None) == (dots, cross)
         torch.testing.assert_close(part(batch.dense_features, batch.sparse_features),
                                    _written_out(part, batch, dots=dots, cross=cross))
@@ -94,9 +96,11 @@ def test_interaction_none_is_the_encoder_alone_and_unequal_widths_fall_back() ->
     batch = DATA.batch(6, 0)
     torch.testing.assert_close(model(batch.dense_features, batch.sparse_features),
                                _written_out(model, batch, dots=False, cross=False))
-    # a dense arch output of another width than the tables: nothing to dot, cross layers only
-    mixed = DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1])
-    assert mixed.interaction == "cross" and mixed.cross_net.bias.shape == (3, 4 + 5 * 8)
+    # a dense arch output of another width than the tables: nothing to dot by default; the
+    # cross layers take any widths
+    assert DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1]).interaction == "none"
+    mixed = DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1], interaction="cross")
+    assert mixed.cross_net.bias.shape == (3, 4 + 5 * 8)
     with pytest.raises(ValueError, match=r"one width.*'dense arch output': 4"):
         DLRM_RankMixer(_ebc(), 4, [16, 4], [16, 1], interaction="dot")
     with pytest.raises(ValueError, match=r"interaction \('fm'\) must be one of"):
@@ -232,7 +236,7 @@ def test_deep_branch_adds_its_logits_to_the_over_arch() -> None:
     batch = DATA.batch(6, 0)
     with torch.no_grad():
         x0 = torch.cat([model.dense_arch(batch.dense_features), model.embed(batch.sparse_features)], dim=1)
-        expected = _written_out(model, batch, dots=True, cross=True) + model.deep_branch(x0)
+        expected = _written_out(model, batch, dots=True, cross=False) + model.deep_branch(x0)
         torch.testing.assert_close(model(batch.dense_features, batch.sparse_features), expected)
     model.train()(batch.dense_features, batch.sparse_features).sum().backward()
     assert model.deep_branch.out.weight.grad.abs().sum() > 0

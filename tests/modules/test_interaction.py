@@ -13,11 +13,11 @@ from torchrec_rankmixer.modules.interaction import (
 )
 
 
-def test_rule_defaults_to_dot_and_cross_only_for_one_width() -> None:
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot_cross"
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot_cross"
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=4) == "cross"  # dense differs
-    assert resolve_interaction(None, {"a": 8}, dense_width=0) == "cross"  # nothing to pair
+def test_rule_defaults_to_dot_only_for_one_width() -> None:
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot"
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot"
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=4) == "none"  # dense differs
+    assert resolve_interaction(None, {"a": 8}, dense_width=0) == "none"  # nothing to pair
     assert resolve_interaction("none", {"a": 8, "b": 16}, dense_width=0) == "none"
     assert resolve_interaction("cross", {"a": 8, "b": 16}, dense_width=4) == "cross"  # any widths
 

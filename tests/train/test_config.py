@@ -150,16 +150,22 @@ def test_override_into_non_section():
 
 
 def test_interaction_setting_follows_the_model_rule():
-    """Left out, model.interaction is the model's rule ("dot_cross" for one width
-    everywhere, else "cross") and the cross sizes TorchRec dlrm_main's; a bad value, or one
-    set for a baseline arch or an interaction without cross layers, names the setting."""
+    """Left out, model.interaction is the model's rule ("dot" for one width everywhere,
+    else "none"); the cross sizes default to TorchRec dlrm_main's; a bad value, or one set
+    for a baseline arch or an interaction without cross layers, names the setting."""
     from torchrec_rankmixer.data.sources import SyntheticSource
     from torchrec_rankmixer.train.build import model_spec
 
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]"])  # tables are 16 wide
     spec = model_spec(cfg, SyntheticSource(cfg.data))
+    assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot", None, None)
+    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]"])
+    assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "none"
+    cfg = load_config(overrides=["model.interaction=dot_cross", "model.dense_arch_layer_sizes=[32, 16]"])
+    spec = model_spec(cfg, SyntheticSource(cfg.data))
     assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot_cross", 3, 512)
-    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]", "model.dcn_low_rank_dim=32"])
+    cfg = load_config(overrides=["model.interaction=cross", "model.dense_arch_layer_sizes=[32, 8]",
+                                 "model.dcn_low_rank_dim=32"])
     spec = model_spec(cfg, SyntheticSource(cfg.data))
     assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("cross", 3, 32)
     cfg = load_config(overrides=["model.interaction=dot", "model.dense_arch_layer_sizes=[32, 16]"])

@@ -56,9 +56,10 @@ class DLRM_RankMixer(nn.Module):
             of logits (tasks), as in DLRM_DCN. None when ``over_arch`` is given.
         dense_device: device for the dense modules.
         dcn_num_layers: cross layers of the ``"cross"`` / ``"dot_cross"`` interaction, as
-            in ``DLRM_DCN`` (so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a one-line
-            change); None: 3 (TorchRec dlrm_main's). With an interaction without cross
-            layers a UserWarning says it is unused.
+            in ``DLRM_DCN``; None: 3 (TorchRec dlrm_main's). Accepted with every
+            interaction so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a one-line
+            change; with one without cross layers (the default) a UserWarning says it is
+            unused.
         dcn_low_rank_dim: rank r of each cross layer's W = U V, as in ``DLRM_DCN``;
             None: 512 (TorchRec dlrm_main's).
         rankmixer_config: the encoder config; its ``num_tokens`` must equal
@@ -72,9 +73,9 @@ class DLRM_RankMixer(nn.Module):
             DLRM's pairwise dot products of the dense arch output and the feature
             embeddings; ``"cross"``, DLRM_DCN's low-rank cross layers on the concatenated
             [dense arch output, embeddings]; ``"dot_cross"``, both; ``"none"``, the encoder
-            alone (the paper). Default: ``"dot_cross"`` when every feature and the dense
-            arch output share one width (always so in TorchRec's DLRM_DCN), else
-            ``"cross"`` (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
+            alone (the paper). Default: ``"dot"`` when every feature and the dense arch
+            output share one width (always so in TorchRec's DLRM_DCN), else ``"none"``
+            (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
         deep: a :class:`~torchrec_rankmixer.modules.deep.DeepConfig`: an MLP on the
             concatenated [dense arch output, embeddings] whose logits add to the
             over-arch's (DCN-V2's parallel deep network; modules/deep.py). None: no branch

@@ -16,7 +16,7 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
      "rankmixer_config": {"d_model": 64, "num_tokens": 8, ...every field...},
      "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
-     "interaction": "dot_cross", "dcn_num_layers": 3, "dcn_low_rank_dim": 512, "deep": null,
+     "interaction": "dot", "dcn_num_layers": null, "dcn_low_rank_dim": null, "deep": null,
      "sequence_tables": [], "sequence_features": []}
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is

@@ -8,12 +8,12 @@ Linear projection of
 - ``"cross"``: DCN-V2's low-rank cross layers on the concatenated [dense arch output,
   embeddings], as TorchRec DLRM_DCN's ``InteractionDCNArch`` (``dcn_num_layers``,
   ``dcn_low_rank_dim``);
-- ``"dot_cross"``: both (the default swap's, when every width is equal).
+- ``"dot_cross"``: both.
 
 Why (docs/quality.md, decisions 5 and 6): the token encoder learns factorised user x item
-affinity and sharp feature-conjunction rules slowly from projected tokens; given the
-second-order products and the cross layers' higher-order terms, the default swap gains on
-every data set of the quality suite.
+affinity slowly from projected tokens; given the dot products the default swap gains on
+every data set of the quality suite. The cross layers gain more on sharp feature
+conjunctions at the suite's short budget but lose at 4x that budget, so they are options.
 """
 
 from typing import Mapping, Optional, Tuple
@@ -47,9 +47,8 @@ def resolve_interaction(
     interaction: Optional[str], feature_dims: Mapping[str, int], dense_width: int
 ) -> str:
     """The interaction a model uses: ``interaction`` if given (checked), else the default
-    rule: ``"dot_cross"`` when every feature and the dense arch output (if any) share one
-    width, as in every TorchRec DLRM / DLRM_DCN, else ``"cross"`` (the dot products need
-    one width; the cross layers do not).
+    rule: ``"dot"`` when every feature and the dense arch output (if any) share one width,
+    as in every TorchRec DLRM / DLRM_DCN, else ``"none"``.
 
     Args:
         interaction: one of :data:`INTERACTIONS` or None (the default rule).
@@ -59,9 +58,9 @@ def resolve_interaction(
     Example::
 
         >>> resolve_interaction(None, {"u": 8, "i": 8}, dense_width=8)
-        'dot_cross'
+        'dot'
         >>> resolve_interaction(None, {"u": 8, "i": 16}, dense_width=0)
-        'cross'
+        'none'
         >>> resolve_interaction("dot", {"u": 8, "i": 16}, dense_width=0)
         Traceback (most recent call last):
         ...
@@ -72,7 +71,7 @@ def resolve_interaction(
         widths["dense arch output"] = dense_width
     equal = len(set(widths.values())) == 1 and len(widths) >= 2
     if interaction is None:
-        return "dot_cross" if equal else "cross"
+        return "dot" if equal else "none"
     check_choice("interaction", interaction, INTERACTIONS)
     if uses_dot(interaction) and not equal:
         if len(widths) < 2:
