@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_rankmixer.features.tokenizer import feature_dims_of
 from torchrec_rankmixer.models.dlrm_rankmixer import SparseArch
 from torchrec_rankmixer.models.validation import check_model_inputs
-from torchrec_rankmixer.modules.deep import mlp_block
+from torchrec_rankmixer.modules.deep import mlp_block, xavier_init_
 from torchrec_rankmixer.modules.interaction import DCN_LOW_RANK_DIM, DCN_NUM_LAYERS
 from torchrec_rankmixer.utils.checks import (
     check_bool,
@@ -206,11 +206,7 @@ class BaselineModel(nn.Module):
                 out_width += width
             self.out = nn.Linear(out_width, over[-1], device=dense_device)
             if config.init == "xavier":
-                for m in self.modules():
-                    if isinstance(m, nn.Linear):
-                        nn.init.xavier_normal_(m.weight)
-                        if m.bias is not None:
-                            nn.init.zeros_(m.bias)
+                xavier_init_(self)
         self._recipe: Dict[str, Any] = {
             "arch": arch, "baseline": config, "dense_in_features": dense_in_features,
             "over_arch_layer_sizes": tuple(over), "dense_arch_layer_sizes": tuple(dense_sizes),

@@ -17,7 +17,13 @@ from torchrec_rankmixer.models.heads import TaskTowers
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
 from torchrec_rankmixer.modules.deep import DeepBranch, DeepConfig
-from torchrec_rankmixer.modules.interaction import DotInteraction, LowRankCrossNet, resolve_cross, resolve_interaction
+from torchrec_rankmixer.modules.interaction import (
+    DotInteraction,
+    LowRankCrossNet,
+    resolve_cross,
+    resolve_interaction,
+    uses_dot,
+)
 from torchrec_rankmixer.utils.checks import check_layer_sizes, check_non_negative_int
 
 # fx.wrap patches the calling module's globals: register the imported name here too, so
@@ -185,16 +191,16 @@ class DLRM_RankMixer(nn.Module):
         self.encoder = RankMixerEncoder(config, device=dense_device)
         self.interaction = resolve_interaction(interaction, feature_dims, dense_out)
         cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
+        x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
         self.dot_interaction: Optional[DotInteraction] = None
         self.interaction_proj: Optional[nn.Linear] = None
-        if self.interaction in ("dot", "dot_cross"):
+        if uses_dot(self.interaction):
             width = next(iter(feature_dims.values()))
             self.dot_interaction = DotInteraction(len(feature_dims), width, dense_out > 0, config.kernel)
             self.interaction_proj = nn.Linear(self.dot_interaction.output_dim, config.output_dim, device=dense_device)
         self.cross_net: Optional[LowRankCrossNet] = None
         self.cross_proj: Optional[nn.Linear] = None
         if cross_layers is not None and cross_rank is not None:
-            x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
             self.cross_net = LowRankCrossNet(x0_width, cross_layers, cross_rank)
             if dense_device is not None:
                 self.cross_net.to(dense_device)
@@ -203,8 +209,7 @@ class DLRM_RankMixer(nn.Module):
         if deep is not None:
             if not isinstance(deep, DeepConfig):
                 raise ValueError(f"deep must be a DeepConfig or None; got {type(deep).__name__}")
-            self.deep_branch = DeepBranch(sum(feature_dims.values()) + dense_out,
-                                          _num_logits(over_arch, over_arch_layer_sizes), deep, dense_device)
+            self.deep_branch = DeepBranch(x0_width, _num_logits(over_arch, over_arch_layer_sizes), deep, dense_device)
         self.over_arch = (
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
@@ -323,11 +328,14 @@ class DLRM_RankMixer(nn.Module):
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
         if self.dot_interaction is not None and self.interaction_proj is not None:
             pooled = pooled + self.interaction_proj(self.dot_interaction(embedded, dense))  # (B, D)
+        x0 = embedded  # (B, W): [dense arch output, embeddings], DLRM_DCN's order, built once
+        if dense is not None and (self.cross_net is not None or self.deep_branch is not None):
+            x0 = torch.cat([dense, embedded], dim=1)
         if self.cross_net is not None and self.cross_proj is not None:
-            pooled = pooled + self.cross_proj(self.cross_net(_concat(dense, embedded)))  # (B, D)
+            pooled = pooled + self.cross_proj(self.cross_net(x0))  # (B, D)
         logits = self.over_arch(pooled)  # (B, num_logits)
         if self.deep_branch is not None:
-            logits = logits + self.deep_branch(_concat(dense, embedded))  # (B, num_logits)
+            logits = logits + self.deep_branch(x0)  # (B, num_logits)
         return logits
 
     def forward(
@@ -349,12 +357,6 @@ class DLRM_RankMixer(nn.Module):
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing():
             return False  # tracers (TorchRec's pipeline, export) see the eager path
         return self.training or not self._has_moe
-
-
-def _concat(dense: Optional[torch.Tensor], embedded: torch.Tensor) -> torch.Tensor:
-    """[dense arch output, embeddings] (DLRM_DCN's order): [B, W], the input of the cross
-    layers and the deep branch."""
-    return embedded if dense is None else torch.cat([dense, embedded], dim=1)
 
 
 def _num_logits(over_arch: Optional[nn.Module], over_arch_layer_sizes: Optional[List[int]]) -> int:

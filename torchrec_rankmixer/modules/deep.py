@@ -36,6 +36,22 @@ def mlp_block(width: int, hidden: Sequence[int], dropout: float, batch_norm: boo
     return nn.Sequential(*layers)
 
 
+def xavier_init_(module: nn.Module) -> None:
+    """FuxiCTR's init for every Linear in ``module``: xavier-normal weights, zero biases.
+
+    Example::
+
+        >>> layer = nn.Linear(3, 2)
+        >>> xavier_init_(layer); int(layer.bias.abs().sum())
+        0
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 @dataclass(frozen=True)
 class DeepConfig:
     """The deep branch's MLP (BARS's DNN layers).
@@ -89,10 +105,7 @@ class DeepBranch(nn.Module):
         check_positive_int("num_logits", num_logits)
         self.mlp = mlp_block(width, config.layer_sizes, config.dropout, config.batch_norm)
         self.out = nn.Linear(config.layer_sizes[-1], num_logits)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_init_(self)
         if device is not None:
             self.to(device)
 
