@@ -10,9 +10,12 @@ round, in one process, on ``--threads`` intra-op threads.
 
 Rows: ``rankmixer`` has one token per feature (T = F + 1); ``--tokens t ...`` adds
 RankMixer rows that group the F features into t - 1 tokens (+ 1 dense token), with the
-multiple of t for D that brings the parameters closest to DCNv2's; ``--compile`` adds a
-``torch.compile``d copy of every model; ``--profile`` prints where the first RankMixer's
-forward + backward spends its time (self CPU time by op family, torch.profiler).
+multiple of t for D that brings the parameters closest to DCNv2's; ``--default-block``
+adds the same rows for the block ``DLRM_RankMixer`` builds without a config
+(TokenMixer-Large at k = 1, models/defaults.py), D again matched to DCNv2's parameters;
+``--compile`` adds a
+``torch.compile``d copy of every model; ``--profile`` prints where the one-token-per-feature
+rows' forward + backward spend their time (self CPU time by op family, torch.profiler).
 
 Usage::
 
@@ -37,6 +40,7 @@ from torchrec.modules.crossnet import LowRankCrossNet  # noqa: E402
 from torchrec.sparse.jagged_tensor import KeyedTensor  # noqa: E402
 
 from torchrec_rankmixer import RankMixerConfig, SemanticTokenizer  # noqa: E402
+from torchrec_rankmixer.models.defaults import BLOCK_DEFAULTS, DEFAULT_BLOCK  # noqa: E402
 from torchrec_rankmixer.modules.block import RankMixerEncoder  # noqa: E402
 
 
@@ -84,12 +88,17 @@ def build(args: argparse.Namespace) -> Dict[str, nn.Module]:
         "dcnv2": DCNv2Over(F, E, args.dcn_layers, args.dcn_low_rank, args.dcn_over + [1]),
     }
     target = sum(p.numel() for p in models["dcnv2"].parameters())
-    for t in getattr(args, "tokens", None) or []:
-        def grouped(d: int, t: int = t) -> nn.Module:
-            return RankMixerOver(F, E, RankMixerConfig(d_model=d, num_tokens=t, num_layers=args.layers), [d, 1])
-        d = min(range(t, 4 * args.d_model, t),
-                key=lambda d: abs(sum(p.numel() for p in grouped(d).parameters()) - target))
-        models[f"rankmixer T={t} D={d}"] = grouped(d)
+    blocks = {"rankmixer": {}}
+    if getattr(args, "default_block", False):
+        blocks[DEFAULT_BLOCK] = {"block": DEFAULT_BLOCK, **BLOCK_DEFAULTS[DEFAULT_BLOCK]}
+    for prefix, block in blocks.items():
+        for t in ([] if not block else [F + 1]) + (getattr(args, "tokens", None) or []):
+            def grouped(d: int, t: int = t, block: dict = block) -> nn.Module:
+                return RankMixerOver(F, E, RankMixerConfig(d_model=d, num_tokens=t, num_layers=args.layers, **block),
+                                     [d, 1])
+            d = min(range(t, 4 * args.d_model, t),
+                    key=lambda d: abs(sum(p.numel() for p in grouped(d).parameters()) - target))
+            models[f"{prefix} T={t} D={d}"] = grouped(d)
     if getattr(args, "compile", False):
         for name in list(models):
             models[f"{name} (compiled)"] = copy.deepcopy(models[name])
@@ -119,7 +128,8 @@ def step_flops(model: nn.Module, dense: torch.Tensor, emb: torch.Tensor) -> int:
 
 
 FAMILIES = {  # op name fragments -> family, first match wins
-    "matmul": ("bmm", "mm", "linear"), "gelu": ("gelu",), "layer_norm": ("layer_norm",),
+    "matmul": ("bmm", "mm", "linear"), "gelu / silu": ("gelu", "silu"), "layer_norm": ("layer_norm",),
+    "rms_norm": ("rms_norm", "pow", "rsqrt", "mean"),
     "copy / add / sum": ("copy", "add", "sum", "cat", "clone", "contiguous", "mul", "div", "fill", "zero"),
 }
 
@@ -165,8 +175,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tokens", type=int, nargs="*", default=[], help="also RankMixer with T tokens (grouped)")
+    p.add_argument("--default-block", action="store_true",
+                   help="also the default block (TokenMixer-Large, k = 1) at DCNv2's parameters")
     p.add_argument("--compile", action="store_true", help="also torch.compile'd copies of every model")
-    p.add_argument("--profile", action="store_true", help="op-family breakdown of RankMixer's step")
+    p.add_argument("--profile", action="store_true", help="op-family breakdown of the one-token-per-feature rows' steps")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -194,12 +206,14 @@ def main() -> None:
               f"{rate / 1e9:.1f} | {rate / peak_rate:.3f} |")
     for name, r in rows.items():
         base = rows["dcnv2 (compiled)" if name.endswith("(compiled)") else "dcnv2"]
-        if name.startswith("rankmixer"):
+        if name != "dcnv2" and not name.startswith("dcnv2 "):
             print(f"{name}: fraction of peak / DCNv2's = {r['fraction_of_peak'] / base['fraction_of_peak']:.2f}x, "
                   f"samples/s ratio {r['samples_per_s'] / base['samples_per_s']:.2f}x")
-    breakdown = profile_fwd_bwd(models["rankmixer"], dense, emb) if args.profile else None
-    if breakdown:
-        print("rankmixer forward + backward, self CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in breakdown.items()))
+    profiled = [n for n in models if n == "rankmixer" or (n.startswith(f"{DEFAULT_BLOCK} T={F + 1} ")
+                                                         and not n.endswith("(compiled)"))]
+    breakdown = {n: profile_fwd_bwd(models[n], dense, emb) for n in profiled} if args.profile else None
+    for name, shares in (breakdown or {}).items():
+        print(f"{name} forward + backward, self CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak_flops_per_s": peak_rate, "models": rows, "profile": breakdown, "args": vars(args)},

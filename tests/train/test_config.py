@@ -183,7 +183,7 @@ def test_interaction_setting_follows_the_model_rule():
     with pytest.raises(ValueError, match=r"model.dcn_low_rank_dim \(0\) must be"):
         load_config(overrides=["model.dcn_low_rank_dim=0"])
     cfg = load_config(overrides=["model.interaction=none", "model.dcn_num_layers=2"])
-    with pytest.raises(ValueError, match=r"model.dcn_num_layers / model.dcn_low_rank_dim: dcn_num_layers \(2\) "
+    with pytest.raises(ValueError, match=r"model settings: dcn_num_layers \(2\) "
                                          r"and dcn_low_rank_dim \(None\) size the cross layers, which interaction "
                                          r"'none' does not have"):
         model_spec(cfg, SyntheticSource(cfg.data))

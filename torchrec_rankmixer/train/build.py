@@ -15,7 +15,7 @@ from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import DeepConfig
-from torchrec_rankmixer.modules.interaction import resolve_cross, resolve_interaction
+from torchrec_rankmixer.modules.interaction import resolve_interaction
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -77,10 +77,6 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
     except ValueError as e:
         raise ValueError(f"model.interaction: {e}") from e
     try:
-        cross_layers, cross_rank = resolve_cross(interaction, m.dcn_num_layers, m.dcn_low_rank_dim)
-    except ValueError as e:
-        raise ValueError(f"model.dcn_num_layers / model.dcn_low_rank_dim: {e}") from e
-    try:
         return ModelSpec(
             tables=tables,
             dense_in_features=dense_in,
@@ -93,8 +89,8 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             feature_groups=m.feature_groups,
             num_dense_tokens=m.num_dense_tokens,
             interaction=interaction,
-            dcn_num_layers=cross_layers,
-            dcn_low_rank_dim=cross_rank,
+            dcn_num_layers=m.dcn_num_layers,  # ModelSpec resolves them (models.spec)
+            dcn_low_rank_dim=m.dcn_low_rank_dim,
             deep=DeepConfig(**m.deep) if m.deep else None,
             sequence_tables=seq_tables,
             sequence_features=seq_features,
