@@ -88,17 +88,18 @@ def build(args: argparse.Namespace) -> Dict[str, nn.Module]:
         "dcnv2": DCNv2Over(F, E, args.dcn_layers, args.dcn_low_rank, args.dcn_over + [1]),
     }
     target = sum(p.numel() for p in models["dcnv2"].parameters())
-    blocks = {"rankmixer": {}}
+    tokens = list(getattr(args, "tokens", None) or [])
+    matched = [("rankmixer", {}, t) for t in tokens]  # (row prefix, block settings, T), D matched below
     if getattr(args, "default_block", False):
-        blocks[DEFAULT_BLOCK] = {"block": DEFAULT_BLOCK, **BLOCK_DEFAULTS[DEFAULT_BLOCK]}
-    for prefix, block in blocks.items():
-        for t in ([] if not block else [F + 1]) + (getattr(args, "tokens", None) or []):
-            def grouped(d: int, t: int = t, block: dict = block) -> nn.Module:
-                return RankMixerOver(F, E, RankMixerConfig(d_model=d, num_tokens=t, num_layers=args.layers, **block),
-                                     [d, 1])
-            d = min(range(t, 4 * args.d_model, t),
-                    key=lambda d: abs(sum(p.numel() for p in grouped(d).parameters()) - target))
-            models[f"{prefix} T={t} D={d}"] = grouped(d)
+        default = {"block": DEFAULT_BLOCK, **BLOCK_DEFAULTS[DEFAULT_BLOCK]}
+        matched += [(DEFAULT_BLOCK, default, t) for t in [F + 1] + tokens]
+    for prefix, block, t in matched:
+        def grouped(d: int, t: int = t, block: dict = block) -> nn.Module:
+            return RankMixerOver(F, E, RankMixerConfig(d_model=d, num_tokens=t, num_layers=args.layers, **block),
+                                 [d, 1])
+        d = min(range(t, 4 * args.d_model, t),
+                key=lambda d: abs(sum(p.numel() for p in grouped(d).parameters()) - target))
+        models[f"{prefix} T={t} D={d}"] = grouped(d)
     if getattr(args, "compile", False):
         for name in list(models):
             models[f"{name} (compiled)"] = copy.deepcopy(models[name])
@@ -206,11 +207,11 @@ def main() -> None:
               f"{rate / 1e9:.1f} | {rate / peak_rate:.3f} |")
     for name, r in rows.items():
         base = rows["dcnv2 (compiled)" if name.endswith("(compiled)") else "dcnv2"]
-        if name != "dcnv2" and not name.startswith("dcnv2 "):
+        if isinstance(models[name], RankMixerOver):
             print(f"{name}: fraction of peak / DCNv2's = {r['fraction_of_peak'] / base['fraction_of_peak']:.2f}x, "
                   f"samples/s ratio {r['samples_per_s'] / base['samples_per_s']:.2f}x")
-    profiled = [n for n in models if n == "rankmixer" or (n.startswith(f"{DEFAULT_BLOCK} T={F + 1} ")
-                                                         and not n.endswith("(compiled)"))]
+    profiled = [n for n, m in models.items() if isinstance(m, RankMixerOver)  # one token per feature, eager
+                and m.encoder.config.num_tokens == F + 1 and not n.endswith("(compiled)")]
     breakdown = {n: profile_fwd_bwd(models[n], dense, emb) for n in profiled} if args.profile else None
     for name, shares in (breakdown or {}).items():
         print(f"{name} forward + backward, self CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))

@@ -29,7 +29,7 @@ def test_default_block_rows_match_dcnv2_parameters_and_train() -> None:
         assert (cfg.block, cfg.ffn_mult, cfg.num_tokens, cfg.d_model) == (
             DEFAULT_BLOCK, BLOCK_DEFAULTS[DEFAULT_BLOCK]["ffn_mult"], t, d)
         gap = abs(_params(models[name]) - target)
-        for other in [o for o in (d - t, d + t) if t <= o < 4 * 16]:  # the search range
+        for other in [o for o in (d - t, d + t) if t <= o < 4 * _args().d_model]:  # the search range
             alt = bench_overarch.RankMixerOver(7, 8, type(cfg)(d_model=other, num_tokens=t, num_layers=2,
                                                                block=DEFAULT_BLOCK, ffn_mult=cfg.ffn_mult), [other, 1])
             assert gap <= abs(_params(alt) - target)
