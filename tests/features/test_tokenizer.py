@@ -40,6 +40,29 @@ def test_batched_matches_loop_forward_and_grad(kwargs: dict) -> None:
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize(
+    "kwargs, in_order",
+    [(dict(num_sparse_tokens=3), True), (dict(groups={"x": ["c", "u", "a"], "y": ["i"]}), False)],
+)
+def test_slot_kernel_runs_for_whole_features_and_matches_reference(kwargs: dict, in_order: bool) -> None:
+    torch.manual_seed(0)
+    dims = {k: 32 for k in DIMS}
+    fast = SemanticTokenizer(dims, 6, **kwargs)
+    ref = SemanticTokenizer(dims, 6, kernel="reference", **kwargs)
+    assert fast._slot_width == 32 and fast._slot_in_order == in_order  # the slot kernel, not the gather
+    torch.nn.init.normal_(fast.bias)
+    ref.load_state_dict(fast.state_dict())
+    kt = KeyedTensor(list(dims), [32] * 4, torch.randn(5, 128))
+    values = [kt.values().clone().requires_grad_() for _ in range(2)]
+    y_fast, y_ref = (t(KeyedTensor(list(dims), [32] * 4, v)) for t, v in zip((fast, ref), values))
+    torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y_ref)
+    y_fast.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(values[0].grad, values[1].grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_sparse_biases_start_at_zero_so_small_embeddings_still_vary_after_layernorm() -> None:
     # TorchRec starts a large table's rows at ~uniform(+-sqrt(1/n)): std ~0.01. A random
     # bias would make each token almost constant across samples, and the LayerNorm after

@@ -10,7 +10,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_rankmixer.features.grouping import TokenPlan, plan_tokens
 from torchrec_rankmixer.ops.kernels import check_kernel
-from torchrec_rankmixer.ops.token_projection import token_projection
+from torchrec_rankmixer.ops.token_projection import slot_plan, token_projection
 
 
 @torch.fx.wrap
@@ -32,8 +32,10 @@ class SemanticTokenizer(nn.Module):
     Sparse tokens come from a :class:`TokenPlan` (explicit semantic groups, automatic
     contiguous grouping, or the paper's Eq. 2 split); each token's concatenated
     embedding columns get their own Linear projection to D. All projections run as one
-    gather + batched matmul (groups of unequal width zero-padded to the widest) or as the
-    reference loop (``kernel="reference"``; ops/token_projection.py). Dense features (after the
+    batched matmul over the features (where the tokens are made of whole features of one
+    width and are not already in column order), else as one gather + batched matmul (groups
+    of unequal width zero-padded to the widest), or as the reference loop
+    (``kernel="reference"``; ops/token_projection.py). Dense features (after the
     dense arch) become ``num_dense_tokens`` extra tokens appended after the sparse ones.
 
     Args:
@@ -105,6 +107,12 @@ class SemanticTokenizer(nn.Module):
         index = [c for cols in self.plan.columns for c in list(cols) + [pad] * (W - len(cols))]
         self._identity = index == list(range(self.total_width))
         self.register_buffer("gather_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
+        slots = None if self._identity else slot_plan(self.plan.columns, self.total_width)
+        self._slot_width = slots.width if slots is not None else 0  # 0: the gather kernel
+        self._slot_in_order = slots is not None and slots.chunk == tuple(range(self.total_width // slots.width))
+        for name, values in (("slot_token", slots.token if slots else ()), ("slot_row", slots.row if slots else ()),
+                             ("slot_chunk", slots.chunk if slots else ())):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=device), persistent=False)
         self.weight = nn.Parameter(torch.empty(G, W, D, device=device))  # (G, W_max, D)
         self.bias = nn.Parameter(torch.empty(G, D, device=device))  # (G, D)
         self.dense_proj: Optional[nn.Linear] = (
@@ -169,7 +177,9 @@ class SemanticTokenizer(nn.Module):
         """[B, sum(dims)] -> [B, T_s, D]."""
         index = None if self._identity else self.gather_index
         columns = [list(cols) for cols in self.plan.columns]
-        return token_projection(values, self.weight, self.bias, columns, index, self.kernel)  # (B, G, D)
+        chunk = None if self._slot_in_order else self.slot_chunk
+        return token_projection(values, self.weight, self.bias, columns, index, self.kernel,
+                                self._slot_width, self.slot_token, self.slot_row, chunk)  # (B, G, D)
 
     def ordered_values(self, sparse: KeyedTensor) -> torch.Tensor:
         """The embeddings as one matrix [B, sum(dims)], columns in ``feature_names`` order
