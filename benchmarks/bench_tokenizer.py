@@ -45,13 +45,14 @@ def time_shape(batch: int, features: int, dim: int, tokens: int, d_model: int, r
     if slots is None or tok._identity:
         raise ValueError(f"F={features}, d={dim}, T_s={tokens}: the plan has no slots, nothing to compare")
     token, row = torch.tensor(slots.token), torch.tensor(slots.row)
+    chunk = None if slots.in_order else torch.tensor(slots.chunk)
     weight = tok.weight.detach().clone().requires_grad_()
     bias = tok.bias.detach().clone().requires_grad_()
     values = torch.randn(batch, features * dim)
     grad_values = values.clone().requires_grad_()
 
     def run(kernel: str, x: torch.Tensor) -> torch.Tensor:
-        return token_projection(x, weight, bias, columns, tok.gather_index, kernel, slots.width, token, row)
+        return token_projection(x, weight, bias, columns, tok.gather_index, kernel, slots.width, token, row, chunk)
 
     def step(kernel: str) -> None:
         weight.grad = bias.grad = grad_values.grad = None

@@ -20,7 +20,7 @@ def _run(values, weight, bias, columns, kernel, slots=None):
     total = values.shape[1]
     if slots is None:
         return token_projection(values, weight, bias, columns, _gather_index(columns, total), kernel)
-    chunk = None if slots.chunk == tuple(range(total // slots.width)) else torch.tensor(slots.chunk)
+    chunk = None if slots.in_order else torch.tensor(slots.chunk)
     return token_projection(values, weight, bias, columns, None, kernel, slots.width,
                             torch.tensor(slots.token), torch.tensor(slots.row), chunk)
 
@@ -41,6 +41,7 @@ def test_slots_match_reference_and_gather_forward_and_backward(name: str) -> Non
     columns = PLANS[name]
     slots = slot_plan(columns, total_width=40, min_width=WIDTH)
     assert slots is not None and slots.width == WIDTH
+    assert slots.in_order == (name != "groups")  # "groups" reorders and skips a feature
     G, W, D = len(columns), max(len(c) for c in columns), 6
     outs, grads = [], []
     for kernel, plan in (("reference", None), ("batched", None), ("auto", slots)):
@@ -65,7 +66,7 @@ def test_slot_plan_of_the_tokenizers_plans() -> None:
     dims = {f"f{i}": 32 for i in range(11)}
     slots = slot_plan(plan_tokens(dims, 7, None, None).columns, total_width=352)
     assert slots is not None and slots.width == 32
-    assert slots.chunk == tuple(range(11))  # every feature once, in column order
+    assert slots.chunk == tuple(range(11)) and slots.in_order  # every feature once, in column order
     assert slots.token == (0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 6)
     assert slots.row == (0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0)
 

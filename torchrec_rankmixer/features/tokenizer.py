@@ -33,7 +33,8 @@ class SemanticTokenizer(nn.Module):
     contiguous grouping, or the paper's Eq. 2 split); each token's concatenated
     embedding columns get their own Linear projection to D. All projections run as one
     batched matmul over the features (where the tokens are made of whole features of one
-    width and are not already in column order), else as one gather + batched matmul (groups
+    width of at least ``MIN_SLOT_WIDTH`` columns and the plan is not already in column
+    order; ops/token_projection.py), else as one gather + batched matmul (groups
     of unequal width zero-padded to the widest), or as the reference loop
     (``kernel="reference"``; ops/token_projection.py). Dense features (after the
     dense arch) become ``num_dense_tokens`` extra tokens appended after the sparse ones.
@@ -109,7 +110,7 @@ class SemanticTokenizer(nn.Module):
         self.register_buffer("gather_index", torch.tensor(index, dtype=torch.long, device=device), persistent=False)
         slots = None if self._identity else slot_plan(self.plan.columns, self.total_width)
         self._slot_width = slots.width if slots is not None else 0  # 0: the gather kernel
-        self._slot_in_order = slots is not None and slots.chunk == tuple(range(self.total_width // slots.width))
+        self._slot_in_order = slots is not None and slots.in_order
         for name, values in (("slot_token", slots.token if slots else ()), ("slot_row", slots.row if slots else ()),
                              ("slot_chunk", slots.chunk if slots else ())):
             self.register_buffer(name, torch.tensor(values, dtype=torch.long, device=device), persistent=False)

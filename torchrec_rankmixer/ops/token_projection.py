@@ -98,12 +98,15 @@ class SlotPlan:
         chunk: per slot, its block of ``values`` (columns ``chunk * s`` to ``chunk * s + s``).
         token: per slot, the token it feeds.
         row: per slot, its place in that token (weight rows ``row * s`` to ``row * s + s``).
+        in_order: slot i reads block i, for every block of ``values``: the kernel needs no
+            ``slot_chunk`` (:func:`token_projection_slots`).
     """
 
     width: int
     chunk: Tuple[int, ...]
     token: Tuple[int, ...]
     row: Tuple[int, ...]
+    in_order: bool
 
 
 def slot_plan(
@@ -116,7 +119,7 @@ def slot_plan(
     Example::
 
         >>> slot_plan([list(range(16)), list(range(16, 24))], total_width=24, min_width=8)
-        SlotPlan(width=8, chunk=(0, 1, 2), token=(0, 0, 1), row=(0, 1, 0))
+        SlotPlan(width=8, chunk=(0, 1, 2), token=(0, 0, 1), row=(0, 1, 0), in_order=True)
         >>> slot_plan([[0, 1], [2]], total_width=3) is None  # 1-column blocks: too narrow
         True
     """
@@ -137,7 +140,7 @@ def slot_plan(
             chunk.append(start // width)
             token.append(g)
             row.append(j)
-    return SlotPlan(width, tuple(chunk), tuple(token), tuple(row))
+    return SlotPlan(width, tuple(chunk), tuple(token), tuple(row), chunk == list(range(total_width // width)))
 
 
 def token_projection_slots(
