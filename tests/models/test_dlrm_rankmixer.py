@@ -248,3 +248,30 @@ def test_deep_branch_adds_its_logits_to_the_over_arch() -> None:
         DLRM_RankMixer(_ebc(), 4, [16, 8], None, deep=deep, over_arch=torch.nn.Linear(cfg.output_dim, 1))
     with pytest.raises(ValueError, match="deep must be a DeepConfig or None; got dict"):
         DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], deep={"layer_sizes": [4]})  # type: ignore[arg-type]
+
+
+def test_over_arch_init_xavier_zeroes_the_head_biases_and_torch_keeps_pytorch_s() -> None:
+    """over_arch_init="xavier" (the default): xavier-normal OverArch weights, zero biases
+    there and in the interaction projections; "torch" leaves PyTorch's nn.Linear init
+    (nonzero biases); a given over_arch module is not re-initialised."""
+    from torchrec_rankmixer.models.heads import TaskTowers
+
+    torch.manual_seed(0)
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [64, 64, 1], interaction="dot_cross", dcn_num_layers=1,
+                           dcn_low_rank_dim=4)
+    linears = [m for m in model.over_arch.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 and model.recipe()["over_arch_init"] == "xavier"
+    for layer in linears + [model.interaction_proj, model.cross_proj]:
+        assert torch.count_nonzero(layer.bias) == 0
+    hidden = linears[1].weight  # xavier-normal: std sqrt(2 / (64 + 64)) = 0.125; PyTorch's is uniform, std 0.072
+    assert 0.11 < hidden.std().item() < 0.14
+    plain = DLRM_RankMixer(_ebc(), 4, [16, 8], [64, 64, 1], over_arch_init="torch")
+    plain_linears = [m for m in plain.over_arch.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(torch.count_nonzero(m.bias) > 0 for m in plain_linears + [plain.interaction_proj])
+    assert plain_linears[1].weight.std().item() < 0.09 and plain.recipe()["over_arch_init"] == "torch"
+    towers = TaskTowers(model.config.output_dim, [8], 2)
+    before = [p.clone() for p in towers.parameters()]
+    DLRM_RankMixer(_ebc(), 4, [16, 8], None, over_arch=towers)
+    assert all(torch.equal(a, b) for a, b in zip(before, towers.parameters()))
+    with pytest.raises(ValueError, match=r"over_arch_init \('kaiming'\) must be one of \['torch', 'xavier'\]"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], over_arch_init="kaiming")

@@ -123,6 +123,22 @@ def test_interaction_round_trips_and_a_spec_without_it_means_none():
                   over_arch_layer_sizes=(8, 1), dcn_num_layers=3)
 
 
+def test_over_arch_init_round_trips_and_a_spec_without_it_means_the_default():
+    plain = small_spec(over_arch_init="torch")
+    model = plain.build()
+    assert ModelSpec.from_model(model) == plain and ModelSpec.from_json(plain.to_json()) == plain
+    biases = [m.bias for m in model.over_arch.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(torch.count_nonzero(b) > 0 for b in biases)  # PyTorch's init kept
+    older = plain.to_dict()
+    del older["over_arch_init"]  # written before the setting existed
+    assert ModelSpec.from_dict(older).over_arch_init == "xavier"
+    with pytest.raises(ValueError, match=r"over_arch_init \('he'\) must be one of \['torch', 'xavier'\]"):
+        small_spec(over_arch_init="he")
+    with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['over_arch_init'\]"):
+        ModelSpec(tables=plain.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
+                  over_arch_layer_sizes=(8, 1), over_arch_init="torch")
+
+
 def test_from_model_rejects_other_models():
     with pytest.raises(ValueError, match="is not a DLRM_RankMixer"):
         ModelSpec.from_model(torch.nn.Linear(2, 2))

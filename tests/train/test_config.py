@@ -71,6 +71,8 @@ def test_cli_print_config_and_config_error(capsys):
     ("model.tower_layer_sizes=[0]", "model.tower_layer_sizes ([0]) must hold positive ints"),
     ("model.dense_arch_layer_sizes=[]", "model.dense_arch_layer_sizes ([]) needs at least 1"),
     ("model.cvr_loss_weight=-1", "model.cvr_loss_weight (-1.0) must be >= 0"),
+    ("model.over_arch_init=he", "model.over_arch_init ('he') must be one of ['torch', 'xavier']"),
+    (["model.arch=dnn", "model.over_arch_init=torch"], "model.over_arch_init ('torch') is for model.arch='rankmixer'"),
     ("model.cvr_loss_weight=1", "needs model.task='esmm'"),
     ("data.format=avro", "data.format ('avro') must be one of"),
     ("data.batch_size=0", "data.batch_size (0) must be a positive int"),

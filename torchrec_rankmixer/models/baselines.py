@@ -26,7 +26,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec_rankmixer.features.tokenizer import feature_dims_of
 from torchrec_rankmixer.models.dlrm_rankmixer import SparseArch
 from torchrec_rankmixer.models.validation import check_model_inputs
-from torchrec_rankmixer.modules.deep import mlp_block, xavier_init_
+from torchrec_rankmixer.modules.deep import INITS, mlp_block, xavier_init_
 from torchrec_rankmixer.modules.interaction import DCN_LOW_RANK_DIM, DCN_NUM_LAYERS
 from torchrec_rankmixer.utils.checks import (
     check_bool,
@@ -39,7 +39,6 @@ from torchrec_rankmixer.utils.checks import (
 
 ARCHS: Tuple[str, ...] = ("rankmixer", "dnn", "dcnv2", "dlrm", "dlrm_dcn")
 BASELINES: Tuple[str, ...] = ARCHS[1:]
-INITS: Tuple[str, ...] = ("torch", "xavier")
 
 torch.fx.wrap("check_model_inputs")
 

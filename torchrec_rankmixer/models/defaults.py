@@ -23,6 +23,10 @@ BLOCK_DEFAULTS: Dict[str, Dict[str, Any]] = {
     RANKMIXER: {"ln_style": "pre", "final_norm": False},
 }
 DEFAULT_MAX_SPARSE_TOKENS = 7
+# How DLRM_RankMixer initialises its head (modules/deep.py INITS): xavier-normal OverArch
+# weights, zero biases there and in the interaction projections, chosen on the quality
+# suite (docs/quality.md, decision 8); ``"torch"`` is TorchRec DLRM_DCN's init.
+DEFAULT_OVER_ARCH_INIT = "xavier"
 
 
 def default_num_sparse_tokens(

@@ -12,11 +12,11 @@ from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
-from torchrec_rankmixer.models.defaults import default_config
+from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT, default_config
 from torchrec_rankmixer.models.heads import TaskTowers
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
-from torchrec_rankmixer.modules.deep import DeepBranch, DeepConfig
+from torchrec_rankmixer.modules.deep import INITS, DeepBranch, DeepConfig, xavier_init_
 from torchrec_rankmixer.modules.interaction import (
     DotInteraction,
     LowRankCrossNet,
@@ -24,7 +24,7 @@ from torchrec_rankmixer.modules.interaction import (
     resolve_interaction,
     uses_dot,
 )
-from torchrec_rankmixer.utils.checks import check_layer_sizes, check_non_negative_int
+from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_non_negative_int
 
 # fx.wrap patches the calling module's globals: register the imported name here too, so
 # TorchRec's tracer (TrainPipelineSparseDist, torchrec.fx) records one opaque call.
@@ -94,6 +94,13 @@ class DLRM_RankMixer(nn.Module):
         over_arch: a module in place of the OverArch, on the pooled vector
             [B, rankmixer_config.output_dim] -> logits [B, n]; e.g. ESMM's
             ``TaskTowers(config.output_dim, [64], num_tasks=2)`` (models/heads.py).
+        over_arch_init: how the head is initialised. ``"xavier"`` (the default):
+            xavier-normal weights and zero biases in the OverArch built from
+            ``over_arch_layer_sizes`` (BARS / FuxiCTR's init, up to 2.5x PyTorch's weight
+            scale in the narrowing layers), and zero biases in the interaction
+            projections; chosen on the quality suite (docs/quality.md, decision 8).
+            ``"torch"``: PyTorch's default ``nn.Linear`` init, as in TorchRec's
+            ``DLRM_DCN``. A given ``over_arch`` module is never re-initialised.
 
     Shapes:
         dense_features [B, dense_in_features], sparse_features KJT (stride B)
@@ -134,9 +141,11 @@ class DLRM_RankMixer(nn.Module):
         sequence_embedding_collection: Optional[EmbeddingCollection] = None,
         sequence_features: Optional[Sequence[SequenceFeatureConfig]] = None,
         over_arch: Optional[nn.Module] = None,
+        over_arch_init: str = DEFAULT_OVER_ARCH_INIT,
     ) -> None:
         super().__init__()
         check_non_negative_int("dense_in_features", dense_in_features)
+        check_choice("over_arch_init", over_arch_init, INITS)
         if dense_in_features > 0:
             check_layer_sizes("dense_arch_layer_sizes", dense_arch_layer_sizes)
         if (over_arch is None) == (over_arch_layer_sizes is None):
@@ -214,6 +223,12 @@ class DLRM_RankMixer(nn.Module):
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
         )
+        if over_arch_init == "xavier":
+            if over_arch is None:
+                xavier_init_(self.over_arch)
+            for proj in (self.interaction_proj, self.cross_proj):
+                if proj is not None:
+                    nn.init.zeros_(proj.bias)
         self._compiled_dense: Optional[Callable[..., torch.Tensor]] = None  # compile_dense_path
         self._has_moe = config.use_moe
         self._recipe = {  # what models/spec.py's ModelSpec.from_model reads back
@@ -234,6 +249,7 @@ class DLRM_RankMixer(nn.Module):
                 if sequence_embedding_collection is not None else ()
             ),
             "sequence_features": tuple(sequence_features or ()),
+            "over_arch_init": over_arch_init,
         }
 
     def recipe(self) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
      "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
      "interaction": "dot", "dcn_num_layers": null, "dcn_low_rank_dim": null, "deep": null,
-     "sequence_tables": [], "sequence_features": []}
+     "sequence_tables": [], "sequence_features": [], "over_arch_init": "xavier"}
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
 token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
@@ -35,9 +35,10 @@ from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import ARCHS, BaselineConfig, BaselineModel
+from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
 from torchrec_rankmixer.models.table_spec import TableSpec
-from torchrec_rankmixer.modules.deep import DeepConfig
+from torchrec_rankmixer.modules.deep import INITS, DeepConfig
 from torchrec_rankmixer.modules.interaction import INTERACTIONS, resolve_cross
 from torchrec_rankmixer.utils.checks import (
     check_choice,
@@ -95,6 +96,9 @@ class ModelSpec:
             ``dense_arch_layer_sizes`` (``dlrm`` / ``dlrm_dcn`` only), ``baseline`` settings
             and no ``rankmixer_config``, CTR task only.
         baseline: the baseline's :class:`BaselineConfig` (``arch`` != ``"rankmixer"``).
+        over_arch_init: ``DLRM_RankMixer``'s head init, ``"xavier"`` or ``"torch"``
+            (its ``over_arch_init``); it shapes no parameter, but a model built from the
+            spec trains as the recorded one did. A spec without the key means the default.
 
     Example::
 
@@ -126,6 +130,7 @@ class ModelSpec:
     sequence_features: Tuple[SequenceFeatureConfig, ...] = ()
     arch: str = "rankmixer"
     baseline: Optional[BaselineConfig] = None
+    over_arch_init: str = DEFAULT_OVER_ARCH_INIT
 
     def __post_init__(self) -> None:
         if len(self.tables) == 0:
@@ -142,6 +147,7 @@ class ModelSpec:
         check_choice("tokenization", self.tokenization, MODES)
         check_choice("interaction", self.interaction, INTERACTIONS)
         check_choice("arch", self.arch, ARCHS)
+        check_choice("over_arch_init", self.over_arch_init, INITS)
         if self.arch != "rankmixer":
             self._check_baseline()
             return
@@ -197,7 +203,9 @@ class ModelSpec:
                                           ("interaction", None if self.interaction == "none" else self.interaction),
                                           ("dcn_num_layers", self.dcn_num_layers),
                                           ("dcn_low_rank_dim", self.dcn_low_rank_dim),
-                                          ("deep", self.deep))
+                                          ("deep", self.deep),
+                                          ("over_arch_init", None if self.over_arch_init == DEFAULT_OVER_ARCH_INIT
+                                           else self.over_arch_init))
                  if value is not None]
         if extra or self.task != "ctr":
             raise ValueError(f"arch {self.arch!r} (a baseline) takes the CTR task and no RankMixer, tower or "
@@ -274,6 +282,7 @@ class ModelSpec:
             sequence_embedding_collection=ec,
             sequence_features=list(self.sequence_features) or None,
             over_arch=over_arch,
+            over_arch_init=self.over_arch_init,
         )
 
     # ------------------------------------------------------------------ (de)serialise

@@ -36,6 +36,9 @@ def mlp_block(width: int, hidden: Sequence[int], dropout: float, batch_norm: boo
     return nn.Sequential(*layers)
 
 
+INITS: Tuple[str, ...] = ("torch", "xavier")  # Linear inits: PyTorch's default, or xavier_init_
+
+
 def xavier_init_(module: nn.Module) -> None:
     """FuxiCTR's init for every Linear in ``module``: xavier-normal weights, zero biases.
 

@@ -94,6 +94,7 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             deep=DeepConfig(**m.deep) if m.deep else None,
             sequence_tables=seq_tables,
             sequence_features=seq_features,
+            over_arch_init=m.over_arch_init,
         )
     except ValueError as e:
         raise ValueError(f"model settings: {e}") from e

@@ -13,8 +13,9 @@ from torchrec_rankmixer.config import RankMixerConfig
 from torchrec_rankmixer.data.settings import SYNTHETIC_FORMATS, DataSettings
 from torchrec_rankmixer.features.grouping import MODES
 from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
+from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT
 from torchrec_rankmixer.models.heads import TASKS
-from torchrec_rankmixer.modules.deep import DeepConfig
+from torchrec_rankmixer.modules.deep import INITS, DeepConfig
 from torchrec_rankmixer.modules.interaction import INTERACTIONS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
@@ -50,7 +51,8 @@ class ModelSettings:
     follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`);
     ``dcn_num_layers`` / ``dcn_low_rank_dim`` size its cross layers (None: TorchRec
     dlrm_main's 3 / 512; :func:`~torchrec_rankmixer.modules.interaction.resolve_cross`);
-    ``deep`` holds :class:`~torchrec_rankmixer.modules.deep.DeepConfig` fields ({}: no deep branch).
+    ``deep`` holds :class:`~torchrec_rankmixer.modules.deep.DeepConfig` fields ({}: no deep branch);
+    ``over_arch_init`` is ``DLRM_RankMixer``'s head init (``"xavier"`` or ``"torch"``).
     """
 
     embedding_dim: int = 16
@@ -71,6 +73,7 @@ class ModelSettings:
     tower_layer_sizes: List[int] = field(default_factory=lambda: [64])
     cvr_loss_weight: float = 0.0
     sequence_features: List[Dict[str, Any]] = field(default_factory=list)
+    over_arch_init: str = DEFAULT_OVER_ARCH_INIT
 
     def validate(self) -> None:
         check_positive_int("model.embedding_dim", self.embedding_dim)
@@ -108,6 +111,10 @@ class ModelSettings:
                 DeepConfig(**self.deep)
             except ValueError as e:
                 raise ValueError(f"model.deep ({self.deep}): {e}") from e
+        check_choice("model.over_arch_init", self.over_arch_init, INITS)
+        if self.arch != "rankmixer" and self.over_arch_init != DEFAULT_OVER_ARCH_INIT:
+            raise ValueError(f"model.over_arch_init ({self.over_arch_init!r}) is for model.arch='rankmixer'; "
+                             f"the {self.arch!r} baseline takes model.baseline.init")
         check_choice("model.task", self.task, TASKS)
         if self.tokenization is not None:
             check_choice("model.tokenization", self.tokenization, MODES)
