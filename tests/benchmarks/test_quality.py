@@ -105,11 +105,12 @@ def test_a_real_run_lands_in_the_results_and_the_doc(tmp_path, monkeypatch) -> N
 
 
 def test_option_rows_build_what_they_measured() -> None:
-    """`rankmixer_dot_cross` pins the cross layers beside the dot products on every data
-    set; `rankmixer_deep` (Frappe) is the default swap plus BARS's DNN as the deep branch."""
+    """`rankmixer_dot_cross` pins the cross layers (rank 64) beside the dot products on
+    every data set; `rankmixer_deep` (Frappe) is the default swap plus BARS's DNN as the deep branch."""
     for dataset in quality.DATASETS:
         cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path(dataset, "rankmixer_dot_cross")))
         assert cfg.model.interaction == "dot_cross" and not cfg.model.deep, dataset
+        assert (cfg.model.dcn_num_layers, cfg.model.dcn_low_rank_dim) == (None, 64), dataset  # 3 layers of rank 64
     assert quality.suite_models("frappe_x1", ["rankmixer_deep"]) == ["rankmixer_deep"]
     assert quality.suite_models("synthetic", ["rankmixer_deep"]) == []
     cfg = quality.load_config(os.path.join(quality.ROOT, quality.config_path("frappe_x1", "rankmixer_deep")))
