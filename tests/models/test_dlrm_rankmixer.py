@@ -24,19 +24,26 @@ DCN_KWARGS = dict(
 
 
 def test_one_line_swap_from_dlrm_dcn() -> None:
-    """DLRM_DCN's arguments build DLRM_RankMixer; its cross sizes are unused by the default
-    interaction (a warning says so) and size the cross layers of "dot_cross"."""
+    """DLRM_DCN's arguments build DLRM_RankMixer; its cross sizes size the default
+    interaction's cross layers, the rank capped at a third of their input width (a
+    warning says so when it lowers the rank given); "dot_cross" keeps any rank."""
     batch = DATA.batch(6, 0)
     dcn = DLRM_DCN(embedding_bag_collection=_ebc(), **DCN_KWARGS)
-    with pytest.warns(UserWarning, match="interaction 'dot' does not have; they are ignored"):
-        rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
+    rm = DLRM_RankMixer(embedding_bag_collection=_ebc(), **DCN_KWARGS)
     out_dcn = dcn(batch.dense_features, batch.sparse_features)
     out_rm = rm(batch.dense_features, batch.sparse_features)
     assert out_rm.shape == out_dcn.shape == (6, 1)
-    assert rm.interaction == "dot" and rm.cross_net is None and rm.recipe()["dcn_num_layers"] is None
-    crossed = DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot_cross", **DCN_KWARGS)
-    assert crossed.cross_net.num_layers == 2
-    assert crossed.cross_net.V_kernels.shape == (2, 4, 8 + 5 * 8)  # rank 4 on [dense arch output, 5 embeddings]
+    assert rm.interaction == "dot_cross" and rm.recipe()["dcn_num_layers"] == 2
+    assert rm.cross_net.V_kernels.shape == (2, 4, 8 + 5 * 8)  # rank 4 on [dense arch output, 5 embeddings]
+    big = dict(DCN_KWARGS, dcn_low_rank_dim=512)  # TorchRec dlrm_main's rank, more than W = 48
+    with pytest.warns(UserWarning, match=r"dcn_low_rank_dim \(512\) is more than a third .* \(48\); the default "
+                                         r"interaction uses rank 16"):
+        capped = DLRM_RankMixer(embedding_bag_collection=_ebc(), **big)
+    assert capped.recipe()["dcn_low_rank_dim"] == 16 and capped.cross_net.V_kernels.shape == (2, 16, 48)
+    crossed = DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot_cross", **big)
+    assert crossed.cross_net.V_kernels.shape == (2, 512, 48)
+    with pytest.warns(UserWarning, match="interaction 'dot' does not have; they are ignored"):
+        DLRM_RankMixer(embedding_bag_collection=_ebc(), interaction="dot", **DCN_KWARGS)
 
 
 def test_default_config_and_tokens() -> None:
@@ -68,10 +75,11 @@ def _written_out(model: DLRM_RankMixer, batch, dots: bool, cross: bool) -> torch
 
 def test_default_interaction_adds_projected_dot_products_and_cross_layers_on_request() -> None:
     """The swap's default (one width everywhere, as DLRM_DCN requires) dots the dense arch
-    output and the 5 features (15 pairs); "dot_cross" also runs 3 cross layers of rank 512
-    on their concatenation (48 wide); each is projected to the pooled width and added to the
-    pooled tokens, forward and backward as written out."""
-    assert DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1]).interaction == "dot"
+    output and the 5 features (15 pairs) and runs 3 cross layers on their concatenation (48
+    wide; rank 512 capped at 48 // 3 = 16); "dot_cross" keeps rank 512; each is projected
+    to the pooled width and added to the pooled tokens, forward and backward as written out."""
+    default = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
+    assert default.interaction == "dot_cross" and default.cross_net.W_kernels.shape == (3, 48, 16)
     model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="dot_cross")
     assert model.interaction_proj.in_features == 15
     assert model.interaction_proj.out_features == model.cross_proj.out_features == model.config.output_dim
@@ -236,7 +244,7 @@ def test_deep_branch_adds_its_logits_to_the_over_arch() -> None:
     batch = DATA.batch(6, 0)
     with torch.no_grad():
         x0 = torch.cat([model.dense_arch(batch.dense_features), model.embed(batch.sparse_features)], dim=1)
-        expected = _written_out(model, batch, dots=True, cross=False) + model.deep_branch(x0)
+        expected = _written_out(model, batch, dots=True, cross=True) + model.deep_branch(x0)
         torch.testing.assert_close(model(batch.dense_features, batch.sparse_features), expected)
     model.train()(batch.dense_features, batch.sparse_features).sum().backward()
     assert model.deep_branch.out.weight.grad.abs().sum() > 0

@@ -8,14 +8,15 @@ from torchrec_rankmixer.modules.interaction import (
     DCN_NUM_LAYERS,
     DotInteraction,
     LowRankCrossNet,
+    default_cross_rank,
     resolve_cross,
     resolve_interaction,
 )
 
 
-def test_rule_defaults_to_dot_only_for_one_width() -> None:
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot"
-    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot"
+def test_rule_defaults_to_dot_cross_only_for_one_width() -> None:
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=0) == "dot_cross"
+    assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=8) == "dot_cross"
     assert resolve_interaction(None, {"a": 8, "b": 8}, dense_width=4) == "none"  # dense differs
     assert resolve_interaction(None, {"a": 8}, dense_width=0) == "none"  # nothing to pair
     assert resolve_interaction("none", {"a": 8, "b": 16}, dense_width=0) == "none"
@@ -49,6 +50,26 @@ def test_cross_sizes_default_to_torchrec_dlrm_main_and_are_checked() -> None:
         resolve_cross("cross", 0, None)
     with pytest.raises(ValueError, match=r"dcn_low_rank_dim \(-1\) must be"):
         resolve_cross("cross", None, -1)
+
+
+def test_default_cross_rank_is_the_asked_rank_capped_at_a_third_of_the_width() -> None:
+    """None asks for dlrm_main's 512; the cap is W // 3 (at least 1); lowering a rank the
+    caller gave is a warning, lowering the default is not."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert default_cross_rank(144, None) == 48 and default_cross_rank(192, None) == 64
+        assert default_cross_rank(100, None) == 33 and default_cross_rank(2, None) == 1
+        assert default_cross_rank(1728, 512) == 512 and default_cross_rank(1728, None) == 512
+        assert default_cross_rank(192, 16) == 16
+    with pytest.warns(UserWarning, match=r"dcn_low_rank_dim \(512\) is more than a third of the cross layers' "
+                                         r"input width \(192\); the default interaction uses rank 64"):
+        assert default_cross_rank(192, 512) == 64
+    with pytest.raises(ValueError, match=r"dcn_low_rank_dim \(0\) must be"):
+        default_cross_rank(192, 0)
+    with pytest.raises(ValueError, match=r"width \(0\) must be"):
+        default_cross_rank(0, None)
 
 
 def test_low_rank_cross_net_is_torchrecs_forward_backward_and_init() -> None:

@@ -152,15 +152,19 @@ def test_override_into_non_section():
 
 
 def test_interaction_setting_follows_the_model_rule():
-    """Left out, model.interaction is the model's rule ("dot" for one width everywhere,
-    else "none"); the cross sizes default to TorchRec dlrm_main's; a bad value, or one set
+    """Left out, model.interaction is the model's rule ("dot_cross" for one width
+    everywhere, its rank capped at a third of the cross width, else "none"); the cross
+    sizes default to TorchRec dlrm_main's; a bad value, or one set
     for a baseline arch or an interaction without cross layers, names the setting."""
     from torchrec_rankmixer.data.sources import SyntheticSource
     from torchrec_rankmixer.train.build import model_spec
 
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]"])  # tables are 16 wide
     spec = model_spec(cfg, SyntheticSource(cfg.data))
-    assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot", None, None)
+    assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot_cross", 3, 48)  # W = 8 x 16 + 16
+    assert spec.build().cross_net.V_kernels.shape == (3, 48, 144)
+    cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]", "model.dcn_low_rank_dim=24"])
+    assert model_spec(cfg, SyntheticSource(cfg.data)).dcn_low_rank_dim == 24  # under the cap: as given
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]"])
     assert model_spec(cfg, SyntheticSource(cfg.data)).interaction == "none"
     cfg = load_config(overrides=["model.interaction=dot_cross", "model.dense_arch_layer_sizes=[32, 16]"])

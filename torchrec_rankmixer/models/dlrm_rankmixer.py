@@ -20,8 +20,10 @@ from torchrec_rankmixer.modules.deep import INITS, DeepBranch, DeepConfig, xavie
 from torchrec_rankmixer.modules.interaction import (
     DotInteraction,
     LowRankCrossNet,
+    default_cross_rank,
     resolve_cross,
     resolve_interaction,
+    uses_cross,
     uses_dot,
 )
 from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_non_negative_int
@@ -61,13 +63,15 @@ class DLRM_RankMixer(nn.Module):
         over_arch_layer_sizes: OverArch sizes on the pooled vector; the last is the number
             of logits (tasks), as in DLRM_DCN. None when ``over_arch`` is given.
         dense_device: device for the dense modules.
-        dcn_num_layers: cross layers of the ``"cross"`` / ``"dot_cross"`` interaction, as
-            in ``DLRM_DCN``; None: 3 (TorchRec dlrm_main's). Accepted with every
-            interaction so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)`` is a one-line
-            change; with one without cross layers (the default) a UserWarning says it is
+        dcn_num_layers: cross layers of the ``"cross"`` / ``"dot_cross"`` interaction
+            (the default's too), as in ``DLRM_DCN``; None: 3 (TorchRec dlrm_main's).
+            Accepted with every interaction so ``DLRM_DCN(...)`` -> ``DLRM_RankMixer(...)``
+            is a one-line change; with one without cross layers a UserWarning says it is
             unused.
         dcn_low_rank_dim: rank r of each cross layer's W = U V, as in ``DLRM_DCN``;
-            None: 512 (TorchRec dlrm_main's).
+            None: 512 (TorchRec dlrm_main's). The default interaction caps it at a third
+            of the cross layers' input width W (a UserWarning when it lowers a given
+            rank; :func:`~torchrec_rankmixer.modules.interaction.default_cross_rank`).
         rankmixer_config: the encoder config; its ``num_tokens`` must equal
             T_s + dense tokens. Default: :func:`default_config`.
         feature_groups: semantic groups (group -> feature names), one token each.
@@ -79,8 +83,9 @@ class DLRM_RankMixer(nn.Module):
             DLRM's pairwise dot products of the dense arch output and the feature
             embeddings; ``"cross"``, DLRM_DCN's low-rank cross layers on the concatenated
             [dense arch output, embeddings]; ``"dot_cross"``, both; ``"none"``, the encoder
-            alone (the paper). Default: ``"dot"`` when every feature and the dense arch
-            output share one width (always so in TorchRec's DLRM_DCN), else ``"none"``
+            alone (the paper). Default: ``"dot_cross"`` (rank capped at W / 3) when every
+            feature and the dense arch output share one width (always so in TorchRec's
+            DLRM_DCN), else ``"none"``
             (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
         deep: a :class:`~torchrec_rankmixer.modules.deep.DeepConfig`: an MLP on the
             concatenated [dense arch output, embeddings] whose logits add to the
@@ -199,8 +204,10 @@ class DLRM_RankMixer(nn.Module):
         )
         self.encoder = RankMixerEncoder(config, device=dense_device)
         self.interaction = resolve_interaction(interaction, feature_dims, dense_out)
-        cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
         x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
+        if interaction is None and uses_cross(self.interaction):  # the default: rank capped at W / 3
+            dcn_low_rank_dim = default_cross_rank(x0_width, dcn_low_rank_dim)
+        cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
         self.dot_interaction: Optional[DotInteraction] = None
         self.interaction_proj: Optional[nn.Linear] = None
         if uses_dot(self.interaction):

@@ -12,8 +12,10 @@ Linear projection of
 
 Why (docs/quality.md, decisions 5 and 6): the token encoder learns factorised user x item
 affinity slowly from projected tokens; given the dot products the default swap gains on
-every data set of the quality suite. The cross layers gain more on sharp feature
-conjunctions at the suite's short budget but lose at 4x that budget, so they are options.
+every data set of the quality suite, and the cross layers beside them gain on sharp
+feature conjunctions, as long as their rank stays a low rank of their input width. So the
+default is ``"dot_cross"`` with the rank capped at a third of that width
+(:func:`default_cross_rank`).
 """
 
 from typing import Mapping, Optional, Tuple
@@ -31,6 +33,10 @@ INTERACTIONS: Tuple[str, ...] = ("none", "dot", "cross", "dot_cross")
 # layers' defaults here and for the dlrm_dcn baseline.
 DCN_NUM_LAYERS = 3
 DCN_LOW_RANK_DIM = 512
+# The default interaction caps the cross rank at W // DEFAULT_CROSS_RANK_DIVISOR of the
+# cross layers' input width W (docs/quality.md, decision 6): about dlrm_main's 512 at its
+# W = 1728, 48-64 on the quality suite, where 512 (more than W) loses.
+DEFAULT_CROSS_RANK_DIVISOR = 3
 
 
 def uses_dot(interaction: str) -> bool:
@@ -47,8 +53,9 @@ def resolve_interaction(
     interaction: Optional[str], feature_dims: Mapping[str, int], dense_width: int
 ) -> str:
     """The interaction a model uses: ``interaction`` if given (checked), else the default
-    rule: ``"dot"`` when every feature and the dense arch output (if any) share one width,
-    as in every TorchRec DLRM / DLRM_DCN, else ``"none"``.
+    rule: ``"dot_cross"`` when every feature and the dense arch output (if any) share one
+    width, as in every TorchRec DLRM / DLRM_DCN, else ``"none"``. The default's cross rank
+    is :func:`default_cross_rank`'s.
 
     Args:
         interaction: one of :data:`INTERACTIONS` or None (the default rule).
@@ -58,7 +65,7 @@ def resolve_interaction(
     Example::
 
         >>> resolve_interaction(None, {"u": 8, "i": 8}, dense_width=8)
-        'dot'
+        'dot_cross'
         >>> resolve_interaction(None, {"u": 8, "i": 16}, dense_width=0)
         'none'
         >>> resolve_interaction("dot", {"u": 8, "i": 16}, dense_width=0)
@@ -71,13 +78,39 @@ def resolve_interaction(
         widths["dense arch output"] = dense_width
     equal = len(set(widths.values())) == 1 and len(widths) >= 2
     if interaction is None:
-        return "dot" if equal else "none"
+        return "dot_cross" if equal else "none"
     check_choice("interaction", interaction, INTERACTIONS)
     if uses_dot(interaction) and not equal:
         if len(widths) < 2:
             raise ValueError(f"interaction {interaction!r} needs at least 2 vectors to dot; got {widths}")
         raise ValueError(f"interaction {interaction!r} needs one width for every vector it dots; got {widths}")
     return interaction
+
+
+def default_cross_rank(width: int, low_rank: Optional[int]) -> int:
+    """The cross rank of the default interaction: ``low_rank`` (the swap's
+    ``dcn_low_rank_dim``; None: :data:`DCN_LOW_RANK_DIM`) capped at ``width //``
+    :data:`DEFAULT_CROSS_RANK_DIVISOR`, at least 1. A given rank that the cap lowers is a
+    UserWarning; ``interaction="dot_cross"`` keeps any rank as given.
+
+    Args:
+        width: W, the cross layers' input width (dense arch output + embeddings).
+        low_rank: the rank asked for, or None.
+
+    Example::
+
+        >>> default_cross_rank(192, None), default_cross_rank(1728, 512), default_cross_rank(2, None)
+        (64, 512, 1)
+    """
+    check_positive_int("width", width)
+    rank = DCN_LOW_RANK_DIM if low_rank is None else low_rank
+    check_positive_int("dcn_low_rank_dim", rank)
+    cap = max(1, width // DEFAULT_CROSS_RANK_DIVISOR)
+    if low_rank is not None and low_rank > cap:
+        warnings.warn(f"dcn_low_rank_dim ({low_rank}) is more than a third of the cross layers' input width "
+                      f"({width}); the default interaction uses rank {cap} (interaction='dot_cross' keeps "
+                      f"{low_rank})", UserWarning, stacklevel=3)
+    return min(rank, cap)
 
 
 def resolve_cross(

@@ -15,7 +15,7 @@ from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import DeepConfig
-from torchrec_rankmixer.modules.interaction import resolve_interaction
+from torchrec_rankmixer.modules.interaction import default_cross_rank, resolve_interaction, uses_cross
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -76,6 +76,9 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
         interaction = resolve_interaction(None if m.interaction == "auto" else m.interaction, widths, dense_width)
     except ValueError as e:
         raise ValueError(f"model.interaction: {e}") from e
+    cross_rank = m.dcn_low_rank_dim
+    if m.interaction == "auto" and uses_cross(interaction):  # the model's default rule: rank capped at W / 3
+        cross_rank = default_cross_rank(sum(widths.values()) + dense_width, m.dcn_low_rank_dim)
     try:
         return ModelSpec(
             tables=tables,
@@ -90,7 +93,7 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             num_dense_tokens=m.num_dense_tokens,
             interaction=interaction,
             dcn_num_layers=m.dcn_num_layers,  # ModelSpec resolves them (models.spec)
-            dcn_low_rank_dim=m.dcn_low_rank_dim,
+            dcn_low_rank_dim=cross_rank,
             deep=DeepConfig(**m.deep) if m.deep else None,
             sequence_tables=seq_tables,
             sequence_features=seq_features,

@@ -48,7 +48,8 @@ class ModelSettings:
     them); ``num_tokens`` and ``d_model`` left out follow the model's default rule
     (:func:`~torchrec_rankmixer.models.defaults.default_config`); ``interaction``
     ``"auto"`` (the default; ``none`` on the command line is ``"none"``, the encoder alone)
-    follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`);
+    follows the model's rule (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`,
+    and for the cross rank :func:`~torchrec_rankmixer.modules.interaction.default_cross_rank`);
     ``dcn_num_layers`` / ``dcn_low_rank_dim`` size its cross layers (None: TorchRec
     dlrm_main's 3 / 512; :func:`~torchrec_rankmixer.modules.interaction.resolve_cross`);
     ``deep`` holds :class:`~torchrec_rankmixer.modules.deep.DeepConfig` fields ({}: no deep branch);
