@@ -157,12 +157,19 @@ def test_interaction_setting_follows_the_model_rule():
     sizes default to TorchRec dlrm_main's; a bad value, or one set
     for a baseline arch or an interaction without cross layers, names the setting."""
     from torchrec_rankmixer.data.sources import SyntheticSource
+    from torchrec_rankmixer import DLRM_RankMixer
     from torchrec_rankmixer.train.build import model_spec
 
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]"])  # tables are 16 wide
     spec = model_spec(cfg, SyntheticSource(cfg.data))
     assert (spec.interaction, spec.dcn_num_layers, spec.dcn_low_rank_dim) == ("dot_cross", 3, 48)  # W = 8 x 16 + 16
     assert spec.build().cross_net.V_kernels.shape == (3, 48, 144)
+    from torchrec import EmbeddingBagCollection  # the model's own rule gives the trainer's rank
+
+    direct = DLRM_RankMixer(EmbeddingBagCollection(tables=[t.to_config() for t in spec.tables]),
+                            spec.dense_in_features, list(spec.dense_arch_layer_sizes), [8, 1])
+    assert (direct.interaction, direct.recipe()["dcn_num_layers"], direct.recipe()["dcn_low_rank_dim"]) == \
+        ("dot_cross", 3, 48)
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]", "model.dcn_low_rank_dim=24"])
     assert model_spec(cfg, SyntheticSource(cfg.data)).dcn_low_rank_dim == 24  # under the cap: as given
     cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 8]"])
