@@ -8,6 +8,7 @@ from torchrec_rankmixer.modules.interaction import (
     DCN_NUM_LAYERS,
     DotInteraction,
     LowRankCrossNet,
+    cross_rank_of,
     default_cross_rank,
     resolve_cross,
     resolve_interaction,
@@ -70,6 +71,9 @@ def test_default_cross_rank_is_the_asked_rank_capped_at_a_third_of_the_width() -
         default_cross_rank(192, 0)
     with pytest.raises(ValueError, match=r"width \(0\) must be"):
         default_cross_rank(0, None)
+    # the cap applies only to the default rule's cross layers; an asked interaction keeps the rank
+    assert cross_rank_of(None, "dot_cross", 192, None) == 64 and cross_rank_of(None, "none", 192, 512) == 512
+    assert cross_rank_of("dot_cross", "dot_cross", 192, 512) == 512 and cross_rank_of("cross", "cross", 192, None) is None
 
 
 def test_low_rank_cross_net_is_torchrecs_forward_backward_and_init() -> None:

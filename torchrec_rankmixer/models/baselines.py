@@ -25,6 +25,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_rankmixer.features.tokenizer import feature_dims_of
 from torchrec_rankmixer.models.dlrm_rankmixer import SparseArch
+from torchrec_rankmixer.models.table_spec import table_specs
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.deep import INITS, mlp_block, xavier_init_
 from torchrec_rankmixer.modules.interaction import DCN_LOW_RANK_DIM, DCN_NUM_LAYERS
@@ -209,7 +210,7 @@ class BaselineModel(nn.Module):
         self._recipe: Dict[str, Any] = {
             "arch": arch, "baseline": config, "dense_in_features": dense_in_features,
             "over_arch_layer_sizes": tuple(over), "dense_arch_layer_sizes": tuple(dense_sizes),
-            "tables": _table_specs(configs)}
+            "tables": table_specs(configs)}
 
     def recipe(self) -> Dict[str, Any]:
         """The :class:`~torchrec_rankmixer.models.spec.ModelSpec` fields of this model."""
@@ -249,12 +250,6 @@ class BaselineModel(nn.Module):
             check_model_inputs(dense_features, sparse_features, self.feature_names, self.num_embeddings,
                                self.dense_in_features)
         return self.dense_forward(dense_features, self.embed(sparse_features))
-
-
-def _table_specs(configs: Sequence[Any]) -> tuple:
-    from torchrec_rankmixer.models.table_spec import TableSpec
-
-    return tuple(TableSpec.from_config(c) for c in configs)
 
 
 __all__ = ["ARCHS", "BASELINES", "BaselineConfig", "BaselineModel", "CrossNet"]

@@ -14,16 +14,16 @@ from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
 from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT, default_config
 from torchrec_rankmixer.models.heads import TaskTowers
+from torchrec_rankmixer.models.table_spec import table_specs
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
 from torchrec_rankmixer.modules.deep import INITS, DeepBranch, DeepConfig, xavier_init_
 from torchrec_rankmixer.modules.interaction import (
     DotInteraction,
     LowRankCrossNet,
-    default_cross_rank,
+    cross_rank_of,
     resolve_cross,
     resolve_interaction,
-    uses_cross,
     uses_dot,
 )
 from torchrec_rankmixer.utils.checks import check_choice, check_layer_sizes, check_non_negative_int
@@ -205,8 +205,7 @@ class DLRM_RankMixer(nn.Module):
         self.encoder = RankMixerEncoder(config, device=dense_device)
         self.interaction = resolve_interaction(interaction, feature_dims, dense_out)
         x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
-        if interaction is None and uses_cross(self.interaction):  # the default: rank capped at W / 3
-            dcn_low_rank_dim = default_cross_rank(x0_width, dcn_low_rank_dim)
+        dcn_low_rank_dim = cross_rank_of(interaction, self.interaction, x0_width, dcn_low_rank_dim)
         cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
         self.dot_interaction: Optional[DotInteraction] = None
         self.interaction_proj: Optional[nn.Linear] = None
@@ -239,7 +238,7 @@ class DLRM_RankMixer(nn.Module):
         self._compiled_dense: Optional[Callable[..., torch.Tensor]] = None  # compile_dense_path
         self._has_moe = config.use_moe
         self._recipe = {  # what models/spec.py's ModelSpec.from_model reads back
-            "tables": _table_specs(embedding_bag_collection.embedding_bag_configs()),
+            "tables": table_specs(embedding_bag_collection.embedding_bag_configs()),
             "dense_in_features": dense_in_features,
             "dense_arch_layer_sizes": tuple(dense_arch_layer_sizes) if dense_in_features > 0 else (),
             "rankmixer_config": config,
@@ -252,7 +251,7 @@ class DLRM_RankMixer(nn.Module):
             "dcn_low_rank_dim": cross_rank,
             "deep": deep,
             "sequence_tables": (
-                _table_specs(sequence_embedding_collection.embedding_configs())
+                table_specs(sequence_embedding_collection.embedding_configs())
                 if sequence_embedding_collection is not None else ()
             ),
             "sequence_features": tuple(sequence_features or ()),
@@ -397,9 +396,3 @@ def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:
     if dense_arch is None:
         return None
     return next(dense_arch.parameters()).dtype
-
-
-def _table_specs(configs: Sequence[Any]) -> tuple:
-    from torchrec_rankmixer.models.table_spec import TableSpec
-
-    return tuple(TableSpec.from_config(c) for c in configs)

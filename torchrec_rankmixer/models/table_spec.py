@@ -3,7 +3,7 @@
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
@@ -70,3 +70,14 @@ class TableSpec:
             std = float(fn.keywords["std"])
         return cls(config.name, config.embedding_dim, config.num_embeddings,
                    tuple(config.feature_names), pooling.name, std)
+
+
+def table_specs(configs: Sequence[Any]) -> Tuple[TableSpec, ...]:
+    """The :class:`TableSpec` of each TorchRec table config (EBC or EC), in order.
+
+    Example::
+
+        >>> table_specs([TableSpec("t", 8, 100, ("a",)).to_config()])[0].num_embeddings
+        100
+    """
+    return tuple(TableSpec.from_config(c) for c in configs)

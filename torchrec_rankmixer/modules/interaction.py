@@ -109,8 +109,30 @@ def default_cross_rank(width: int, low_rank: Optional[int]) -> int:
     if low_rank is not None and low_rank > cap:
         warnings.warn(f"dcn_low_rank_dim ({low_rank}) is more than a third of the cross layers' input width "
                       f"({width}); the default interaction uses rank {cap} (interaction='dot_cross' keeps "
-                      f"{low_rank})", UserWarning, stacklevel=3)
+                      f"{low_rank})", UserWarning, stacklevel=4)
     return min(rank, cap)
+
+
+def cross_rank_of(asked: Optional[str], interaction: str, width: int, low_rank: Optional[int]) -> Optional[int]:
+    """The ``dcn_low_rank_dim`` to size the cross layers with (before :func:`resolve_cross`):
+    :func:`default_cross_rank` when the interaction was left to the default rule
+    (``asked`` None) and has cross layers, else ``low_rank`` as given. The one place the
+    model and ``rankmixer-train`` apply the cap.
+
+    Args:
+        asked: the interaction the caller gave (None: the default rule).
+        interaction: the resolved interaction (:func:`resolve_interaction`).
+        width: W, the cross layers' input width (dense arch output + embeddings).
+        low_rank: the rank the caller gave, or None.
+
+    Example::
+
+        >>> cross_rank_of(None, "dot_cross", 192, None), cross_rank_of("dot_cross", "dot_cross", 192, None)
+        (64, None)
+    """
+    if asked is None and uses_cross(interaction):
+        return default_cross_rank(width, low_rank)
+    return low_rank
 
 
 def resolve_cross(

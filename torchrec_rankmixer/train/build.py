@@ -15,7 +15,7 @@ from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import DeepConfig
-from torchrec_rankmixer.modules.interaction import default_cross_rank, resolve_interaction, uses_cross
+from torchrec_rankmixer.modules.interaction import cross_rank_of, resolve_interaction
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -73,12 +73,11 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
     widths = {f: m.embedding_dim for t in tables + seq_tables for f in t.feature_names}
     dense_width = m.dense_arch_layer_sizes[-1] if dense_in > 0 else 0
     try:
-        interaction = resolve_interaction(None if m.interaction == "auto" else m.interaction, widths, dense_width)
+        asked = None if m.interaction == "auto" else m.interaction
+        interaction = resolve_interaction(asked, widths, dense_width)
     except ValueError as e:
         raise ValueError(f"model.interaction: {e}") from e
-    cross_rank = m.dcn_low_rank_dim
-    if m.interaction == "auto" and uses_cross(interaction):  # the model's default rule: rank capped at W / 3
-        cross_rank = default_cross_rank(sum(widths.values()) + dense_width, m.dcn_low_rank_dim)
+    cross_rank = cross_rank_of(asked, interaction, sum(widths.values()) + dense_width, m.dcn_low_rank_dim)
     try:
         return ModelSpec(
             tables=tables,
