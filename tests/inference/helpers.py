@@ -39,10 +39,12 @@ def small_spec(dense_in_features: int = 3, **overrides: object) -> ModelSpec:
 
 def dot_spec(**overrides: object) -> ModelSpec:
     """:func:`small_spec` with one width (8) everywhere and the default swap's interaction
-    (dot products and cross layers; 2 cross layers of rank 4 here)."""
+    (dot products, raw and BatchNorm'd, and cross layers; 2 cross layers of rank 4 here)."""
     tables = (TableSpec("t_a", 8, 50, ("f0", "f1")), TableSpec("t_b", 8, 50, ("f2",)),
               TableSpec("t_c", 8, 50, ("f3",)))
     args: dict = {"tables": tables, "interaction": "dot_cross", **overrides}
+    if args["interaction"] in ("dot", "dot_cross"):
+        args = {"dot_norm": "batch", **args}
     if args["interaction"] in ("cross", "dot_cross"):
         args = {"dcn_num_layers": 2, "dcn_low_rank_dim": 4, **args}
     return small_spec(**args)

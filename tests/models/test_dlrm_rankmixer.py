@@ -62,6 +62,11 @@ def _written_out(model: DLRM_RankMixer, batch, dots: bool, cross: bool) -> torch
     if dots:
         v = [dense] + list(embedded.split(8, dim=1))
         products = torch.stack([(v[i] * v[j]).sum(-1) for i in range(len(v)) for j in range(i + 1, len(v))], 1)
+        if model.dot_norm == "batch":  # the raw products, then their BatchNorm1d
+            bn = model.dot_products_norm.norm
+            mean, var = ((products.mean(0), products.var(0, unbiased=False)) if model.training
+                         else (bn.running_mean, bn.running_var))
+            products = torch.cat([products, (products - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias], 1)
         pooled = pooled + model.interaction_proj(products)
     if cross:
         x0 = torch.cat([dense, embedded], dim=1)  # (B, W)
@@ -81,7 +86,7 @@ def test_default_interaction_adds_projected_dot_products_and_cross_layers_on_req
     default = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
     assert default.interaction == "dot_cross" and default.cross_net.W_kernels.shape == (3, 48, 16)
     model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="dot_cross")
-    assert model.interaction_proj.in_features == 15
+    assert model.dot_norm == "batch" and model.interaction_proj.in_features == 2 * 15  # raw and normalised
     assert model.interaction_proj.out_features == model.cross_proj.out_features == model.config.output_dim
     assert model.cross_net.W_kernels.shape == (3, 48, 512)
     batch = DATA.batch(6, 0)
@@ -96,6 +101,28 @@ def test_default_interaction_adds_projected_dot_products_and_cross_layers_on_req
         assert (part.dot_interaction is not None, part.cross_net is not None) == (dots, cross)
         torch.testing.assert_close(part(batch.dense_features, batch.sparse_features),
                                    _written_out(part, batch, dots=dots, cross=cross))
+
+
+def test_dot_norm_batch_by_default_none_keeps_the_raw_products_and_eval_uses_running_stats() -> None:
+    batch = DATA.batch(6, 0)
+    torch.manual_seed(0)
+    raw = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], dot_norm="none")
+    assert raw.dot_products_norm is None and raw.interaction_proj.in_features == 15
+    torch.testing.assert_close(raw(batch.dense_features, batch.sparse_features),
+                               _written_out(raw, batch, dots=True, cross=True))
+    model = DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1])
+    assert model.dot_norm == "batch" and model.recipe()["dot_norm"] == "batch"
+    for _ in range(3):  # training batches move the running statistics off (0, 1)
+        model(batch.dense_features, batch.sparse_features)
+    assert model.dot_products_norm.norm.running_mean.abs().sum() > 0
+    model.eval()
+    torch.testing.assert_close(model(batch.dense_features, batch.sparse_features),
+                               _written_out(model, batch, dots=True, cross=True))
+    assert DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="cross", dcn_low_rank_dim=4).dot_norm == "none"
+    with pytest.raises(ValueError, match="dot_norm 'batch' normalises the dot products, which interaction 'none'"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], interaction="none", dot_norm="batch")
+    with pytest.raises(ValueError, match=r"dot_norm \('layer'\) must be one of"):
+        DLRM_RankMixer(_ebc(), 4, [16, 8], [16, 1], dot_norm="layer")
 
 
 def test_interaction_none_is_the_encoder_alone_and_unequal_widths_fall_back() -> None:

@@ -2,7 +2,7 @@
 
 Table-wise sharded embeddings (gloo, CPU), fused row-wise Adagrad for the tables, Adam
 for the dense part. Checks that the loss falls and both ranks hold identical dense
-weights after training, for the default config (TokenMixer-Large at k = 1), the RankMixer
+weights after training (and, once synced, BatchNorm statistics), for the default config (TokenMixer-Large at k = 1), the RankMixer
 block, and TokenMixer-Large with 3 layers and the global token.
 """
 
@@ -87,6 +87,15 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
         except StopIteration:
             break
         losses.append(float(loss))
+    # DMP keeps each rank's BatchNorm statistics (the dot products' norm) its own; the
+    # trainer copies rank 0's before evaluating and saving
+    from torchrec_rankmixer.train.distributed import sync_batch_norm_stats
+
+    norm = dmp.module.model.dot_products_norm.norm
+    own_mean = norm.running_mean.clone()
+    gathered = [torch.zeros_like(own_mean) for _ in range(WORLD)]
+    dist.all_gather(gathered, own_mean)
+    assert sync_batch_norm_stats(dmp) == 1
     dense = {
         k: v.detach().clone()
         for k, v in dmp.module.model.state_dict().items()
@@ -94,7 +103,8 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     }
     sharding = {t: p.sharding_type for m in plan.plan.values() for t, p in m.items()}
     blocks = {type(b).__name__ for b in dmp.module.model.encoder.blocks}
-    out[rank] = {"losses": losses, "dense": dense, "sharding": sharding, "blocks": blocks}
+    out[rank] = {"losses": losses, "dense": dense, "sharding": sharding, "blocks": blocks,
+                 "stats_differed": not torch.equal(gathered[0], gathered[1])}
     dist.destroy_process_group()
 
 
@@ -110,6 +120,7 @@ def test_two_process_table_wise_training(block: Optional[str]) -> None:
         assert len(r["losses"]) >= STEPS - 2
         first, last = sum(r["losses"][:5]) / 5, sum(r["losses"][-5:]) / 5
         assert last < first, (first, last)
+    assert r0["stats_differed"] and r1["stats_differed"]  # before the sync: each rank's own batches
     assert r0["dense"].keys() == r1["dense"].keys() and len(r0["dense"]) > 0
     for k in r0["dense"]:
         torch.testing.assert_close(r0["dense"][k], r1["dense"][k], msg=f"ranks disagree on {k}")

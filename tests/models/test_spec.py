@@ -85,7 +85,7 @@ def test_interaction_round_trips_and_a_spec_without_it_means_none():
     assert (spec.dcn_num_layers, spec.dcn_low_rank_dim) == (2, 4) and model.cross_net.num_layers == 2
     assert ModelSpec.from_json(spec.to_json()) == spec
     older = spec.to_dict()
-    for key in ("interaction", "dcn_num_layers", "dcn_low_rank_dim", "deep"):
+    for key in ("interaction", "dcn_num_layers", "dcn_low_rank_dim", "deep", "dot_norm"):
         del older[key]  # written before the settings existed: the encoder alone
     loaded = ModelSpec.from_dict(older)
     assert loaded.interaction == "none" and loaded.build().interaction_proj is None
@@ -137,6 +137,24 @@ def test_over_arch_init_round_trips_and_a_spec_without_it_means_the_default():
     with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['over_arch_init'\]"):
         ModelSpec(tables=plain.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
                   over_arch_layer_sizes=(8, 1), over_arch_init="torch")
+
+
+def test_dot_norm_round_trips_and_a_spec_without_it_means_the_raw_products():
+    normed = dot_spec()
+    model = normed.build()
+    assert model.dot_products_norm is not None
+    assert ModelSpec.from_model(model) == normed and ModelSpec.from_json(normed.to_json()) == normed
+    older = normed.to_dict()
+    del older["dot_norm"]  # written before the setting existed: the products went in raw
+    assert ModelSpec.from_dict(older).dot_norm == "none"
+    assert ModelSpec.from_dict(older).build().dot_products_norm is None
+    with pytest.raises(ValueError, match=r"dot_norm \('layer'\) must be one of \['none', 'batch'\]"):
+        dot_spec(dot_norm="layer")
+    with pytest.raises(ValueError, match="dot_norm 'batch' normalises the dot products, which interaction 'none'"):
+        dot_spec(interaction="none", dot_norm="batch")
+    with pytest.raises(ValueError, match=r"takes the CTR task and no RankMixer.*\['dot_norm'\]"):
+        ModelSpec(tables=normed.tables, dense_in_features=3, dense_arch_layer_sizes=(), arch="dnn",
+                  over_arch_layer_sizes=(8, 1), dot_norm="batch")
 
 
 def test_from_model_rejects_other_models():

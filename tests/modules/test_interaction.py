@@ -7,10 +7,12 @@ from torchrec_rankmixer.modules.interaction import (
     DCN_LOW_RANK_DIM,
     DCN_NUM_LAYERS,
     DotInteraction,
+    DotProductNorm,
     LowRankCrossNet,
     cross_rank_of,
     default_cross_rank,
     resolve_cross,
+    resolve_dot_norm,
     resolve_interaction,
 )
 
@@ -152,3 +154,74 @@ def test_constructor_errors() -> None:
         DotInteraction(1, 4, has_dense=False)
     with pytest.raises(ValueError, match="has_dense=True; dense is None"):
         DotInteraction(2, 4, has_dense=True)(torch.randn(1, 8), None)
+
+
+def test_dot_norm_rule_and_errors() -> None:
+    assert [resolve_dot_norm(None, i) for i in ("none", "dot", "cross", "dot_cross")] == ["none", "batch", "none", "batch"]
+    assert resolve_dot_norm("none", "dot_cross") == "none"
+    assert resolve_dot_norm("batch", "dot") == "batch"
+    with pytest.raises(ValueError, match="interaction 'none' does not have"):
+        resolve_dot_norm("batch", "none")
+    with pytest.raises(ValueError, match="dot_norm"):
+        resolve_dot_norm("layer", "dot")
+    with pytest.raises(ValueError, match="num_products"):
+        DotProductNorm(0)
+
+
+def _written_out_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(0)
+    var = ((x - mean) ** 2).mean(0)  # biased, as BatchNorm normalises
+    return torch.cat([x, (x - mean) / torch.sqrt(var + 1e-5) * weight + bias], dim=1)
+
+
+def test_dot_product_norm_is_raw_and_batch_normalised_forward_backward() -> None:
+    torch.manual_seed(0)
+    norm = DotProductNorm(5)
+    with torch.no_grad():
+        norm.norm.weight.uniform_(0.5, 2.0)
+        norm.norm.bias.uniform_(-1.0, 1.0)
+    x = (torch.randn(16, 5) * torch.tensor([1e-4, 1e-2, 1.0, 10.0, 1e3])).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = norm.norm.weight.detach().clone().requires_grad_()
+    b_ref = norm.norm.bias.detach().clone().requires_grad_()
+    out, want = norm(x), _written_out_batch_norm(x_ref, w_ref, b_ref)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    scale = out[:, 7:].std(0, unbiased=False) / norm.norm.weight[2:]
+    torch.testing.assert_close(scale, torch.ones(3), rtol=1e-3, atol=1e-3)  # scales 1 to 1e3 -> the same
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (want * g).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.norm.weight.grad, w_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.norm.bias.grad, b_ref.grad, rtol=1e-4, atol=1e-4)
+    # running statistics: momentum 0.1 from (0, 1), the variance unbiased
+    x0 = x.detach()
+    torch.testing.assert_close(norm.norm.running_mean, 0.1 * x0.mean(0))
+    torch.testing.assert_close(norm.norm.running_var, 0.9 + 0.1 * x0.var(0, unbiased=True))
+    assert int(norm.norm.num_batches_tracked) == 1
+
+
+def test_dot_product_norm_eval_and_one_sample_batches_use_running_statistics() -> None:
+    norm = DotProductNorm(3)
+    with torch.no_grad():
+        norm.norm.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        norm.norm.running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    x = torch.tensor([[3.0, 2.0, 2.0]])
+    want = torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0, -2.0]])
+    torch.testing.assert_close(norm.eval()(x), want, rtol=1e-4, atol=1e-4)
+    before = norm.norm.running_mean.clone()
+    torch.testing.assert_close(norm.train()(x), want, rtol=1e-4, atol=1e-4)  # no error, nothing updated
+    assert torch.equal(norm.norm.running_mean, before) and int(norm.norm.num_batches_tracked) == 0
+
+
+def test_dot_product_norm_traces_in_training_mode_and_scripts() -> None:
+    """TorchRec's TrainPipelineSparseDist traces the model with FX in training mode."""
+    norm, eager = DotProductNorm(4), DotProductNorm(4)
+    x = torch.randn(8, 4)
+    traced = torch.fx.symbolic_trace(norm)
+    assert any(n.op == "call_function" and "batch_norm_side" in str(n.target) for n in traced.graph.nodes)
+    for batch in (x, x[:1], x[2:]):  # batch statistics, the running ones, batch statistics
+        torch.testing.assert_close(traced(batch), eager(batch))
+    torch.testing.assert_close(norm.norm.running_var, eager.norm.running_var)
+    scripted = torch.jit.script(torch.fx.symbolic_trace(norm.eval()))  # as the int8 artifact is made
+    torch.testing.assert_close(scripted(x), eager.eval()(x))

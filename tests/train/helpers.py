@@ -40,8 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def torchrun_train(overrides: List[str], nproc: int = 2) -> str:
     """``rankmixer-train`` under torchrun with ``nproc`` CPU processes (gloo); returns stdout
     and fails the test with the tail of stderr if the run fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+    # --standalone: torchrun's agent binds a free port itself (a port picked here and
+    # released could be taken before torchrun binds it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
            "-m", "torchrec_rankmixer.train"] + [f"--set={o}" for o in overrides]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -73,6 +73,8 @@ def test_cli_print_config_and_config_error(capsys):
     ("model.cvr_loss_weight=-1", "model.cvr_loss_weight (-1.0) must be >= 0"),
     ("model.over_arch_init=he", "model.over_arch_init ('he') must be one of ['torch', 'xavier']"),
     (["model.arch=dnn", "model.over_arch_init=torch"], "model.over_arch_init ('torch') is for model.arch='rankmixer'"),
+    ("model.dot_norm=layer", "model.dot_norm ('layer') must be one of ['auto', 'none', 'batch']"),
+    (["model.arch=dnn", "model.dot_norm=batch"], "model.dot_norm ('batch') is for model.arch='rankmixer'"),
     ("model.cvr_loss_weight=1", "needs model.task='esmm'"),
     ("data.format=avro", "data.format ('avro') must be one of"),
     ("data.batch_size=0", "data.batch_size (0) must be a positive int"),
@@ -149,6 +151,26 @@ def test_override_into_non_section():
     d = {"model": 3}
     with pytest.raises(ValueError, match="is not a section"):
         apply_override(d, "model.rankmixer=4")
+
+
+def test_dot_norm_setting_follows_the_model_rule():
+    """Left out, model.dot_norm is the model's rule ("batch" with dot products); "none"
+    keeps the raw products; "batch" without dot products names the setting."""
+    from torchrec_rankmixer.data.sources import SyntheticSource
+    from torchrec_rankmixer.train.build import model_spec
+
+    def spec(*overrides: str):  # type: ignore[no-untyped-def]
+        cfg = load_config(overrides=["model.dense_arch_layer_sizes=[32, 16]", *overrides])
+        return model_spec(cfg, SyntheticSource(cfg.data))
+
+    assert load_config().model.dot_norm == "auto"
+    default = spec()
+    assert default.dot_norm == "batch" and default.build().interaction_proj.in_features == 2 * 36  # 9 vectors
+    assert spec("model.dot_norm=none").dot_norm == "none"  # "none" parses as null: still "none"
+    assert spec("model.interaction=cross").dot_norm == "none"
+    with pytest.raises(ValueError, match=r"model.dot_norm: dot_norm 'batch' normalises the dot products, "
+                                         r"which interaction 'cross' does not have"):
+        spec("model.interaction=cross", "model.dot_norm=batch")
 
 
 def test_interaction_setting_follows_the_model_rule():

@@ -13,16 +13,18 @@ from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.features.sequence_arch import build_sequence_arch
 from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dims_of
 from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT, default_config
-from torchrec_rankmixer.models.heads import TaskTowers
+from torchrec_rankmixer.models.heads import TaskTowers, num_logits_of
 from torchrec_rankmixer.models.table_spec import table_specs
 from torchrec_rankmixer.models.validation import check_model_inputs
 from torchrec_rankmixer.modules.block import RankMixerEncoder
 from torchrec_rankmixer.modules.deep import INITS, DeepBranch, DeepConfig, xavier_init_
 from torchrec_rankmixer.modules.interaction import (
     DotInteraction,
+    DotProductNorm,
     LowRankCrossNet,
     cross_rank_of,
     resolve_cross,
+    resolve_dot_norm,
     resolve_interaction,
     uses_dot,
 )
@@ -87,6 +89,10 @@ class DLRM_RankMixer(nn.Module):
             feature and the dense arch output share one width (always so in TorchRec's
             DLRM_DCN), else ``"none"``
             (:func:`~torchrec_rankmixer.modules.interaction.resolve_interaction`).
+        dot_norm: ``"batch"``: the dot products' projection reads the raw products and
+            their BatchNorm1d side by side (:class:`~torchrec_rankmixer.modules.interaction.DotProductNorm`;
+            docs/quality.md, decision 9); ``"none"``: the raw products alone. Default:
+            ``"batch"`` with dot products, else ``"none"``.
         deep: a :class:`~torchrec_rankmixer.modules.deep.DeepConfig`: an MLP on the
             concatenated [dense arch output, embeddings] whose logits add to the
             over-arch's (DCN-V2's parallel deep network; modules/deep.py). None: no branch
@@ -141,6 +147,7 @@ class DLRM_RankMixer(nn.Module):
         tokenization: Optional[str] = None,
         num_dense_tokens: int = 1,
         interaction: Optional[str] = None,
+        dot_norm: Optional[str] = None,
         deep: Optional[DeepConfig] = None,
         validate_inputs: bool = True,
         sequence_embedding_collection: Optional[EmbeddingCollection] = None,
@@ -207,12 +214,18 @@ class DLRM_RankMixer(nn.Module):
         x0_width = sum(feature_dims.values()) + dense_out  # [dense arch output, embeddings]
         dcn_low_rank_dim = cross_rank_of(interaction, self.interaction, x0_width, dcn_low_rank_dim)
         cross_layers, cross_rank = resolve_cross(self.interaction, dcn_num_layers, dcn_low_rank_dim, strict=False)
+        self.dot_norm = resolve_dot_norm(dot_norm, self.interaction)
         self.dot_interaction: Optional[DotInteraction] = None
         self.interaction_proj: Optional[nn.Linear] = None
+        self.dot_products_norm: Optional[DotProductNorm] = None
         if uses_dot(self.interaction):
             width = next(iter(feature_dims.values()))
             self.dot_interaction = DotInteraction(len(feature_dims), width, dense_out > 0, config.kernel)
-            self.interaction_proj = nn.Linear(self.dot_interaction.output_dim, config.output_dim, device=dense_device)
+            products = self.dot_interaction.output_dim
+            self.interaction_proj = nn.Linear(products * (1 + (self.dot_norm == "batch")), config.output_dim,
+                                              device=dense_device)
+            if self.dot_norm == "batch":  # the raw products and their BatchNorm, side by side
+                self.dot_products_norm = DotProductNorm(products, dense_device)
         self.cross_net: Optional[LowRankCrossNet] = None
         self.cross_proj: Optional[nn.Linear] = None
         if cross_layers is not None and cross_rank is not None:
@@ -224,7 +237,7 @@ class DLRM_RankMixer(nn.Module):
         if deep is not None:
             if not isinstance(deep, DeepConfig):
                 raise ValueError(f"deep must be a DeepConfig or None; got {type(deep).__name__}")
-            self.deep_branch = DeepBranch(x0_width, _num_logits(over_arch, over_arch_layer_sizes), deep, dense_device)
+            self.deep_branch = DeepBranch(x0_width, num_logits_of(over_arch, over_arch_layer_sizes), deep, dense_device)
         self.over_arch = (
             over_arch if over_arch is not None
             else OverArch(config.output_dim, list(over_arch_layer_sizes or []), dense_device)
@@ -247,6 +260,7 @@ class DLRM_RankMixer(nn.Module):
             "feature_groups": self.tokenizer.groups,
             "num_dense_tokens": num_dense_tokens,
             "interaction": self.interaction,
+            "dot_norm": self.dot_norm,
             "dcn_num_layers": cross_layers,
             "dcn_low_rank_dim": cross_rank,
             "deep": deep,
@@ -349,7 +363,10 @@ class DLRM_RankMixer(nn.Module):
         tokens = self.tokenizer.tokenize(embedded, dense)  # (B, T, D)
         pooled = self.encoder(tokens)  # (B, D) or (B, T*D)
         if self.dot_interaction is not None and self.interaction_proj is not None:
-            pooled = pooled + self.interaction_proj(self.dot_interaction(embedded, dense))  # (B, D)
+            products = self.dot_interaction(embedded, dense)  # (B, P)
+            if self.dot_products_norm is not None:
+                products = self.dot_products_norm(products)  # (B, 2P)
+            pooled = pooled + self.interaction_proj(products)  # (B, D)
         x0 = embedded  # (B, W): [dense arch output, embeddings], DLRM_DCN's order, built once
         if dense is not None and (self.cross_net is not None or self.deep_branch is not None):
             x0 = torch.cat([dense, embedded], dim=1)
@@ -379,16 +396,6 @@ class DLRM_RankMixer(nn.Module):
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing():
             return False  # tracers (TorchRec's pipeline, export) see the eager path
         return self.training or not self._has_moe
-
-
-def _num_logits(over_arch: Optional[nn.Module], over_arch_layer_sizes: Optional[List[int]]) -> int:
-    """How many logits the heads give: the OverArch's last size, or one per task tower."""
-    if over_arch_layer_sizes is not None:
-        return over_arch_layer_sizes[-1]
-    if isinstance(over_arch, TaskTowers):
-        return len(over_arch.towers)
-    raise ValueError(f"deep needs to know the number of logits: give over_arch_layer_sizes or TaskTowers, "
-                     f"not a custom {type(over_arch).__name__}")
 
 
 def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:

@@ -115,3 +115,20 @@ def task_scores(logits: torch.Tensor, task: str) -> Dict[str, torch.Tensor]:
         return {"ctr": p_ctr}
     p_cvr = torch.sigmoid(logits[:, 1].float())
     return {"ctr": p_ctr, "cvr": p_cvr, "ctcvr": p_ctr * p_cvr}
+
+
+def num_logits_of(over_arch: Optional[nn.Module], over_arch_layer_sizes: Optional[List[int]]) -> int:
+    """How many logits the heads give: the OverArch's last size, or one per task tower.
+
+    Example::
+
+        >>> num_logits_of(None, [8, 1]), num_logits_of(TaskTowers(4, [8], num_tasks=2), None)
+        (1, 2)
+    """
+    if over_arch_layer_sizes is not None:
+        return over_arch_layer_sizes[-1]
+    if isinstance(over_arch, TaskTowers):
+        return len(over_arch.towers)
+    raise ValueError(f"deep needs to know the number of logits: give over_arch_layer_sizes or TaskTowers, "
+                     f"not a custom {type(over_arch).__name__}")
+

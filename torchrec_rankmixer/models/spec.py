@@ -17,7 +17,8 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
      "task": "ctr", "over_arch_layer_sizes": [32, 1], "tower_layer_sizes": null,
      "tokenization": "auto", "feature_groups": null, "num_dense_tokens": 1,
      "interaction": "dot", "dcn_num_layers": null, "dcn_low_rank_dim": null, "deep": null,
-     "sequence_tables": [], "sequence_features": [], "over_arch_init": "xavier"}
+     "sequence_tables": [], "sequence_features": [], "over_arch_init": "xavier",
+     "dot_norm": "batch"}
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
 token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
@@ -39,7 +40,7 @@ from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import INITS, DeepConfig
-from torchrec_rankmixer.modules.interaction import INTERACTIONS, resolve_cross
+from torchrec_rankmixer.modules.interaction import DOT_NORMS, INTERACTIONS, resolve_cross, resolve_dot_norm
 from torchrec_rankmixer.utils.checks import (
     check_choice,
     check_layer_sizes,
@@ -99,6 +100,9 @@ class ModelSpec:
         over_arch_init: ``DLRM_RankMixer``'s head init, ``"xavier"`` or ``"torch"``
             (its ``over_arch_init``); it shapes no parameter, but a model built from the
             spec trains as the recorded one did. A spec without the key means the default.
+        dot_norm: how the dot products reach their projection, ``"batch"`` (raw and
+            BatchNorm'd, side by side) or ``"none"``; ``"batch"`` needs dot products. A
+            spec without the key (written before the setting existed) means ``"none"``.
 
     Example::
 
@@ -131,6 +135,7 @@ class ModelSpec:
     arch: str = "rankmixer"
     baseline: Optional[BaselineConfig] = None
     over_arch_init: str = DEFAULT_OVER_ARCH_INIT
+    dot_norm: str = "none"
 
     def __post_init__(self) -> None:
         if len(self.tables) == 0:
@@ -148,6 +153,7 @@ class ModelSpec:
         check_choice("interaction", self.interaction, INTERACTIONS)
         check_choice("arch", self.arch, ARCHS)
         check_choice("over_arch_init", self.over_arch_init, INITS)
+        check_choice("dot_norm", self.dot_norm, DOT_NORMS)
         if self.arch != "rankmixer":
             self._check_baseline()
             return
@@ -160,6 +166,7 @@ class ModelSpec:
         if isinstance(self.deep, Mapping):
             object.__setattr__(self, "deep", DeepConfig(**self.deep))
         layers, rank = resolve_cross(self.interaction, self.dcn_num_layers, self.dcn_low_rank_dim)
+        resolve_dot_norm(self.dot_norm, self.interaction)  # "batch" needs dot products
         object.__setattr__(self, "dcn_num_layers", layers)
         object.__setattr__(self, "dcn_low_rank_dim", rank)
         if self.task == "ctr":
@@ -205,7 +212,8 @@ class ModelSpec:
                                           ("dcn_low_rank_dim", self.dcn_low_rank_dim),
                                           ("deep", self.deep),
                                           ("over_arch_init", None if self.over_arch_init == DEFAULT_OVER_ARCH_INIT
-                                           else self.over_arch_init))
+                                           else self.over_arch_init),
+                                          ("dot_norm", None if self.dot_norm == "none" else self.dot_norm))
                  if value is not None]
         if extra or self.task != "ctr":
             raise ValueError(f"arch {self.arch!r} (a baseline) takes the CTR task and no RankMixer, tower or "
@@ -275,6 +283,7 @@ class ModelSpec:
             tokenization=self.tokenization,
             num_dense_tokens=self.num_dense_tokens,
             interaction=self.interaction,
+            dot_norm=self.dot_norm,
             dcn_num_layers=self.dcn_num_layers,
             dcn_low_rank_dim=self.dcn_low_rank_dim,
             deep=self.deep,

@@ -16,12 +16,18 @@ every data set of the quality suite, and the cross layers beside them gain on sh
 feature conjunctions, as long as their rank stays a low rank of their input width. So the
 default is ``"dot_cross"`` with the rank capped at a third of that width
 (:func:`default_cross_rank`).
+
+``dot_norm="batch"`` (the default with dot products, decision 9) feeds the projection the
+raw dot products and their BatchNorm1d side by side (:class:`DotProductNorm`): products
+of embeddings differ in scale by orders of magnitude across pairs and data sets (BARS's
+L2 keeps Frappe's near zero), and the normalised copy lets one Linear weigh them all.
 """
 
 from typing import Mapping, Optional, Tuple
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from torchrec_rankmixer.ops.dot_interaction import dot_interaction
@@ -37,6 +43,9 @@ DCN_LOW_RANK_DIM = 512
 # cross layers' input width W (docs/quality.md, decision 6): about dlrm_main's 512 at its
 # W = 1728, 48-64 on the quality suite, where 512 (more than W) loses.
 DEFAULT_CROSS_RANK_DIVISOR = 3
+# How the dot products reach their projection: "batch", the raw products and their
+# BatchNorm1d side by side (the default rule of resolve_dot_norm); "none", the raw ones.
+DOT_NORMS: Tuple[str, ...] = ("none", "batch")
 
 
 def uses_dot(interaction: str) -> bool:
@@ -85,6 +94,32 @@ def resolve_interaction(
             raise ValueError(f"interaction {interaction!r} needs at least 2 vectors to dot; got {widths}")
         raise ValueError(f"interaction {interaction!r} needs one width for every vector it dots; got {widths}")
     return interaction
+
+
+def resolve_dot_norm(dot_norm: Optional[str], interaction: str) -> str:
+    """The ``dot_norm`` a model uses: ``dot_norm`` if given (checked), else the default
+    rule: ``"batch"`` when the resolved ``interaction`` has dot products, else ``"none"``.
+
+    Args:
+        dot_norm: one of :data:`DOT_NORMS` or None (the default rule).
+        interaction: a resolved interaction (:func:`resolve_interaction`).
+
+    Example::
+
+        >>> resolve_dot_norm(None, "dot_cross"), resolve_dot_norm(None, "cross"), resolve_dot_norm("none", "dot")
+        ('batch', 'none', 'none')
+        >>> resolve_dot_norm("batch", "cross")
+        Traceback (most recent call last):
+        ...
+        ValueError: dot_norm 'batch' normalises the dot products, which interaction 'cross' does not have
+    """
+    if dot_norm is None:
+        return "batch" if uses_dot(interaction) else "none"
+    check_choice("dot_norm", dot_norm, DOT_NORMS)
+    if dot_norm != "none" and not uses_dot(interaction):
+        raise ValueError(f"dot_norm {dot_norm!r} normalises the dot products, which interaction "
+                         f"{interaction!r} does not have")
+    return dot_norm
 
 
 def default_cross_rank(width: int, low_rank: Optional[int]) -> int:
@@ -255,3 +290,59 @@ class DotInteraction(nn.Module):
                 raise ValueError("DotInteraction was built with has_dense=True; dense is None")
             v = torch.cat([dense.unsqueeze(1), v], dim=1)  # (B, F+1, d)
         return dot_interaction(v, self.kernel, self.num_vectors)  # (B, N*(N-1)/2)
+
+
+@torch.fx.wrap  # one call in FX graphs: TorchRec's pipeline traces the model in training mode
+def batch_norm_side(
+    products: torch.Tensor, training: bool, running_mean: torch.Tensor, running_var: torch.Tensor,
+    num_batches_tracked: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, momentum: float, eps: float,
+) -> torch.Tensor:
+    """[raw, BatchNorm1d(raw)] of ``products [B, P]`` -> [B, 2P]; :class:`DotProductNorm`'s
+    forward on its ``nn.BatchNorm1d``'s tensors. In training, batch statistics (and the
+    running ones updated), except for a batch of one sample, which has no variance and is
+    normalised with the running statistics."""
+    batch_stats = training and products.shape[0] > 1
+    if batch_stats:
+        num_batches_tracked.add_(1)
+    normed = F.batch_norm(products, running_mean, running_var, weight, bias, batch_stats, momentum, eps)
+    return torch.cat([products, normed], dim=1)  # (B, 2P)
+
+
+class DotProductNorm(nn.Module):
+    """The raw dot products and their ``BatchNorm1d``, side by side (``dot_norm="batch"``).
+
+    The normalised copy gives every pair unit scale, whatever the embeddings' scale; the
+    raw copy keeps the magnitudes. In training, a batch of one sample is normalised with
+    the running statistics (a batch of one has no variance to normalise by). Under
+    data-parallel training each rank normalises with its own batch; ``rankmixer-train``
+    copies rank 0's running statistics to every rank before evaluating and saving
+    (:func:`~torchrec_rankmixer.train.distributed.sync_batch_norm_stats`).
+
+    Args:
+        num_products: P, the dot products' count (:attr:`DotInteraction.output_dim`).
+        device: parameter device.
+
+    Shapes:
+        products [B, P] -> [B, 2P]: the raw products, then the normalised ones.
+
+    Example::
+
+        >>> norm = DotProductNorm(3)
+        >>> norm.output_dim
+        6
+        >>> out = norm(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 5.0]]))
+        >>> out[:, 3:]  # each pair normalised over the batch (1e-5 eps)
+        tensor([[-1.0000,  0.0000, -1.0000],
+                [ 1.0000,  0.0000,  1.0000]], grad_fn=<SliceBackward0>)
+    """
+
+    def __init__(self, num_products: int, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        check_positive_int("num_products", num_products)
+        self.norm = nn.BatchNorm1d(num_products, device=device)  # holds the parameters and statistics
+        self.output_dim = 2 * num_products
+
+    def forward(self, products: torch.Tensor) -> torch.Tensor:
+        n = self.norm
+        return batch_norm_side(products, self.training, n.running_mean, n.running_var, n.num_batches_tracked,
+                               n.weight, n.bias, n.momentum, n.eps)  # (B, 2P)

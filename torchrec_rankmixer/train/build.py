@@ -15,7 +15,7 @@ from torchrec_rankmixer.models.heads import task_loss
 from torchrec_rankmixer.models.spec import ModelSpec
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import DeepConfig
-from torchrec_rankmixer.modules.interaction import cross_rank_of, resolve_interaction
+from torchrec_rankmixer.modules.interaction import cross_rank_of, resolve_dot_norm, resolve_interaction
 from torchrec_rankmixer.train.config import TrainConfig
 
 
@@ -79,6 +79,10 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
         raise ValueError(f"model.interaction: {e}") from e
     cross_rank = cross_rank_of(asked, interaction, sum(widths.values()) + dense_width, m.dcn_low_rank_dim)
     try:
+        dot_norm = resolve_dot_norm(None if m.dot_norm == "auto" else m.dot_norm, interaction)
+    except ValueError as e:
+        raise ValueError(f"model.dot_norm: {e}") from e
+    try:
         return ModelSpec(
             tables=tables,
             dense_in_features=dense_in,
@@ -97,6 +101,7 @@ def model_spec(cfg: TrainConfig, source: Any) -> ModelSpec:
             sequence_tables=seq_tables,
             sequence_features=seq_features,
             over_arch_init=m.over_arch_init,
+            dot_norm=dot_norm,
         )
     except ValueError as e:
         raise ValueError(f"model settings: {e}") from e

@@ -92,5 +92,6 @@ def _run(path: Optional[str], overrides: List[str], print_only: bool, verbose: b
     summary = Trainer(cfg).fit()
     if dist.get_rank() == 0:
         print(format_table(summary))
+    dist.barrier()  # every rank past its last collective before any tears the group down
     dist.destroy_process_group()
     return 0

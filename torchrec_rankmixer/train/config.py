@@ -16,7 +16,7 @@ from torchrec_rankmixer.models.baselines import ARCHS, BASELINES, BaselineConfig
 from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT
 from torchrec_rankmixer.models.heads import TASKS
 from torchrec_rankmixer.modules.deep import INITS, DeepConfig
-from torchrec_rankmixer.modules.interaction import INTERACTIONS
+from torchrec_rankmixer.modules.interaction import DOT_NORMS, INTERACTIONS
 from torchrec_rankmixer.modules.moe.calibration import DEFAULT_CALIBRATION_BATCHES
 from torchrec_rankmixer.utils.checks import (
     check_bool,
@@ -53,7 +53,10 @@ class ModelSettings:
     ``dcn_num_layers`` / ``dcn_low_rank_dim`` size its cross layers (None: TorchRec
     dlrm_main's 3 / 512; :func:`~torchrec_rankmixer.modules.interaction.resolve_cross`);
     ``deep`` holds :class:`~torchrec_rankmixer.modules.deep.DeepConfig` fields ({}: no deep branch);
-    ``over_arch_init`` is ``DLRM_RankMixer``'s head init (``"xavier"`` or ``"torch"``).
+    ``over_arch_init`` is ``DLRM_RankMixer``'s head init (``"xavier"`` or ``"torch"``);
+    ``dot_norm`` ``"auto"`` (the default) follows the model's rule
+    (:func:`~torchrec_rankmixer.modules.interaction.resolve_dot_norm`: ``"batch"`` with dot
+    products), or ``"batch"`` / ``"none"``.
     """
 
     embedding_dim: int = 16
@@ -75,6 +78,7 @@ class ModelSettings:
     cvr_loss_weight: float = 0.0
     sequence_features: List[Dict[str, Any]] = field(default_factory=list)
     over_arch_init: str = DEFAULT_OVER_ARCH_INIT
+    dot_norm: str = "auto"
 
     def validate(self) -> None:
         check_positive_int("model.embedding_dim", self.embedding_dim)
@@ -112,6 +116,9 @@ class ModelSettings:
                 DeepConfig(**self.deep)
             except ValueError as e:
                 raise ValueError(f"model.deep ({self.deep}): {e}") from e
+        check_choice("model.dot_norm", self.dot_norm, ("auto",) + DOT_NORMS)
+        if self.arch != "rankmixer" and self.dot_norm != "auto":
+            raise ValueError(f"model.dot_norm ({self.dot_norm!r}) is for model.arch='rankmixer', not {self.arch!r}")
         check_choice("model.over_arch_init", self.over_arch_init, INITS)
         if self.arch != "rankmixer" and self.over_arch_init != DEFAULT_OVER_ARCH_INIT:
             raise ValueError(f"model.over_arch_init ({self.over_arch_init!r}) is for model.arch='rankmixer'; "

@@ -297,6 +297,26 @@ def sum_counts_over_ranks(local: Dict[str, int]) -> Dict[str, int]:
     return total
 
 
+def sync_batch_norm_stats(model: nn.Module) -> int:
+    """Copy rank 0's BatchNorm running statistics to every rank; returns how many modules.
+
+    TorchRec's DistributedModelParallel replicates the dense part with
+    ``broadcast_buffers=False``, so each rank's running mean and variance follow its own
+    batches (the dot products' :class:`~torchrec_rankmixer.modules.interaction.DotProductNorm`,
+    the deep branch). Called before evaluating and before saving, so that every rank
+    evaluates the model the checkpoint and the export hold: rank 0's. A no-op on one
+    process. Training steps are unaffected (they normalise with batch statistics).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if _world() > 1:
+        for m in norms:
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                if buf is not None:
+                    dist.broadcast(buf, src=0)
+    return len(norms)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -39,6 +39,7 @@ from torchrec_rankmixer.train.distributed import (
     set_dense_lr,
     shard_model,
     sum_counts_over_ranks,
+    sync_batch_norm_stats,
 )
 from torchrec_rankmixer.train.evaluation import MetricAccumulator
 from torchrec_rankmixer.train.evictions import RemapFeeder
@@ -137,6 +138,7 @@ class Trainer:
         self.validation = ValidationState.from_dict(progress.get("validation", {}))
 
     def save(self) -> str:
+        sync_batch_norm_stats(self.model)  # every rank saves rank 0's running statistics
         path = checkpoint_dir(self.run.checkpoints, self.step)
         progress = {"step": self.step, "cursor": self.cursor, "validation": self.validation.to_dict()}
         save_checkpoint(path, self.model, self.optimizer, progress, self._extra_state())
@@ -154,6 +156,7 @@ class Trainer:
     def evaluate(self, split: str = "valid") -> Dict[str, float]:
         """Metrics on a held-out set (``"valid"``: data.eval_*; ``"test"``: data.test_*),
         computed over all ranks' predictions; {} when the set is empty."""
+        sync_batch_norm_stats(self.model)  # every rank evaluates rank 0's running statistics (all ranks call)
         acc = MetricAccumulator(self.cfg.model.task)
         batches = list(self.feeder.remapped(
             self.source.eval_batch_iter(self.env.rank, self.env.world_size, split), False, self.step))
