@@ -204,6 +204,7 @@ def train_rate(path: str, steps: int, memory: bool, out_dir: str) -> float:
     trainer.fit()
     dt = time.perf_counter() - t
     if dist.is_initialized():
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
         dist.destroy_process_group()
     return steps * cfg.data.batch_size / dt
 

@@ -107,6 +107,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: Dic
         results[name] = {"samples_per_s": world * args.batch * args.steps / elapsed, "dense_params": dense}
     if rank == 0:
         out.update(results)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 

@@ -194,6 +194,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             glob, _ = gather_kjt(local, None)
             outs.append((local, remap(local).values(), glob))
         torch.save({"state": _state(remap), "outs": outs}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -105,6 +105,7 @@ def _worker(rank: int, port: int, out: Dict[int, dict], block: Optional[str]) ->
     blocks = {type(b).__name__ for b in dmp.module.model.encoder.blocks}
     out[rank] = {"losses": losses, "dense": dense, "sharding": sharding, "blocks": blocks,
                  "stats_differed": not torch.equal(gathered[0], gathered[1])}
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 

@@ -152,6 +152,7 @@ def _gather_worker(rank: int, port: int, path: str) -> None:
         x = torch.randn(24 + 8 * rank, 4, 8, generator=torch.Generator().manual_seed(rank))
         calibrate_moe_routers(enc, lambda: enc(x), gather=all_gather_rows)
         torch.save([m.router_infer.bias.detach() for m in _moes(enc)], f"{path}.{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
