@@ -15,7 +15,7 @@ from torchrec_rankmixer.features.tokenizer import SemanticTokenizer, feature_dim
 from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT, default_config
 from torchrec_rankmixer.models.heads import TaskTowers, num_logits_of
 from torchrec_rankmixer.models.table_spec import table_specs
-from torchrec_rankmixer.models.validation import check_model_inputs
+from torchrec_rankmixer.models.validation import check_model_inputs, dense_dtype_of
 from torchrec_rankmixer.modules.block import RankMixerEncoder
 from torchrec_rankmixer.modules.deep import INITS, DeepBranch, DeepConfig, xavier_init_
 from torchrec_rankmixer.modules.interaction import (
@@ -221,11 +221,11 @@ class DLRM_RankMixer(nn.Module):
         if uses_dot(self.interaction):
             width = next(iter(feature_dims.values()))
             self.dot_interaction = DotInteraction(len(feature_dims), width, dense_out > 0, config.kernel)
-            products = self.dot_interaction.output_dim
-            self.interaction_proj = nn.Linear(products * (1 + (self.dot_norm == "batch")), config.output_dim,
-                                              device=dense_device)
-            if self.dot_norm == "batch":  # the raw products and their BatchNorm, side by side
-                self.dot_products_norm = DotProductNorm(products, dense_device)
+            proj_in = self.dot_interaction.output_dim  # P
+            if self.dot_norm == "batch":  # the raw products and their BatchNorm, side by side: 2P
+                self.dot_products_norm = DotProductNorm(proj_in, dense_device)
+                proj_in = self.dot_products_norm.output_dim
+            self.interaction_proj = nn.Linear(proj_in, config.output_dim, device=dense_device)
         self.cross_net: Optional[LowRankCrossNet] = None
         self.cross_proj: Optional[nn.Linear] = None
         if cross_layers is not None and cross_rank is not None:
@@ -383,7 +383,7 @@ class DLRM_RankMixer(nn.Module):
         if self.validate_inputs:
             check_model_inputs(
                 dense_features, sparse_features, self.feature_names, self.num_embeddings,
-                self.dense_in_features, None, _dense_dtype(self.dense_arch),
+                self.dense_in_features, None, dense_dtype_of(self.dense_arch),
             )
         embedded = self.embed(sparse_features)  # (B, sum(dims))
         if self._use_compiled():
@@ -396,10 +396,3 @@ class DLRM_RankMixer(nn.Module):
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing():
             return False  # tracers (TorchRec's pipeline, export) see the eager path
         return self.training or not self._has_moe
-
-
-def _dense_dtype(dense_arch: Optional[nn.Module]) -> Optional[torch.dtype]:
-    """The dtype the dense arch computes in (None without dense input)."""
-    if dense_arch is None:
-        return None
-    return next(dense_arch.parameters()).dtype

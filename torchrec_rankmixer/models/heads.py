@@ -131,4 +131,3 @@ def num_logits_of(over_arch: Optional[nn.Module], over_arch_layer_sizes: Optiona
         return len(over_arch.towers)
     raise ValueError(f"deep needs to know the number of logits: give over_arch_layer_sizes or TaskTowers, "
                      f"not a custom {type(over_arch).__name__}")
-

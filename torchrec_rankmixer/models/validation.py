@@ -122,3 +122,17 @@ def check_model_inputs(
             f"feature {key!r} has id {int(values[pos])} outside its table's range "
             f"[0, {limit_of[key]})"
         )
+
+
+def dense_dtype_of(dense_arch: Optional[torch.nn.Module]) -> Optional[torch.dtype]:
+    """The dtype the dense arch computes in (None without dense input): what
+    :func:`check_model_inputs` checks the dense features against.
+
+    Example::
+
+        >>> dense_dtype_of(torch.nn.Linear(2, 2).double()), dense_dtype_of(None)
+        (torch.float64, None)
+    """
+    if dense_arch is None:
+        return None
+    return next(dense_arch.parameters()).dtype
