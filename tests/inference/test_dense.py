@@ -6,7 +6,6 @@ from torch import nn
 from torchrec_rankmixer.inference.dense import (
     PerTokenLinearFFN,
     pin_traceable_kernels,
-    quantize_dense_dynamic_int8,
     unfuse_per_token_ffns,
 )
 from torchrec_rankmixer.modules.moe import PerTokenSparseMoE
@@ -35,15 +34,6 @@ def test_pin_traceable_kernels_only_touches_auto():
     moe_loop.configure_inference(sparse_kernel="reference")
     pin_traceable_kernels(nn.Sequential(moe_auto, moe_loop))
     assert (moe_auto.sparse_kernel, moe_loop.sparse_kernel) == ("batched", "reference")
-
-
-def test_dynamic_int8_close():
-    torch.manual_seed(1)
-    model = nn.Sequential(PerTokenFFN(3, 8, 2))
-    x = torch.randn(5, 3, 8)
-    ref = model(x)
-    q = quantize_dense_dynamic_int8(model)
-    assert (q(x) - ref).abs().max() < 0.05
 
 
 def test_per_token_linear_swiglu_matches_fused_and_unfuses():

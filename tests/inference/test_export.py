@@ -22,8 +22,9 @@ from torchrec_rankmixer.modules.moe import configure_moe_inference
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The default split artifact (int8 tables, from a checkpoint), a .pt2 and a .ts
-    (int4 tables, fp16 dense), of a model with the dot interaction (the default swap's)."""
+    """The default split artifact (int8 tables and dense int8, from a checkpoint), a .pt2
+    (the same options) and a .ts (int4 tables, fp16 dense), of a model with the dot
+    interaction (the default swap's)."""
     root = tmp_path_factory.mktemp("exported")
     torch.manual_seed(6)
     model = dot_spec().build().eval()
@@ -50,8 +51,9 @@ def test_fresh_process_matches_in_memory(tmp_path, exported):
             for args, o in zip(inputs, out):
                 assert o.shape == (args[0].shape[0], 1)
                 assert torch.equal(o, loaded(*args))
-                if result is split:  # AOTInductor's fused kernels round differently
-                    torch.testing.assert_close(o, result.module(*args), rtol=1e-5, atol=1e-6)
+                if result is split:  # AOTInductor's fused kernels round differently (an int8
+                    # activation code may land one step away: a few 1e-4 on a logit)
+                    torch.testing.assert_close(o, result.module(*args), rtol=1e-3, atol=1e-3)
                 else:
                     assert torch.equal(o, result.module(*args))
 
@@ -69,29 +71,32 @@ def test_checkpoint_source_and_metadata(exported):
     assert meta["moe_execution"] is None  # no Sparse-MoE in this model
     assert meta["dense_feature_names"] == ["a", "b", "c"]
     assert meta["num_embeddings"] == [50, 50, 50, 50]
-    assert meta["quantization"]["table_dtype"] == "int8"
+    assert meta["quantization"]["table_dtype"] == "int8" and meta["quantization"]["dynamic_int8_linear"] is True
     assert meta["model_spec"]["tables"][0]["feature_names"] == ["f0", "f1"]
     assert set(meta["versions"]) == {"torchrec_rankmixer", "torch", "torchrec", "fbgemm_gpu"}
     assert meta["sizes_bytes"]["tables"] < meta["sizes_bytes"]["tables_float"]
     args = artifact_inputs(5, 3)
     torch.testing.assert_close(load_artifact(result.path).module(*args), result.module(*args),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=1e-3, atol=1e-3)
 
 
-def test_dynamic_int8_falls_back_to_torchscript(tmp_path):
+@pytest.mark.parametrize("artifact", ["export", "torchscript"])
+def test_int8_dense_exports_to_every_artifact(tmp_path, artifact):
+    """Dense int8 (plain aten ops) traces through torch.export and TorchRec's FX tracer +
+    TorchScript too (the split artifact: the ``exported`` fixture); reloaded, it equals the
+    in-memory module, and it stays close to the float one."""
     (tmp_path / "model.pt2").write_bytes(b"")  # an earlier export's file is removed
-    with pytest.warns(UserWarning, match="torch.export: .*; trying torchscript"):
-        result = export_model(small_model(), tmp_path, QuantizationOptions(dynamic_int8_linear=True))
-    assert result.path.endswith(".ts")
-    assert result.metadata["artifact"] == "torchscript"
-    reasons = result.metadata["fallback_reason"]
-    assert reasons.startswith("aoti: ") and "; torch.export: " in reasons and "LinearPackedParamsBase" in reasons
-    assert sorted(os.listdir(tmp_path)) == [".lock", "metadata.json", "model.ts"]
+    model = small_model()
+    result = export_model(model, tmp_path, QuantizationOptions(dynamic_int8_linear=True), artifact=artifact)
+    assert result.metadata["artifact"] == {"export": "torch.export", "torchscript": "torchscript"}[artifact]
+    assert result.metadata["fallback_reason"] is None
+    assert any(type(m).__name__ == "Int8DynamicLinear" for m in result.module.modules())
     args = artifact_inputs(4, 0)
-    assert torch.equal(load_artifact(tmp_path).module(*args), result.module(*args))
-    with pytest.raises(Exception):
-        export_model(small_model(), tmp_path / "strict", QuantizationOptions(dynamic_int8_linear=True),
-                     artifact="export")
+    out = load_artifact(tmp_path).module(*args)
+    assert torch.equal(out, result.module(*args))
+    float_out = export_model(model, tmp_path / "float", QuantizationOptions(dynamic_int8_linear=False),
+                             artifact="export").module(*args)
+    assert 0 < (out - float_out).abs().max() < 0.05
 
 
 def test_export_errors(tmp_path):

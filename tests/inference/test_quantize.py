@@ -20,20 +20,21 @@ def _float_logits(model, dense, values, lengths):
 
 
 @pytest.mark.parametrize(
-    "table_dtype,dense_dtype,tol",
-    [("fp32", "fp32", 1e-6), ("int8", "fp32", 0.02), ("int4", "fp32", 0.2),
-     ("fp16", "fp32", 0.005), ("int8", "fp16", 0.05)],
+    "table_dtype,dense_dtype,int8_dense,tol",
+    [("fp32", "fp32", False, 1e-6), ("int8", "fp32", False, 0.02), ("int4", "fp32", False, 0.2),
+     ("fp16", "fp32", False, 0.005), ("int8", "fp16", False, 0.05), ("int8", "fp32", True, 0.05),
+     ("fp32", "fp32", True, 0.05)],
 )
-def test_close_to_float_model(table_dtype, dense_dtype, tol):
+def test_close_to_float_model(table_dtype, dense_dtype, int8_dense, tol):
     model = small_model(seed=2)
-    infer = build_inference_model(model, QuantizationOptions(table_dtype, dense_dtype))
+    infer = build_inference_model(model, QuantizationOptions(table_dtype, dense_dtype, int8_dense))
     inputs = artifact_inputs(32, 0)
     out = infer(*inputs)
     assert out.dtype == torch.float32 and out.shape == (32, 1)
     diff = (out - _float_logits(model, *inputs)).abs().max().item()
     assert diff < tol
-    if table_dtype != "fp32":
-        assert diff > 0  # the tables really changed precision
+    if table_dtype != "fp32" or int8_dense:
+        assert diff > 0  # the tables or the dense part really changed precision
 
 
 def test_quantized_tables_use_torchrec_quant_ebc_and_shrink():
@@ -68,12 +69,19 @@ def test_input_model_untouched_and_eval():
     assert dense_params and all(p.dtype == torch.float16 for p in dense_params)
 
 
-def test_dynamic_int8_linear():
-    model = small_model(seed=3)
-    infer = build_inference_model(model, QuantizationOptions(dynamic_int8_linear=True))
-    names = {type(m).__module__ for m in infer.modules()}
-    assert "torch.ao.nn.quantized.dynamic.modules.linear" in names
-    assert not any(type(m).__name__ == "PerTokenFFN" for m in infer.modules())
+def test_dynamic_int8_linear_is_the_quantized_default():
+    from tests.inference.helpers import dot_spec
+
+    torch.manual_seed(3)
+    model = dot_spec().build().eval()  # the default swap's parts: dot products, cross layers
+    infer = build_inference_model(model)  # int8 tables: the dense part goes int8 too
+    names = {type(m).__name__ for m in infer.modules()}
+    assert {"Int8DynamicLinear", "Int8DynamicCrossNet"} <= names
+    assert not names & {"Linear", "LowRankCrossNet", "PerTokenFFN"}  # every matmul layer swapped
+    inputs = artifact_inputs(16, 1)
+    assert 0 < (infer(*inputs) - _float_logits(model, *inputs)).abs().max() < 0.1
+    kept = build_inference_model(model, QuantizationOptions(dynamic_int8_linear=False))
+    assert "Int8DynamicLinear" not in {type(m).__name__ for m in kept.modules()}
     inputs = artifact_inputs(16, 1)
     assert (infer(*inputs) - _float_logits(model, *inputs)).abs().max() < 0.1
     assert module_bytes(infer) < module_bytes(model)
@@ -117,8 +125,8 @@ def test_tokenmixer_large_dynamic_int8(changes):
     assert "PerTokenSwiGLU" not in names  # every pSwiGLU (shared experts too) unfused
     unfused = [m for m in infer.modules() if type(m).__name__ == "PerTokenLinearSwiGLU"]
     assert len(unfused) == 2 * 2  # two FFNs per block, two blocks
-    quantized = {type(l).__module__ for m in unfused for l in m.fc_in}
-    assert quantized == {"torch.ao.nn.quantized.dynamic.modules.linear"}
+    quantized = {type(l).__name__ for m in unfused for l in m.fc_in}
+    assert quantized == {"Int8DynamicLinear"}
     inputs = artifact_inputs(16, 1)
     diff = (infer(*inputs) - _float_logits(model, *inputs)).abs().max()
     assert 0 < diff < 0.1

@@ -2,8 +2,8 @@
 
 Steps (docs/inference.md): ``save_model`` (or keep the module, or a
 ``rankmixer-train`` run directory: ``export_from_run_dir``) -> ``export_model``
-(int8/int4/fp16 tables via TorchRec's quantized EmbeddingBagCollection; fp32/fp16/bf16
-or dynamic-int8 dense part; by default the split artifact, lookups in TorchScript + the
+(int8/int4/fp16 tables via TorchRec's quantized EmbeddingBagCollection; a dynamic-int8
+(the default with quantized tables), fp32, fp16 or bf16 dense part; by default the split artifact, lookups in TorchScript + the
 dense part compiled by AOTInductor, with torch.export ``.pt2`` and TorchScript as
 fallbacks) ->
 ``Predictor`` (checked inputs, CSV/Parquet scoring).

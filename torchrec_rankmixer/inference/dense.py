@@ -1,4 +1,5 @@
-"""Dense-part transforms for inference: one-time weight cast and dynamic int8 Linear.
+"""Dense-part transforms for inference: traceable kernels and per-token FFNs unfused into
+per-token ``nn.Linear`` pairs (which inference/int8_linear.py quantizes).
 
 The dense part is everything outside ``sparse_arch``: DenseArch, tokenizer projections,
 the RankMixer encoder and the OverArch. Weights are cast once here (an autocast region
@@ -142,18 +143,3 @@ def unfuse_per_token_ffns(module: nn.Module) -> int:
         else:
             swapped += unfuse_per_token_ffns(child)
     return swapped
-
-
-def quantize_dense_dynamic_int8(module: nn.Module) -> nn.Module:
-    """Dynamic int8 ``nn.Linear`` (weights int8 per tensor, activations quantized per
-    call; CPU only). Per-token FFNs (GELU and SwiGLU) are unfused first so their
-    matmuls quantize too.
-
-    Example::
-
-        >>> m = quantize_dense_dynamic_int8(nn.Sequential(nn.Linear(4, 4)))
-        >>> type(m[0]).__module__
-        'torch.ao.nn.quantized.dynamic.modules.linear'
-    """
-    unfuse_per_token_ffns(module)
-    return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)

@@ -3,7 +3,8 @@
 Tables go through TorchRec's quantized EmbeddingBagCollection
 (``torchrec.inference.modules.quantize_embeddings``, fbgemm ``IntNBit`` TBE kernels):
 int8 (default), int4, fp16, or fp32 (no quantization, the float baseline). The dense
-part is cast once to fp32, fp16 or bf16, or given dynamic int8 Linear layers (CPU).
+part is cast once to fp32, fp16 or bf16; at fp32 (the default) its Linear layers, the
+cross layers and the unfused per-token FFNs run dynamic int8 (inference/int8_linear.py).
 
 The result, :class:`RankMixerInferenceModule`, takes plain tensors, so exported
 artifacts need no TorchRec types at their boundary:
@@ -26,7 +27,8 @@ from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddi
 from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_rankmixer.inference.dense import pin_traceable_kernels, quantize_dense_dynamic_int8
+from torchrec_rankmixer.inference.dense import pin_traceable_kernels
+from torchrec_rankmixer.inference.int8_linear import quantize_dense_int8
 from torchrec_rankmixer.models.spec import unwrap_model
 
 TABLE_DTYPES: Dict[str, torch.dtype] = {
@@ -51,8 +53,12 @@ class QuantizationOptions:
         table_dtype: ``"int8"`` (default), ``"int4"``, ``"fp16"`` or ``"fp32"``.
         dense_dtype: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (the paper serves
             in half precision; on CPUs without native half matmuls fp32 is faster).
-        dynamic_int8_linear: dynamic int8 ``nn.Linear`` for the dense part (CPU only;
-            needs ``dense_dtype="fp32"``; exported as TorchScript, see docs).
+        dynamic_int8_linear: dynamic int8 for the dense part's Linear layers, cross
+            layers and per-token FFNs (:func:`~torchrec_rankmixer.inference.int8_linear.quantize_dense_int8`;
+            int8 weights per channel, activations per row, int32 accumulation). None (the
+            default): on when the tables are quantized and ``dense_dtype="fp32"``, so
+            ``table_dtype="fp32"`` stays the float baseline; ``False`` keeps the dense
+            part float (docs/inference.md, "Decisions"). Needs ``dense_dtype="fp32"``.
         row_alignment: bytes each quantized table row is padded to; None picks 1
             (fbgemm's CPU default; artifacts here are CPU artifacts). TorchRec's own
             default is 16, which pads a 64-dim int8 row from 68 to 80 bytes.
@@ -61,11 +67,13 @@ class QuantizationOptions:
 
         >>> QuantizationOptions(table_dtype="int4").table_torch_dtype
         torch.quint4x2
+        >>> [QuantizationOptions(**o).dynamic_int8_linear for o in ({}, {"dense_dtype": "fp16"}, {"table_dtype": "fp32"})]
+        [True, False, False]
     """
 
     table_dtype: str = "int8"
     dense_dtype: str = "fp32"
-    dynamic_int8_linear: bool = False
+    dynamic_int8_linear: Optional[bool] = None
     row_alignment: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -73,6 +81,8 @@ class QuantizationOptions:
             raise ValueError(f"table_dtype ({self.table_dtype!r}) must be one of {list(TABLE_DTYPES)}")
         if self.dense_dtype not in DENSE_DTYPES:
             raise ValueError(f"dense_dtype ({self.dense_dtype!r}) must be one of {list(DENSE_DTYPES)}")
+        if self.dynamic_int8_linear is None:  # the default rule: a quantized model, dense int8 too
+            object.__setattr__(self, "dynamic_int8_linear", self.dense_dtype == "fp32" and self.table_dtype != "fp32")
         if not isinstance(self.dynamic_int8_linear, bool):
             raise ValueError(f"dynamic_int8_linear ({self.dynamic_int8_linear!r}) must be a bool")
         if self.dynamic_int8_linear and self.dense_dtype != "fp32":
@@ -265,7 +275,7 @@ def _build(
     if options.dynamic_int8_linear:
         for name, child in list(work.named_children()):
             if name != "sparse_arch":
-                setattr(work, name, quantize_dense_dynamic_int8(child))
+                setattr(work, name, quantize_dense_int8(child))
     out_dtype = table_out if options.table_dtype != "fp32" else torch.float32
     if out_dtype != dense_dtype:
         work.sparse_arch = CastingSparseArch(work.sparse_arch.embedding_bag_collection, dense_dtype)
