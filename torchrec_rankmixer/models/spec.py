@@ -22,7 +22,7 @@ JSON layout (``ModelSpec.to_dict()``; version 2)::
 
 ``feature_groups`` is a list of ``[group_name, [feature, ...]]`` pairs (group order is
 token order, and JSON writers may sort object keys). Version-1 specs (torchrec-rankmixer
-0.1 artifacts and model files) are read too (:func:`upgrade_v1`).
+0.1 artifacts and model files) are read too (models/spec_upgrade.py).
 """
 
 import json
@@ -38,6 +38,7 @@ from torchrec_rankmixer.features.sequence import SequenceFeatureConfig
 from torchrec_rankmixer.models.baselines import ARCHS, BaselineConfig, BaselineModel
 from torchrec_rankmixer.models.defaults import DEFAULT_OVER_ARCH_INIT
 from torchrec_rankmixer.models.heads import TASKS, TaskTowers
+from torchrec_rankmixer.models.spec_upgrade import upgrade_v1
 from torchrec_rankmixer.models.table_spec import TableSpec
 from torchrec_rankmixer.modules.deep import INITS, DeepConfig
 from torchrec_rankmixer.modules.interaction import DOT_NORMS, INTERACTIONS, resolve_cross, resolve_dot_norm
@@ -357,34 +358,6 @@ class ModelSpec:
         if recipe is None:
             raise ValueError(f"{type(model).__name__} is not a DLRM_RankMixer (it has no recipe)")
         return cls(**recipe())
-
-
-def upgrade_v1(data: Mapping[str, Any]) -> Dict[str, Any]:
-    """A version-1 spec dict (0.1) in version-2 form: ``ffn_kernel`` -> ``kernel``
-    (``loop`` -> ``reference``, ``bmm`` -> ``batched``); ESMM's ``over_arch_layer_sizes``
-    (tower sizes + [1]) -> ``tower_layer_sizes``; ``tokenization: null`` resolved.
-
-    Example::
-
-        >>> v1 = {"tables": [], "dense_in_features": 0, "dense_arch_layer_sizes": [],
-        ...       "over_arch_layer_sizes": [8, 1], "task": "esmm", "tokenization": None,
-        ...       "feature_groups": None, "rankmixer_config": {"ffn_kernel": "bmm"}}
-        >>> v2 = upgrade_v1(v1)
-        >>> v2["tower_layer_sizes"], v2["over_arch_layer_sizes"], v2["rankmixer_config"]
-        ([8], None, {'kernel': 'batched'})
-    """
-    out = dict(data)
-    config = dict(out.get("rankmixer_config", {}))
-    if "ffn_kernel" in config:
-        old = config.pop("ffn_kernel")
-        config["kernel"] = {"loop": "reference", "bmm": "batched"}.get(old, old)
-    out["rankmixer_config"] = config
-    if out.get("task") == "esmm":
-        out["tower_layer_sizes"] = list(out.pop("over_arch_layer_sizes", [1]))[:-1]
-        out["over_arch_layer_sizes"] = None
-    if out.get("tokenization") is None:
-        out["tokenization"] = "groups" if out.get("feature_groups") else "auto"
-    return out
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
