@@ -48,3 +48,8 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
     rc = predict_main(["--model", str(tmp_path), "--input", str(tmp_path / "x.csv")])
     assert rc == 2
     assert "rankmixer-predict: error: export directory" in capsys.readouterr().err
+    rc = export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path),
+                      "--dense-dtype", "fp16", "--dynamic-int8-linear"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "rankmixer-export: error: dynamic_int8_linear needs dense_dtype='fp32'" in err

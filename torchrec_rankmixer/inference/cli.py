@@ -62,14 +62,18 @@ def export_main(argv: Optional[List[str]] = None) -> int:
         parser.error("--calibrate-moe-batches needs --run-dir")
     if args.no_preprocessing and args.run_dir is None:
         parser.error("--no-preprocessing needs --run-dir")
-    options = QuantizationOptions(
-        table_dtype=args.table_dtype,
-        dense_dtype=args.dense_dtype,
-        dynamic_int8_linear=args.dynamic_int8_linear,
-        row_alignment=args.row_alignment,
-    )
     names = args.dense_names.split(",") if args.dense_names else None
-    return run_reporting_errors("rankmixer-export", args.verbose, lambda: _export(args, options, names))
+
+    def body() -> int:
+        options = QuantizationOptions(  # a flag combination it refuses is a one-line error too
+            table_dtype=args.table_dtype,
+            dense_dtype=args.dense_dtype,
+            dynamic_int8_linear=args.dynamic_int8_linear,
+            row_alignment=args.row_alignment,
+        )
+        return _export(args, options, names)
+
+    return run_reporting_errors("rankmixer-export", args.verbose, body)
 
 
 def _export(args: argparse.Namespace, options: Any, names: Optional[List[str]]) -> int:
