@@ -1,6 +1,10 @@
 """Dynamic int8 dense layers: the int_mm kernel equals the written-out integer reference,
 both stay close to the float layers, and the layers trace, script and swap as export needs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +13,7 @@ from torchrec_rankmixer.inference.dense import PerTokenLinearSwiGLU
 from torchrec_rankmixer.inference.int8_linear import (
     Int8DynamicCrossNet,
     Int8DynamicLinear,
+    WEIGHT_QMAX,
     int8_matmul,
     quantize_dense_int8,
     quantize_rows,
@@ -21,8 +26,8 @@ from torchrec_rankmixer.modules.per_token_swiglu import PerTokenSwiGLU
 def _dequantized_linear(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
     """The layer's arithmetic written out in float64: quantize, multiply, rescale."""
     w = fc.weight.double()
-    w_scale = w.abs().amax(1).clamp_min(1e-12) / 127
-    wq = torch.round(w / w_scale[:, None]).clamp(-127, 127)
+    w_scale = w.abs().amax(1).clamp_min(1e-12) / 63  # 7-bit weight codes
+    wq = torch.round(w / w_scale[:, None]).clamp(-63, 63)
     x2 = x.reshape(-1, x.shape[-1]).double()
     x_scale = x2.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
     xq = torch.round(x2 / x_scale).clamp(-127, 127)
@@ -43,7 +48,7 @@ def test_quantize_rows_round_trip_and_zero_rows():
 def test_int_mm_kernel_equals_reference(m, k, n):
     g = torch.Generator().manual_seed(m + k + n)
     q = torch.randint(-127, 128, (m, k), dtype=torch.int8, generator=g)
-    w = torch.randint(-127, 128, (k, n), dtype=torch.int8, generator=g)
+    w = torch.randint(-WEIGHT_QMAX, WEIGHT_QMAX + 1, (k, n), dtype=torch.int8, generator=g)  # the layers' codes
     assert torch.equal(int8_matmul(q, w), int8_matmul(q, w, "reference"))
     assert torch.equal(int8_matmul(q, w).long(), q.long() @ w.long())
 
@@ -65,6 +70,7 @@ def test_linear_without_bias_and_bad_kernel():
     fc = nn.Linear(8, 3, bias=False)
     q8 = Int8DynamicLinear.from_float(fc)
     assert q8.bias is None and q8.weight_t.shape == (8, 3) and q8.weight_scale.shape == (3,)
+    assert int(q8.weight_t.abs().max()) == WEIGHT_QMAX
     x = torch.randn(2, 8)
     assert (q8(x) - fc(x)).abs().max() < 0.05
     with pytest.raises(ValueError, match="kernel"):
@@ -118,3 +124,25 @@ def test_layers_trace_under_torch_fx():
     traced = torch.fx.symbolic_trace(model)
     x = torch.randn(3, 5, 6)
     assert torch.equal(traced(x), model(x)) and model(x).shape == (3, 5, 4)
+
+
+_NO_VNNI = """
+import torch
+from torch import nn
+from torchrec_rankmixer.inference.int8_linear import Int8DynamicLinear
+torch.manual_seed(0)
+fc = nn.Linear(576, 192)
+x = torch.randn(64, 576) * 3
+fast, ref = Int8DynamicLinear.from_float(fc), Int8DynamicLinear.from_float(fc, kernel="reference")
+assert torch.equal(fast(x), ref(x)), "int_mm differs from the integer reference"
+print("exact")
+"""
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512_CORE"])
+def test_exact_on_cpus_without_vnni(isa):
+    """oneDNN's int8 GEMM without VNNI saturates int16 pair sums for 8-bit weights; the
+    7-bit weight codes keep it exact (run in a process whose oneDNN is capped at ``isa``)."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-c", _NO_VNNI], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "exact", out.stderr[-2000:]

@@ -1,7 +1,7 @@
 """Dynamic int8 Linear layers written in plain aten ops, for the inference dense part.
 
-Weights are quantized once, symmetric per output channel; activations per row on every
-call; the product runs as an int8 x int8 -> int32 GEMM (``torch._int_mm``: VNNI on
+Weights are quantized once, symmetric per output channel (7-bit codes, exact on every
+x86 CPU: :data:`WEIGHT_QMAX`); activations per row on every call (8-bit); the product runs as an int8 x int8 -> int32 GEMM (``torch._int_mm``: VNNI on
 AVX-512 CPUs) and is rescaled to fp32. Being plain aten ops, the layers trace through
 ``torch.export``, compile under AOTInductor (the split artifact's dense part) and script
 under TorchScript, unlike ``torch.ao``'s packed dynamic Linear, which only scripts.
@@ -20,6 +20,12 @@ from torchrec_rankmixer.modules.interaction import LowRankCrossNet
 from torchrec_rankmixer.utils.checks import check_choice
 
 KERNELS: Tuple[str, ...] = ("int_mm", "reference")
+# Weight codes stay within [-63, 63] (7 bits): without VNNI (AVX2, AVX-512 before Cascade
+# Lake) oneDNN's int8 GEMM shifts activations to uint8 and sums pairs of uint8 x int8
+# products in int16, which saturates for weights beyond +-64, silently. Activations keep
+# the full [-127, 127]. (fbgemm's x86 dynamic quantization restricts a range for the same
+# reason: ``reduce_range``.)
+WEIGHT_QMAX = 63
 
 
 def quantize_rows(x: torch.Tensor, qmax: int = 127) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +50,8 @@ def int8_matmul(q: torch.Tensor, w_t: torch.Tensor, kernel: str = "int_mm") -> t
 
     Args:
         q: [M, K] int8 activations.
-        w_t: [K, N] int8 weights.
+        w_t: [K, N] int8 weights, codes within +-:data:`WEIGHT_QMAX` (beyond it
+            ``"int_mm"`` is inexact on CPUs without VNNI).
         kernel: ``"int_mm"`` (``torch._int_mm``) or ``"reference"`` (int64 matmul).
 
     Example::
@@ -59,8 +66,9 @@ def int8_matmul(q: torch.Tensor, w_t: torch.Tensor, kernel: str = "int_mm") -> t
 
 
 class Int8DynamicLinear(nn.Module):
-    """``nn.Linear`` with int8 weights (per output channel) and int8 activations (per row,
-    quantized on every call), accumulated in int32 and rescaled to fp32.
+    """``nn.Linear`` with int8 weights (per output channel, codes within
+    +-:data:`WEIGHT_QMAX`) and int8 activations (per row, quantized on every call),
+    accumulated in int32 and rescaled to fp32.
 
     Args:
         weight: the float weight [N, K] (``nn.Linear.weight``).
@@ -83,7 +91,7 @@ class Int8DynamicLinear(nn.Module):
         super().__init__()
         check_choice("kernel", kernel, KERNELS)
         self.kernel = kernel
-        q, scale = quantize_rows(weight.detach())  # per output channel: (N, K), (N, 1)
+        q, scale = quantize_rows(weight.detach(), WEIGHT_QMAX)  # per output channel: (N, K), (N, 1)
         self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
         self.register_buffer("weight_t", q.t().contiguous())  # (K, N) int8
         self.register_buffer("weight_scale", scale.flatten().contiguous())  # (N,)
