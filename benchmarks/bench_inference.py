@@ -45,6 +45,7 @@ from torchrec_rankmixer.models.dlrm_rankmixer import DLRM_RankMixer  # noqa: E40
 from torchrec_rankmixer.data.synthetic import EVAL_OFFSET  # noqa: E402
 from torchrec_rankmixer.train.simple import train_simple  # noqa: E402
 from torchrec_rankmixer.utils.metrics import binary_auc  # noqa: E402
+from benchmarks.common import machine_line  # noqa: E402
 
 Q = QuantizationOptions
 VARIANTS: Dict[str, Tuple[QuantizationOptions, str]] = {  # name -> (options, artifact)
@@ -164,7 +165,7 @@ def main() -> None:
                                                     ("block", "num_tokens", "d_model", "num_layers", "ffn_mult")}, "interaction": model.interaction,
                    "rows_per_table": args.rows, "tables": 8, "dim": args.dim,
                    "train_steps": args.steps, "train_s": round(train_s, 1),
-                   "threads": args.threads, "torch": torch.__version__},
+                   "threads": args.threads, "torch": torch.__version__, "machine": machine_line()},
         "parity": results,
         "latency": latency,
         "default_speedup": default_ratios(latency),

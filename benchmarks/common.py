@@ -143,15 +143,32 @@ def interleaved(fns: Dict[str, Callable[[], object]], rounds: int = 3, **kw: flo
     return best
 
 
+def cpu_name() -> str:
+    """The CPU model and the ISA extensions that change speed or int8 numerics here (from
+    /proc/cpuinfo on Linux; the architecture name elsewhere), e.g.
+    ``"AMD EPYC (avx512f, avx512_vnni, avx512_bf16)"``."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{model} ({', '.join(isa)})" if isa else model
+
+
 def machine_line() -> str:
     """One line naming the machine and versions, for the docs."""
     import os
-    import platform
 
     import torchrec
 
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"{cpu_name()}, {os.cpu_count()} cores visible, "
         f"torch {torch.__version__}, torchrec {torchrec.__version__}, "
         f"threads {torch.get_num_threads()}"
     )
