@@ -45,7 +45,8 @@ def export_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES))
     parser.add_argument("--dynamic-int8-linear", action=argparse.BooleanOptionalAction, default=None,
                         help="dynamic int8 Linear / cross / per-token FFN layers in the dense part "
-                        "(default: on with --dense-dtype fp32; --no-dynamic-int8-linear keeps it float)")
+                        "(default: on when the tables are quantized and --dense-dtype is fp32; "
+                        "--no-dynamic-int8-linear keeps it float)")
     parser.add_argument("--artifact", default="auto", choices=list(ARTIFACT_TYPES),
                         help="auto: aoti, else export, else torchscript; aoti: model_sparse.ts + "
                         "model_dense.aoti.pt2 (fastest; dense kernels for this CPU's ISA); export: "

@@ -2,8 +2,7 @@
 per-token ``nn.Linear`` pairs (which inference/int8_linear.py quantizes).
 
 The dense part is everything outside ``sparse_arch``: DenseArch, tokenizer projections,
-the RankMixer encoder and the OverArch. Weights are cast once here (an autocast region
-would re-cast every weight on every call).
+the RankMixer encoder and the OverArch.
 """
 
 from typing import List, Optional

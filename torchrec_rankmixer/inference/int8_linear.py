@@ -165,18 +165,15 @@ def quantize_dense_int8(module: nn.Module, kernel: str = "int_mm") -> nn.Module:
         >>> type(m[0]).__name__, type(quantize_dense_int8(nn.Linear(4, 2))).__name__
         ('Int8DynamicLinear', 'Int8DynamicLinear')
     """
-    twin = _twin(module, kernel)
-    if twin is not None:
-        return twin
-    unfuse_per_token_ffns(module)
-    for name, child in list(module.named_children()):
-        setattr(module, name, quantize_dense_int8(child, kernel))
-    return module
+    unfuse_per_token_ffns(module)  # once, for the whole tree
+    return _swap(module, kernel)
 
 
-def _twin(module: nn.Module, kernel: str) -> Optional[nn.Module]:
+def _swap(module: nn.Module, kernel: str) -> nn.Module:
     if isinstance(module, nn.Linear):
         return Int8DynamicLinear.from_float(module, kernel)
     if isinstance(module, LowRankCrossNet):
         return Int8DynamicCrossNet(module, kernel)
-    return None
+    for name, child in list(module.named_children()):
+        setattr(module, name, _swap(child, kernel))
+    return module

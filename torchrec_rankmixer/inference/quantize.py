@@ -3,8 +3,9 @@
 Tables go through TorchRec's quantized EmbeddingBagCollection
 (``torchrec.inference.modules.quantize_embeddings``, fbgemm ``IntNBit`` TBE kernels):
 int8 (default), int4, fp16, or fp32 (no quantization, the float baseline). The dense
-part is cast once to fp32, fp16 or bf16; at fp32 (the default) its Linear layers, the
-cross layers and the unfused per-token FFNs run dynamic int8 (inference/int8_linear.py).
+part is cast once to fp32, fp16 or bf16; at fp32 with quantized tables (the default) its
+Linear layers, the cross layers and the unfused per-token FFNs run dynamic int8
+(inference/int8_linear.py).
 
 The result, :class:`RankMixerInferenceModule`, takes plain tensors, so exported
 artifacts need no TorchRec types at their boundary:
