@@ -16,6 +16,9 @@ adds the same rows for the block ``DLRM_RankMixer`` builds without a config
 ``--compile`` adds a
 ``torch.compile``d copy of every model; ``--profile`` prints where the one-token-per-feature
 rows' forward + backward spend their time (self CPU time by op family, torch.profiler).
+glibc malloc keeps freed memory (``keep_freed_memory``, as ``rankmixer-train`` does on
+CPU) unless ``--no-keep-freed-memory``: the allocator is process-wide, so the two settings
+compare across two runs, each with its own DCNv2 row.
 
 Usage::
 
@@ -42,6 +45,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor  # noqa: E402
 from torchrec_rankmixer import RankMixerConfig, SemanticTokenizer  # noqa: E402
 from torchrec_rankmixer.models.defaults import BLOCK_DEFAULTS, DEFAULT_BLOCK  # noqa: E402
 from torchrec_rankmixer.modules.block import RankMixerEncoder  # noqa: E402
+from torchrec_rankmixer.utils.malloc import keep_freed_memory  # noqa: E402
 
 
 class RankMixerOver(nn.Module):
@@ -180,8 +184,11 @@ def main() -> None:
                    help="also the default block (TokenMixer-Large, k = 1) at DCNv2's parameters")
     p.add_argument("--compile", action="store_true", help="also torch.compile'd copies of every model")
     p.add_argument("--profile", action="store_true", help="op-family breakdown of the one-token-per-feature rows' steps")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc malloc keeps freed blocks (utils/malloc.py; rankmixer-train's CPU default)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     torch.set_num_threads(args.threads)
     models = build(args)
     g = torch.Generator().manual_seed(0)
@@ -193,7 +200,8 @@ def main() -> None:
     fns["peak_gemm"] = peak
     times = interleaved(fns, rounds=args.rounds, min_time=0.5)
     peak_rate = peak_flops / times["peak_gemm"]
-    print(f"# machine: {machine_line()}; batch {B}; peak fp32 GEMM {peak_rate / 1e9:.1f} GFLOP/s")
+    print(f"# machine: {machine_line()}; batch {B}; peak fp32 GEMM {peak_rate / 1e9:.1f} GFLOP/s; "
+          f"freed memory {'kept' if kept else 'returned (system malloc)'}")
     print("| over-arch | dense params | GFLOP/step | samples/s | GFLOP/s | fraction of peak |")
     print("|---|---|---|---|---|---|")
     rows = {}
@@ -217,7 +225,8 @@ def main() -> None:
         print(f"{name} forward + backward, self CPU time: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flops_per_s": peak_rate, "models": rows, "profile": breakdown, "args": vars(args)},
+            json.dump({"peak_flops_per_s": peak_rate, "models": rows, "profile": breakdown, "args": vars(args),
+                       "machine": machine_line(), "freed_memory_kept": kept},
                       f, indent=1)
 
 

@@ -108,6 +108,7 @@ def test_cli_print_config_and_config_error(capsys):
     ("nodot", "must look like section.key=value"),
     ("model.rankmixer={use_mo: true}", "model.rankmixer names ['use_mo']"),
     ("train.num_threads=0", "train.num_threads (0) must be > 0"),
+    ("train.keep_freed_memory=sometimes", "train.keep_freed_memory ('sometimes') must be a bool"),
     ("data.managed_collision.eviction_policy=fifo", "data.managed_collision.eviction_policy ('fifo') must be one of"),
     ("data.managed_collision.eviction_interval=0", "data.managed_collision.eviction_interval (0) must be a positive int"),
     ("data.managed_collision.decay_exponent=0", "data.managed_collision.decay_exponent (0.0) must be > 0"),

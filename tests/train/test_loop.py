@@ -252,3 +252,17 @@ def test_sequence_tables_are_never_data_parallel(tmp_path):
     with pytest.raises(ValueError, match="sequence tables cannot be data_parallel"):
         Trainer(load_config(overrides=base + ["run.name=seq2", "sharding.constraints={t_item: [data_parallel]}"]))
     destroy_group()
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_runs_keep_freed_memory_unless_told_not_to(tmp_path, monkeypatch, keep):
+    """train.keep_freed_memory (default true) sets glibc malloc up before the first step on CPU."""
+    import torchrec_rankmixer.train.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(True) or True)
+    extra = [] if keep else ["train.keep_freed_memory=false"]
+    cfg = load_config(overrides=tiny(tmp_path, "train.steps=1", "train.eval_every=0", "run.plots=false", *extra))
+    assert cfg.train.keep_freed_memory is keep
+    Trainer(cfg).fit()
+    assert calls == ([True] if keep else [])

@@ -215,6 +215,7 @@ class TrainSettings:
     progress_bar: bool = True
     validate_inputs: bool = False
     num_threads: Optional[int] = None
+    keep_freed_memory: bool = True
     calibrate_moe_batches: int = DEFAULT_CALIBRATION_BATCHES
     early_stop_patience: int = 0
     early_stop_min_delta: float = 1e-6
@@ -224,6 +225,7 @@ class TrainSettings:
     def validate(self) -> None:
         check_positive("train.steps", self.steps)
         check_bool("train.compile", self.compile)
+        check_bool("train.keep_freed_memory", self.keep_freed_memory)
         check_non_negative("train.early_stop_patience", self.early_stop_patience)
         check_non_negative("train.early_stop_min_delta", self.early_stop_min_delta)
         check_non_negative("train.calibrate_moe_batches", self.calibrate_moe_batches)

@@ -46,6 +46,7 @@ from torchrec_rankmixer.train.evictions import RemapFeeder
 from torchrec_rankmixer.train.rundir import RunDir, default_run_name
 from torchrec_rankmixer.train.summary import TrainSummary, format_table
 from torchrec_rankmixer.train.validation import ValidationState
+from torchrec_rankmixer.utils.malloc import keep_freed_memory
 
 __all__ = ["Trainer", "TrainSummary", "format_table"]
 
@@ -73,6 +74,8 @@ class Trainer:
             # CPU default: 1 intra-op thread per process. On a busy 2-core box OpenMP threads
             # spin-waiting on taken cores made steps ~25x slower (docs/training.md).
             torch.set_num_threads(cfg.train.num_threads or 1)
+        if cfg.train.keep_freed_memory and self.env.device.type == "cpu":
+            keep_freed_memory()  # large activations reused, not page-faulted anew each step
         precision = cfg.train.precision
         if precision == "bf16" and self.env.device.type != "cuda":
             raise ValueError("train.precision ('bf16') needs a GPU; bf16 autocast is GPU-only here")
